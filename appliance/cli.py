@@ -1,0 +1,168 @@
+"""The `wardtap` command line: one (help, configure, run) entry per command in _COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from appliance import __version__
+from appliance.errors import WardtapError
+
+
+def _add_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
+    p.add_argument("--policy", help="allow-list policy (TOML); without it nothing is enforced")
+    p.add_argument("--mode", choices=["learn", "monitor", "enforce"],
+                   help="default: monitor with a policy, learn without")
+    p.add_argument("--db", help="SQLite store for devices, flows and violations")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--packets-out", metavar="FILE",
+                   help="write one JSON line per packet (verdict, addresses, ports)")
+    p.add_argument("--flows", type=int, default=65536, help="flow table slots (128 B each)")
+    p.add_argument("--devices", type=int, default=4096, help="device table slots")
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from appliance.policy import load_policy
+    from appliance.replay import Replayer
+    from appliance.store import Store
+    from appliance.summary import render
+
+    policy = load_policy(args.policy) if args.policy else None
+    if args.mode in ("monitor", "enforce") and policy is None:
+        raise WardtapError(f"--mode {args.mode} needs --policy")
+    mode = args.mode or ("monitor" if policy else "learn")
+    replayer = Replayer(policy, mode, flow_capacity=args.flows, device_capacity=args.devices)
+    store = Store(args.db) if args.db else None
+    out = _open_out(args.packets_out) if args.packets_out else None
+    try:
+        with _progress(args.captures, enabled=sys.stderr.isatty() and not args.json) as tick:
+            summary = replayer.run(args.captures, store=store, packets_out=out, progress=tick)
+    finally:
+        if out is not None:
+            out.close()
+        if store is not None:
+            store.close()
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(render(summary))
+    for error in summary.errors:
+        print(f"wardtap: error: {error}", file=sys.stderr)
+    return 2 if summary.errors else 0
+
+
+def _open_out(path: str) -> Any:
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed by the caller)
+    except OSError as exc:
+        raise WardtapError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+class _progress:
+    """A rich progress bar over the captures' bytes, on a terminal only."""
+
+    def __init__(self, paths: list[str], enabled: bool) -> None:
+        self.enabled = enabled
+        self.paths = paths
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("classifying", total=None)
+        return lambda done, total: self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default=os.environ.get("WARDTAP_DEMO_DIR", "demo-ward"),
+                   help="where to write the demo capture, policy and store (default ./demo-ward)")
+    p.add_argument("--packets", type=int, default=20000)
+    p.add_argument("--json", action="store_true")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from appliance.demo import write_demo_policy, write_demo_ward
+    from appliance.policy import load_policy
+    from appliance.replay import Replayer
+    from appliance.store import Store
+    from appliance.summary import render
+
+    os.makedirs(args.dir, exist_ok=True)
+    capture = os.path.join(args.dir, "ward.pcap")
+    policy_path = os.path.join(args.dir, "ward-policy.toml")
+    db = os.path.join(args.dir, "wardtap.db")
+    write_demo_ward(capture, packets=args.packets)
+    write_demo_policy(policy_path)
+    policy = load_policy(policy_path)
+    if not args.json:
+        print(f"demo ward: {capture} ({args.packets} packets), policy {policy_path}, "
+              f"store {db}\n")
+    with Store(db) as store:
+        summary = Replayer(policy, "monitor").run([capture], store=store)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else render(summary))
+    return 2 if summary.errors else 0
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate a policy file")
+    check.add_argument("file")
+
+
+def _run_policy(args: argparse.Namespace) -> int:
+    from appliance.policy import compile_policy, load_policy
+
+    policy = load_policy(args.file)
+    compile_policy(policy)
+    print(f"{args.file}: ok: policy {policy.name!r} v{policy.version}, "
+          f"{len(policy.groups)} groups, {len(policy.rules)} rules")
+    return 0
+
+
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                           Callable[[argparse.Namespace], int]]] = {
+    "replay": ("classify capture files and summarise", _add_replay, _run_replay),
+    "demo": ("generate the demo ward and replay it", _add_demo, _run_demo),
+    "policy": ("allow-list policy tools", _add_policy, _run_policy),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wardtap", description="Ward network appliance: classify, inventory, enforce.")
+    parser.add_argument("--version", action="version", version=f"wardtap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, configure, _) in _COMMANDS.items():
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command][2](args)
+    except WardtapError as exc:
+        print(f"wardtap: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wardtap: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""`wardtap replay`: classify capture files through the fast path and summarise.
+
+Per batch: one classify() call, then a drain of the event ring. Only events become Python
+objects; memory stays bounded whatever the capture's size (the mmap aside).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from appliance.capture import DEFAULT_BATCH, CaptureFile
+from appliance.errors import CaptureError
+from appliance.policy import Policy, compile_policy
+from appliance.records import address, device_dict, event_dict, mac
+from appliance.store import Store
+from fastpath import (
+    DECODED_DTYPE,
+    DEVICE_DTYPE,
+    EVENT_DTYPE,
+    MALFORMED_FIRST,
+    NO_RULE_INDEX,
+    REASON_NAMES,
+    VERDICT_NAMES,
+    Classifier,
+    decode_batch,
+)
+
+EVENT_DRAIN = 8192
+
+
+@dataclass
+class ReplaySummary:
+    captures: list[str]
+    mode: str
+    policy: dict[str, Any] | None
+    packets: int = 0
+    bytes: int = 0
+    allowed: int = 0
+    denied: int = 0
+    malformed: int = 0
+    flows: int = 0
+    devices: int = 0
+    violations: int = 0
+    violations_by_reason: dict[str, int] = field(default_factory=dict)
+    violations_by_device: list[dict[str, Any]] = field(default_factory=list)
+    malformed_by_reason: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    packets_per_second: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)
+    memory_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Replayer:
+    """Owns one classifier; feeds it capture files batch by batch."""
+
+    def __init__(self, policy: Policy | None = None, mode: str = "learn",
+                 flow_capacity: int = 65536, device_capacity: int = 4096,
+                 batch_size: int = DEFAULT_BATCH, seed: int | None = None) -> None:
+        self.policy = policy
+        self.mode = mode if policy is not None else "learn"
+        self.batch_size = batch_size
+        self.classifier = Classifier(flow_capacity=flow_capacity,
+                                     device_capacity=device_capacity, seed=seed)
+        self.classifier.set_mode(self.mode)
+        if policy is not None:
+            self.classifier.set_policy(compile_policy(policy))
+        self._events = np.empty(EVENT_DRAIN, EVENT_DTYPE)
+        self._verdicts = np.empty(batch_size, np.uint8)
+        self._reasons = np.empty(batch_size, np.uint8)
+        self._rules = np.empty(batch_size, np.uint16)
+        self.violations: list[dict[str, Any]] = []
+        self.on_events: Callable[[list[dict[str, Any]]], None] | None = None
+
+    def rule_name(self, index: int) -> str | None:
+        return self.policy.rule_name(index) if self.policy else None
+
+    def run(self, paths: Sequence[str], store: Store | None = None,
+            packets_out: IO[str] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> ReplaySummary:
+        summary = ReplaySummary(list(paths), self.mode, _policy_info(self.policy))
+        run_id = store.start_run("replay", paths, self.mode, self.policy) if store else None
+        started = time.perf_counter()
+        for path in paths:
+            try:
+                with CaptureFile(path, self.batch_size) as capture:
+                    self._run_file(capture, store, run_id, packets_out, progress)
+            except CaptureError as exc:
+                summary.errors.append(str(exc))
+            self._drain(store, run_id)
+        summary.elapsed_s = time.perf_counter() - started
+        self._finish(summary, store, run_id)
+        return summary
+
+    def _run_file(self, capture: CaptureFile, store: Store | None, run_id: int | None,
+                  packets_out: IO[str] | None,
+                  progress: Callable[[int, int], None] | None) -> None:
+        clf = self.classifier
+        for batch in capture.batches():
+            n = batch.count
+            clf.classify(batch.buf, batch.offsets[:n], batch.lengths[:n],
+                         batch.timestamps[:n], batch.linktypes[:n], self._verdicts,
+                         self._reasons, self._rules)
+            if packets_out is not None:
+                write_packet_lines(packets_out, batch, self._verdicts[:n], self._reasons[:n],
+                                   self._rules[:n], self.rule_name)
+            if clf.pending_events >= EVENT_DRAIN // 2:
+                self._drain(store, run_id)
+            if progress is not None:
+                progress(capture.offset, capture.size)
+
+    def _drain(self, store: Store | None, run_id: int | None) -> None:
+        while True:
+            n = self.classifier.drain_events(self._events.view(np.uint8))
+            if n == 0:
+                return
+            events = [event_dict(rec, self.rule_name) for rec in self._events[:n]]
+            self.violations.extend(e for e in events if e["type"] == "violation")
+            if store is not None and run_id is not None:
+                store.add_events(run_id, events)
+            if self.on_events is not None:
+                self.on_events(events)
+
+    def devices(self) -> list[dict[str, Any]]:
+        out = np.empty(self.classifier.device_capacity, DEVICE_DTYPE)
+        n = self.classifier.copy_devices(out.view(np.uint8))
+        return [device_dict(rec) for rec in out[:n]]
+
+    def active_flows(self) -> list[dict[str, Any]]:
+        stats = self.classifier.stats()
+        out = np.empty(max(1, stats["flows_active"]), EVENT_DTYPE)
+        n = self.classifier.copy_flows(out.view(np.uint8))
+        flows = [event_dict(rec, self.rule_name) for rec in out[:n]]
+        for f in flows:
+            f["end"] = "active"
+        return flows
+
+    def _finish(self, summary: ReplaySummary, store: Store | None, run_id: int | None) -> None:
+        stats = self.classifier.stats()
+        devices = self.devices()
+        for key in ("packets", "bytes", "allowed", "denied", "malformed"):
+            setattr(summary, key, int(stats[key]))
+        summary.flows = int(stats["flows_created"])
+        summary.devices = len(devices)
+        summary.violations = len(self.violations)
+        summary.violations_by_reason = dict(Counter(v["reason"] for v in self.violations))
+        summary.violations_by_device = _by_device(self.violations, devices)
+        summary.malformed_by_reason = {
+            name: count for name, count in stats["reasons"].items()
+            if _reason_code(name) >= MALFORMED_FIRST}
+        summary.counters = {k: int(v) for k, v in stats.items() if k != "reasons"}
+        summary.memory_bytes = int(self.classifier.memory_bytes)
+        if summary.elapsed_s > 0:
+            summary.packets_per_second = summary.packets / summary.elapsed_s
+        if store is not None and run_id is not None:
+            store.add_events(run_id, self.active_flows())
+            store.merge_devices(devices)
+            store.finish_run(run_id, stats)
+
+
+def _reason_code(name: str) -> int:
+    return next(code for code, n in REASON_NAMES.items() if n == name)
+
+
+def _policy_info(policy: Policy | None) -> dict[str, Any] | None:
+    if policy is None:
+        return None
+    return {"name": policy.name, "version": policy.version, "path": policy.path,
+            "sha256": policy.digest}
+
+
+def _by_device(violations: list[dict[str, Any]],
+               devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_index = {d["index"]: d for d in devices}
+    counts: Counter[tuple[Any, ...]] = Counter()
+    reasons: dict[tuple[Any, ...], Counter[str]] = {}
+    for v in violations:
+        d = by_index.get(v["device"])
+        key = (d["mac"] if d else v.get("smac"), v["src"])
+        counts[key] += 1
+        reasons.setdefault(key, Counter())[v["reason"]] += 1
+    return [{"mac": k[0], "ip": k[1], "violations": n, "reasons": dict(reasons[k])}
+            for k, n in counts.most_common()]
+
+
+def write_packet_lines(out: IO[str], batch: Any, verdicts: np.ndarray, reasons: np.ndarray,
+                       rules: np.ndarray, rule_name: Callable[[int], str | None]) -> None:
+    """One JSON line per packet, in capture order (for `--packets-out` and tests)."""
+    n = batch.count
+    decoded = np.zeros(n, DECODED_DTYPE)
+    decode_reasons = np.empty(n, np.uint8)
+    decode_batch(batch.buf, batch.offsets[:n], batch.lengths[:n], batch.linktypes[:n],
+                 decoded.view(np.uint8), decode_reasons)
+    lines = []
+    for i in range(n):
+        rec = decoded[i]
+        l3 = int(rec["l3"])
+        ip = l3 in (4, 6) and decode_reasons[i] == 0
+        rule = int(rules[i])
+        line: dict[str, Any] = {
+            "i": batch.first_index + i,
+            "verdict": VERDICT_NAMES[int(verdicts[i])],
+            "reason": REASON_NAMES.get(int(reasons[i]), "unknown"),
+            "rule": None if rule == NO_RULE_INDEX else rule_name(rule),
+            "vlan": int(rec["vlan"]) or None,
+            "src": address(bytes(rec["src"]), l3) if ip else None,
+            "dst": address(bytes(rec["dst"]), l3) if ip else None,
+            "proto": int(rec["proto"]) if ip else None,
+        }
+        if rec["vlan_outer"]:
+            line["vlan_outer"] = int(rec["vlan_outer"])
+        if rec["has_mac"]:
+            line["smac"] = mac(bytes(rec["src_mac"]))
+        proto = int(rec["proto"])
+        has_l4 = ip and rec["frag"] != 2
+        if proto in (1, 58):
+            line["icmp_type"] = int(rec["icmp_type"]) if has_l4 else None
+            line["icmp_code"] = int(rec["icmp_code"]) if has_l4 else None
+        else:
+            ported = has_l4 and proto in (6, 17, 132, 136)
+            line["sport"] = int(rec["sport"]) if ported else None
+            line["dport"] = int(rec["dport"]) if ported else None
+        if rec["tunnel"]:
+            line["tunnel"] = True
+        lines.append(json.dumps(line, separators=(",", ":")))
+    out.write("\n".join(lines) + "\n")

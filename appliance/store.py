@@ -1,0 +1,178 @@
+"""The local store: one SQLite file (sqlite-utils) with devices, flows, violations and runs.
+
+One writer; each write is one transaction, so a failed write (a full disk) leaves what was
+stored before intact. The schema is versioned (PRAGMA user_version) and upgraded step by
+step, with a copy of the file taken before an upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlite_utils
+
+from appliance.errors import StoreError
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["runs"].create({
+        "id": int, "started": float, "finished": float, "kind": str, "sources": str,
+        "mode": str, "policy_name": str, "policy_version": int, "policy_digest": str,
+        "packets": int, "bytes": int, "allowed": int, "denied": int, "malformed": int,
+    }, pk="id")
+    db["devices"].create({
+        "key": str, "mac": str, "ipv4": str, "ipv6": str, "vlan": int, "multi_ip": int,
+        "first_seen": float, "last_seen": float, "packets_sent": int, "bytes_sent": int,
+        "packets_received": int, "bytes_received": int, "flows": int, "violations": int,
+    }, pk="key")
+    db["flows"].create({
+        "id": int, "run": int, "flow": int, "first": float, "last": float, "src": str,
+        "dst": str, "proto": int, "sport": int, "dport": int, "icmp_type": int, "vlan": int,
+        "packets": int, "bytes": int, "verdict": str, "rule": str, "end": str,
+    }, pk="id", foreign_keys=[("run", "runs", "id")])
+    db["violations"].create({
+        "id": int, "run": int, "ts": float, "flow": int, "src": str, "dst": str, "proto": int,
+        "sport": int, "dport": int, "icmp_type": int, "vlan": int, "reason": str,
+        "smac": str, "dmac": str,
+    }, pk="id", foreign_keys=[("run", "runs", "id")])
+    db["violations"].create_index(["ts"])
+    db["flows"].create_index(["src", "dst"])
+
+
+# Numbered migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",
+                   "packets_sent", "bytes_sent", "packets_received", "bytes_received", "flows",
+                   "violations")
+
+
+class Store:
+    """The appliance's SQLite store. A context manager; close() is idempotent."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"{path}: directory {directory} does not exist")
+        try:
+            existed = os.path.exists(path) and os.path.getsize(path) > 0
+            conn = sqlite3.connect(path, timeout=10)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(existed)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+
+    def _migrate(self, existed: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema {version} is newer than this "
+                             f"wardtap ({SCHEMA_VERSION}); upgrade wardtap")
+        if version < SCHEMA_VERSION and existed:
+            shutil.copy2(self.path, f"{self.path}.schema{version}.bak")
+        while version < SCHEMA_VERSION:
+            with self.db.conn:
+                MIGRATIONS[version](self.db)
+                version += 1
+                self.db.execute(f"PRAGMA user_version = {version}")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.conn.close()
+            self.db = None  # type: ignore[assignment]
+
+    def _write(self, work: Callable[[], Any]) -> Any:
+        """Run `work` in one transaction; a failure rolls it back and says why."""
+        try:
+            with self.db.conn:
+                return work()
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StoreError(f"{self.path}: disk full; this write was rolled back, "
+                                 "earlier data is intact") from None
+            raise StoreError(f"{self.path}: write failed: {exc}") from None
+
+    def start_run(self, kind: str, sources: Iterable[str], mode: str,
+                  policy: Any = None) -> int:
+        row = {"started": time.time(), "kind": kind, "sources": "\n".join(sources),
+               "mode": mode, "policy_name": getattr(policy, "name", None),
+               "policy_version": getattr(policy, "version", None),
+               "policy_digest": getattr(policy, "digest", None)}
+        return int(self._write(lambda: self.db["runs"].insert(row).last_pk))
+
+    def finish_run(self, run: int, counts: dict[str, int]) -> None:
+        row = {k: counts.get(k, 0) for k in ("packets", "bytes", "allowed", "denied",
+                                             "malformed")}
+        row["finished"] = time.time()
+        self._write(lambda: self.db["runs"].update(run, row))
+
+    def add_events(self, run: int, events: list[dict[str, Any]]) -> None:
+        """Store flow ends and violations from one drain, in one transaction."""
+        flows = [_flow_row(run, e) for e in events if e["type"] == "flow_end"]
+        violations = [_violation_row(run, e) for e in events if e["type"] == "violation"]
+
+        def work() -> None:
+            if flows:
+                self.db["flows"].insert_all(flows, batch_size=500)
+            if violations:
+                self.db["violations"].insert_all(violations, batch_size=500)
+        if flows or violations:
+            self._write(work)
+
+    def merge_devices(self, devices: list[dict[str, Any]]) -> None:
+        """Add a run's device counters to the stored ones (first/last seen widened)."""
+        rows = [[_device_key(d)] + [d.get(c) for c in _DEVICE_COLUMNS[1:]] for d in devices]
+        sql = (
+            f"INSERT INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_DEVICE_COLUMNS))}) ON CONFLICT(key) DO UPDATE SET "
+            "ipv4 = coalesce(devices.ipv4, excluded.ipv4), "
+            "ipv6 = coalesce(devices.ipv6, excluded.ipv6), "
+            "multi_ip = max(devices.multi_ip, excluded.multi_ip), "
+            "first_seen = min(devices.first_seen, excluded.first_seen), "
+            "last_seen = max(devices.last_seen, excluded.last_seen), "
+            + ", ".join(f"{c} = devices.{c} + excluded.{c}" for c in _DEVICE_COLUMNS[8:])
+        )
+        self._write(lambda: self.db.conn.executemany(sql, rows))
+
+    def devices(self) -> list[dict[str, Any]]:
+        return list(self.db["devices"].rows_where(order_by="first_seen"))
+
+    def violations(self, run: int | None = None) -> list[dict[str, Any]]:
+        where = "run = ?" if run is not None else None
+        args = [run] if run is not None else None
+        return list(self.db["violations"].rows_where(where, args, order_by="ts"))
+
+
+def _device_key(d: dict[str, Any]) -> str:
+    return d["mac"] or d["ipv4"] or d["ipv6"] or f"device-{d['index']}"
+
+
+def _flow_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
+    return {"run": run, "flow": e["flow"], "first": e["first"], "last": e["ts"],
+            "src": e["src"], "dst": e["dst"], "proto": e["proto"], "sport": e.get("sport"),
+            "dport": e.get("dport"), "icmp_type": e.get("icmp_type"), "vlan": e["vlan"],
+            "packets": e["packets"], "bytes": e["bytes"], "verdict": e["verdict"],
+            "rule": e["rule"], "end": e["end"]}
+
+
+def _violation_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
+    return {"run": run, "ts": e["ts"], "flow": e["flow"], "src": e["src"], "dst": e["dst"],
+            "proto": e["proto"], "sport": e.get("sport"), "dport": e.get("dport"),
+            "icmp_type": e.get("icmp_type"), "vlan": e["vlan"], "reason": e["reason"],
+            "smac": e.get("smac"), "dmac": e.get("dmac")}

@@ -1,0 +1,301 @@
+# C declarations of the fast path: packet, flow, device, event and policy tables.
+# Loops live in the .pxi files included by core.pyx; nothing here allocates.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+# Verdicts written per packet.
+cdef enum:
+    VERDICT_NONE = 0
+    VERDICT_ALLOW = 1
+    VERDICT_DENY = 2
+    VERDICT_MALFORMED = 3
+
+# Reasons: why a packet got its verdict. Names in core.pyx REASON_NAMES, same order.
+cdef enum:
+    R_RULE = 0                # allowed by the rule in `rule`
+    R_NO_POLICY = 1           # learn mode or no policy loaded: nothing enforced
+    R_NO_RULE = 2             # no rule joins the two endpoints' groups
+    R_WRONG_INITIATOR = 3     # allowed only if the other side had started it
+    R_PROTO_NOT_ALLOWED = 4
+    R_PORT_NOT_ALLOWED = 5
+    R_ARP = 6                 # ARP, allowed or denied by the policy's `arp`
+    R_NON_IP = 7              # other non-IP frame, by the policy's `non_ip`
+    R_FRAGMENT = 8            # later IP fragment, attributed to its flow
+    R_FRAGMENT_UNMATCHED = 9  # later fragment whose first fragment was not seen
+    R_MALFORMED_FIRST = 16    # reasons from here on come with VERDICT_MALFORMED
+    R_BAD_OFFSET = 16         # batch offset/length outside the buffer
+    R_LINKTYPE = 17           # link type the decoder does not know
+    R_ETH_SHORT = 18
+    R_VLAN_SHORT = 19
+    R_VLAN_DEPTH = 20         # more than two VLAN tags
+    R_SLL_SHORT = 21
+    R_RAW_VERSION = 22        # raw-IP link type, version nibble neither 4 nor 6
+    R_ARP_SHORT = 23
+    R_IPV4_SHORT = 24
+    R_IPV4_VERSION = 25
+    R_IPV4_IHL = 26
+    R_IPV4_TOTAL_LENGTH = 27
+    R_IPV6_SHORT = 28
+    R_IPV6_VERSION = 29
+    R_IPV6_EXT_SHORT = 30
+    R_IPV6_EXT_DEPTH = 31     # more than 8 extension headers
+    R_TCP_SHORT = 32
+    R_TCP_OFFSET = 33         # data offset below 5 words or past the IP packet
+    R_UDP_SHORT = 34
+    R_UDP_LENGTH = 35
+    R_ICMP_SHORT = 36
+    R_SCTP_SHORT = 37
+    R_COUNT = 38
+
+# Event types in the ring.
+cdef enum:
+    EV_NEW_DEVICE = 1
+    EV_NEW_FLOW = 2
+    EV_VIOLATION = 3
+    EV_FLOW_END = 4
+    EV_MALFORMED = 5
+
+# Why a flow ended (event.reason for EV_FLOW_END).
+cdef enum:
+    END_FIN = 1
+    END_RST = 2
+    END_IDLE = 3
+    END_EVICTED = 4
+    END_NEW_SYN = 5           # a new SYN reused a closing flow's ports
+
+cdef enum:
+    FLOW_EMPTY = 0
+    FLOW_ACTIVE = 1
+    FLOW_CLOSING = 2
+
+cdef enum:
+    FRAG_NONE = 0
+    FRAG_FIRST = 1
+    FRAG_LATER = 2
+
+cdef enum:
+    L3_NONE = 0     # non-IP frame
+    L3_ARP = 1
+    L3_IPV4 = 4
+    L3_IPV6 = 6
+
+cdef enum:
+    TIMEOUT_TCP = 0
+    TIMEOUT_UDP = 1
+    TIMEOUT_ICMP = 2
+    TIMEOUT_OTHER = 3
+    TIMEOUT_CLOSING = 4
+    TIMEOUT_CLASSES = 5
+
+cdef enum:
+    NO_RULE = 0xFFFF
+    NO_DEVICE = 0xFFFFFFFF
+    BUCKET_SLOTS = 8
+    MAX_GROUPS = 256
+    GROUP_WORDS = 4
+    SEL_MAC = 1
+    SEL_OUI = 2
+    SEL_NET = 3
+    SEL_VLAN = 4
+    ACTION_ALLOW = 1
+    ACTION_DENY = 2
+    MODE_LEARN = 0
+    MODE_MONITOR = 1
+    MODE_ENFORCE = 2
+    MODE_BYPASS = 3
+
+# One decoded packet (stack only, never stored).
+ctypedef struct pkt_t:
+    uint8_t dst_mac[6]
+    uint8_t src_mac[6]
+    uint8_t has_mac          # 2: both MACs (Ethernet), 1: source only (SLL), 0: none
+    uint8_t l3               # L3_*
+    uint8_t proto            # IP protocol after extension headers
+    uint8_t frag             # FRAG_*
+    uint8_t tcp_flags
+    uint8_t icmp_type
+    uint8_t icmp_code
+    uint8_t tunnel           # 1: IP-in-IP or GRE, reported, not decapsulated
+    uint16_t ethertype
+    uint16_t vlan            # innermost VLAN id, 0 if untagged
+    uint16_t vlan_outer      # outer (service) tag under QinQ, else 0
+    uint16_t sport
+    uint16_t dport
+    uint16_t icmp_id
+    uint32_t frag_id
+    uint32_t l4_off
+    uint8_t src[16]          # IPv4 as ::ffff:a.b.c.d
+    uint8_t dst[16]
+
+# Flow key: endpoints in canonical order so both directions hash alike.
+ctypedef struct flow_key_t:
+    uint64_t a[2]            # 16-byte address (IPv4 as ::ffff:a.b.c.d)
+    uint64_t b[2]
+    uint16_t pa              # port of a (ICMP: identifier, not swapped)
+    uint16_t pb              # port of b (ICMP: message class, not swapped)
+    uint16_t vlan
+    uint16_t vlan_outer
+    uint8_t proto
+    uint8_t l3
+    uint8_t pad[6]           # 48 bytes, hashed as six 64-bit words
+
+# One flow slot: 128 bytes (stated limit: at most 256).
+ctypedef struct flow_t:
+    flow_key_t key
+    uint64_t id
+    uint64_t first_ns
+    uint64_t last_ns
+    uint64_t bytes[2]        # [0] initiator -> responder, [1] back
+    uint32_t pkts[2]
+    uint32_t dev[2]          # device index of initiator, responder
+    uint32_t policy_gen      # policy generation that decided the verdict
+    uint16_t rule
+    uint16_t dport           # responder's port (ICMP: request type)
+    uint8_t verdict
+    uint8_t reason
+    uint8_t state            # FLOW_*
+    uint8_t init_is_a        # initiator is key.a
+    uint8_t fin              # bit 0: FIN from initiator, bit 1: from responder
+    uint8_t timeout_class
+    uint8_t pad[10]
+
+# One device, keyed by its source MAC (or its address when the link has none).
+ctypedef struct device_t:
+    uint8_t key[16]
+    uint8_t mac[6]
+    uint8_t has_mac
+    uint8_t multi_ip         # sent from more than one IPv4 address (a router)
+    uint16_t vlan
+    uint16_t pad16
+    uint32_t flows
+    uint8_t ip4[16]          # first IPv4 seen from it (::ffff:a.b.c.d), zero if none
+    uint8_t ip6[16]          # first IPv6 seen from it
+    uint64_t first_ns
+    uint64_t last_ns
+    uint64_t pkts_tx
+    uint64_t bytes_tx
+    uint64_t pkts_rx
+    uint64_t bytes_rx
+    uint32_t violations
+    uint32_t index
+
+ctypedef struct event_t:
+    uint64_t ts_ns
+    uint64_t flow_id
+    uint64_t pkts
+    uint64_t bytes
+    uint64_t packet              # packet number (0-based, over the classifier's life)
+    uint64_t first_ns            # flow events: when the flow started
+    uint8_t src[16]              # initiator / device address
+    uint8_t dst[16]              # responder
+    uint8_t smac[6]
+    uint8_t dmac[6]
+    uint16_t sport
+    uint16_t dport
+    uint16_t vlan
+    uint16_t rule
+    uint32_t device
+    uint32_t peer_device
+    uint8_t type
+    uint8_t reason
+    uint8_t verdict
+    uint8_t proto
+    uint8_t l3
+    uint8_t has_mac
+    uint8_t icmp_type
+    uint8_t icmp_code
+
+ctypedef struct selector_t:
+    uint8_t value[16]
+    uint8_t kind                 # SEL_*
+    uint8_t prefix               # SEL_NET: prefix length over the 16-byte form
+    uint16_t group
+
+ctypedef struct rule_t:
+    uint64_t src[GROUP_WORDS]    # group bitsets; bit 0 is "any"
+    uint64_t dst[GROUP_WORDS]
+    uint16_t port_lo             # responder port range (ICMP: type range)
+    uint16_t port_hi
+    uint16_t rule                # index of the source rule
+    uint8_t proto                # 0: any
+    uint8_t either               # either side may initiate
+
+ctypedef struct policy_t:
+    selector_t* selectors
+    rule_t* rules
+    uint64_t* vlan_groups        # GROUP_WORDS words: groups with a VLAN condition
+    uint64_t* open_groups        # GROUP_WORDS words: groups with no identity selector
+    uint32_t n_selectors
+    uint32_t n_rules
+    uint32_t generation
+    uint8_t arp
+    uint8_t non_ip
+    uint8_t fragment_unmatched   # ACTION_*
+
+ctypedef struct stats_t:
+    uint64_t packets
+    uint64_t bytes
+    uint64_t allowed
+    uint64_t denied
+    uint64_t malformed
+    uint64_t flows_created
+    uint64_t flows_ended
+    uint64_t flows_evicted
+    uint64_t flows_active
+    uint64_t devices
+    uint64_t device_table_full
+    uint64_t events_dropped
+    uint64_t fragments_attributed
+    uint64_t fragments_unmatched
+    uint64_t reasons[64]
+
+
+cdef class CompiledPolicy:
+    cdef policy_t pol
+    cdef readonly object source
+
+
+cimport cython
+
+@cython.final
+cdef class Classifier:
+    cdef flow_t* flows
+    cdef uint32_t* tags
+    cdef uint32_t n_buckets
+    cdef uint32_t bucket_mask
+    cdef uint32_t sweep_cursor
+    cdef uint32_t sweep_buckets
+    cdef device_t* devices
+    cdef uint32_t* dev_tags
+    cdef uint32_t dev_capacity
+    cdef uint32_t dev_count
+    cdef uint64_t* frag_keys
+    cdef uint32_t* frag_flows
+    cdef uint32_t frag_mask
+    cdef event_t* ring
+    cdef uint32_t ring_mask
+    cdef uint64_t ring_head
+    cdef uint64_t ring_tail
+    cdef uint64_t seed
+    cdef uint64_t next_flow_id
+    cdef uint64_t timeouts[TIMEOUT_CLASSES]
+    cdef uint64_t now_ns
+    cdef stats_t st
+    cdef int mode
+    cdef CompiledPolicy policy
+
+    cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
+                        const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
+                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, Py_ssize_t n,
+                        const policy_t* pol) noexcept nogil
+    cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil
+    cdef uint32_t _touch_device(self, const pkt_t* k, uint64_t ts) noexcept nogil
+    cdef void _l2_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason) noexcept nogil
+    cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
+                         uint16_t* rule) noexcept nogil
+    cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
+                          const policy_t* pol) noexcept nogil
+    cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
+    cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil

@@ -1,0 +1,546 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""wardtap fast path: decode, flow table, policy match and verdicts for batches of packets.
+
+One Python call per batch; the loop runs without the GIL and allocates nothing. Events
+(new device, new flow, violation, flow end, malformed) go to a bounded ring that the slow
+path drains; a full ring is counted, never waited on.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memset
+
+import os
+
+include "decode.pxi"
+include "policytable.pxi"
+include "flowtable.pxi"
+include "capture.pxi"
+
+VERDICT_NAMES = ("none", "allow", "deny", "malformed")
+
+# Same order and values as the R_* enum in core.pxd.
+REASON_NAMES = {
+    R_RULE: "rule", R_NO_POLICY: "no_policy", R_NO_RULE: "no_rule",
+    R_WRONG_INITIATOR: "wrong_initiator", R_PROTO_NOT_ALLOWED: "proto_not_allowed",
+    R_PORT_NOT_ALLOWED: "port_not_allowed", R_ARP: "arp", R_NON_IP: "non_ip",
+    R_FRAGMENT: "fragment", R_FRAGMENT_UNMATCHED: "fragment_unmatched",
+    R_BAD_OFFSET: "bad_offset", R_LINKTYPE: "unsupported_linktype",
+    R_ETH_SHORT: "ethernet_truncated", R_VLAN_SHORT: "vlan_truncated",
+    R_VLAN_DEPTH: "vlan_too_deep", R_SLL_SHORT: "sll_truncated",
+    R_RAW_VERSION: "raw_ip_bad_version", R_ARP_SHORT: "arp_truncated",
+    R_IPV4_SHORT: "ipv4_truncated", R_IPV4_VERSION: "ipv4_bad_version",
+    R_IPV4_IHL: "ipv4_bad_header_length", R_IPV4_TOTAL_LENGTH: "ipv4_bad_total_length",
+    R_IPV6_SHORT: "ipv6_truncated", R_IPV6_VERSION: "ipv6_bad_version",
+    R_IPV6_EXT_SHORT: "ipv6_extension_truncated", R_IPV6_EXT_DEPTH: "ipv6_too_many_extensions",
+    R_TCP_SHORT: "tcp_truncated", R_TCP_OFFSET: "tcp_bad_data_offset",
+    R_UDP_SHORT: "udp_truncated", R_UDP_LENGTH: "udp_bad_length",
+    R_ICMP_SHORT: "icmp_truncated", R_SCTP_SHORT: "sctp_truncated",
+}
+MALFORMED_FIRST = R_MALFORMED_FIRST
+EVENT_NAMES = {EV_NEW_DEVICE: "new_device", EV_NEW_FLOW: "new_flow",
+               EV_VIOLATION: "violation", EV_FLOW_END: "flow_end", EV_MALFORMED: "malformed"}
+FLOW_END_NAMES = {END_FIN: "fin", END_RST: "rst", END_IDLE: "idle",
+                  END_EVICTED: "evicted", END_NEW_SYN: "port_reused"}
+MODES = {"learn": MODE_LEARN, "monitor": MODE_MONITOR, "enforce": MODE_ENFORCE,
+         "bypass": MODE_BYPASS}
+NO_RULE_INDEX = NO_RULE
+NO_DEVICE_INDEX = NO_DEVICE
+FLOW_SLOT_BYTES = sizeof(flow_t)
+DEVICE_SLOT_BYTES = sizeof(device_t)
+EVENT_BYTES = sizeof(event_t)
+BUCKET_SIZE = BUCKET_SLOTS
+STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
+                "flows_ended", "flows_evicted", "flows_active", "devices",
+                "device_table_full", "events_dropped", "fragments_attributed",
+                "fragments_unmatched")
+
+
+def _layout_event():
+    cdef event_t e
+    cdef size_t b = <size_t>&e
+    return {
+        "ts_ns": (<size_t>&e.ts_ns - b, "u8"), "flow_id": (<size_t>&e.flow_id - b, "u8"),
+        "pkts": (<size_t>&e.pkts - b, "u8"), "bytes": (<size_t>&e.bytes - b, "u8"),
+        "packet": (<size_t>&e.packet - b, "u8"), "first_ns": (<size_t>&e.first_ns - b, "u8"),
+        "src": (<size_t>&e.src - b, "V16"), "dst": (<size_t>&e.dst - b, "V16"),
+        "smac": (<size_t>&e.smac - b, "V6"), "dmac": (<size_t>&e.dmac - b, "V6"),
+        "sport": (<size_t>&e.sport - b, "u2"), "dport": (<size_t>&e.dport - b, "u2"),
+        "vlan": (<size_t>&e.vlan - b, "u2"), "rule": (<size_t>&e.rule - b, "u2"),
+        "device": (<size_t>&e.device - b, "u4"), "peer_device": (<size_t>&e.peer_device - b, "u4"),
+        "type": (<size_t>&e.type - b, "u1"), "reason": (<size_t>&e.reason - b, "u1"),
+        "verdict": (<size_t>&e.verdict - b, "u1"), "proto": (<size_t>&e.proto - b, "u1"),
+        "l3": (<size_t>&e.l3 - b, "u1"), "has_mac": (<size_t>&e.has_mac - b, "u1"),
+        "icmp_type": (<size_t>&e.icmp_type - b, "u1"), "icmp_code": (<size_t>&e.icmp_code - b, "u1"),
+    }, sizeof(event_t)
+
+
+def _layout_device():
+    cdef device_t d
+    cdef size_t b = <size_t>&d
+    return {
+        "mac": (<size_t>&d.mac - b, "V6"), "has_mac": (<size_t>&d.has_mac - b, "u1"),
+        "multi_ip": (<size_t>&d.multi_ip - b, "u1"), "vlan": (<size_t>&d.vlan - b, "u2"),
+        "flows": (<size_t>&d.flows - b, "u4"), "ip4": (<size_t>&d.ip4 - b, "V16"),
+        "ip6": (<size_t>&d.ip6 - b, "V16"), "first_ns": (<size_t>&d.first_ns - b, "u8"),
+        "last_ns": (<size_t>&d.last_ns - b, "u8"), "pkts_tx": (<size_t>&d.pkts_tx - b, "u8"),
+        "bytes_tx": (<size_t>&d.bytes_tx - b, "u8"), "pkts_rx": (<size_t>&d.pkts_rx - b, "u8"),
+        "bytes_rx": (<size_t>&d.bytes_rx - b, "u8"),
+        "violations": (<size_t>&d.violations - b, "u4"), "index": (<size_t>&d.index - b, "u4"),
+        "key": (<size_t>&d.key - b, "V16"),
+    }, sizeof(device_t)
+
+
+def _layout_decoded():
+    cdef pkt_t k
+    cdef size_t b = <size_t>&k
+    return {
+        "dst_mac": (<size_t>&k.dst_mac - b, "V6"), "src_mac": (<size_t>&k.src_mac - b, "V6"),
+        "has_mac": (<size_t>&k.has_mac - b, "u1"), "l3": (<size_t>&k.l3 - b, "u1"),
+        "proto": (<size_t>&k.proto - b, "u1"), "frag": (<size_t>&k.frag - b, "u1"),
+        "tcp_flags": (<size_t>&k.tcp_flags - b, "u1"), "icmp_type": (<size_t>&k.icmp_type - b, "u1"),
+        "icmp_code": (<size_t>&k.icmp_code - b, "u1"), "tunnel": (<size_t>&k.tunnel - b, "u1"),
+        "ethertype": (<size_t>&k.ethertype - b, "u2"), "vlan": (<size_t>&k.vlan - b, "u2"),
+        "vlan_outer": (<size_t>&k.vlan_outer - b, "u2"), "sport": (<size_t>&k.sport - b, "u2"),
+        "dport": (<size_t>&k.dport - b, "u2"), "icmp_id": (<size_t>&k.icmp_id - b, "u2"),
+        "frag_id": (<size_t>&k.frag_id - b, "u4"), "l4_off": (<size_t>&k.l4_off - b, "u4"),
+        "src": (<size_t>&k.src - b, "V16"), "dst": (<size_t>&k.dst - b, "V16"),
+    }, sizeof(pkt_t)
+
+
+def decode_batch(const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,
+                 const uint16_t[::1] linktypes, uint8_t[::1] out, uint8_t[::1] reasons):
+    """Decode each packet into `out` (records of _layout_decoded) for reports and tests.
+
+    Not the hot path: `replay --packets-out` and the differential tests use it.
+    """
+    cdef Py_ssize_t i, n = offsets.shape[0]
+    cdef pkt_t* recs = <pkt_t*>&out[0]
+    if out.shape[0] < n * <Py_ssize_t>sizeof(pkt_t) or reasons.shape[0] < n:
+        raise ValueError("output arrays too small")
+    with nogil:
+        for i in range(n):
+            memset(&recs[i], 0, sizeof(pkt_t))
+            if offsets[i] < 0 or offsets[i] + lengths[i] > buf.shape[0]:
+                reasons[i] = R_BAD_OFFSET
+                continue
+            reasons[i] = decode_packet(&buf[0] + offsets[i], lengths[i], linktypes[i], &recs[i])
+
+
+cdef uint32_t next_pow2(uint64_t n):
+    cdef uint64_t p = 1
+    while p < n:
+        p <<= 1
+    return <uint32_t>p
+
+
+cdef class Classifier:
+    """Per-packet verdicts for batches; fixed memory chosen at construction.
+
+    flow_capacity: flow slots (rounded up to a power of two times BUCKET_SLOTS), 128 bytes each.
+    device_capacity: device slots (power of two), filled to 7/8 at most.
+    event_capacity: events the ring holds between drains.
+    timeouts: idle seconds per class: tcp, udp, icmp, other, closing.
+    """
+
+    def __cinit__(self, uint64_t flow_capacity=65536, uint64_t device_capacity=4096,
+                  uint64_t event_capacity=65536, seed=None, timeouts=None):
+        if flow_capacity < BUCKET_SLOTS or flow_capacity > (1 << 28):
+            raise ValueError("flow_capacity must be between 8 and 268435456")
+        if device_capacity < 16 or device_capacity > (1 << 24):
+            raise ValueError("device_capacity must be between 16 and 16777216")
+        if event_capacity < 16 or event_capacity > (1 << 24):
+            raise ValueError("event_capacity must be between 16 and 16777216")
+        self.n_buckets = next_pow2((flow_capacity + BUCKET_SLOTS - 1) // BUCKET_SLOTS)
+        self.bucket_mask = self.n_buckets - 1
+        self.sweep_buckets = max(1, self.n_buckets // 256)
+        self.flows = <flow_t*>calloc(<size_t>self.n_buckets * BUCKET_SLOTS, sizeof(flow_t))
+        self.tags = <uint32_t*>calloc(<size_t>self.n_buckets * BUCKET_SLOTS, sizeof(uint32_t))
+        self.dev_capacity = next_pow2(device_capacity)
+        self.devices = <device_t*>calloc(self.dev_capacity, sizeof(device_t))
+        self.dev_tags = <uint32_t*>calloc(self.dev_capacity, sizeof(uint32_t))
+        self.frag_mask = 1023
+        self.frag_keys = <uint64_t*>calloc(self.frag_mask + 1, sizeof(uint64_t))
+        self.frag_flows = <uint32_t*>calloc(self.frag_mask + 1, sizeof(uint32_t))
+        self.ring_mask = next_pow2(event_capacity) - 1
+        self.ring = <event_t*>calloc(self.ring_mask + 1, sizeof(event_t))
+        if (self.flows == NULL or self.tags == NULL or self.devices == NULL
+                or self.dev_tags == NULL or self.frag_keys == NULL or self.frag_flows == NULL
+                or self.ring == NULL):
+            raise MemoryError("cannot allocate the classifier's tables")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self.seed = seed
+        self.next_flow_id = 1
+        seconds = timeouts or (3600, 60, 30, 120, 10)
+        if len(seconds) != TIMEOUT_CLASSES:
+            raise ValueError("timeouts: tcp, udp, icmp, other, closing")
+        for i in range(TIMEOUT_CLASSES):
+            self.timeouts[i] = <uint64_t>(seconds[i] * 1000000000)
+        self.mode = MODE_LEARN
+        self.policy = None
+
+    def __dealloc__(self):
+        free(self.flows)
+        free(self.tags)
+        free(self.devices)
+        free(self.dev_tags)
+        free(self.frag_keys)
+        free(self.frag_flows)
+        free(self.ring)
+
+    # -- configuration, between batches ------------------------------------------------
+
+    def set_policy(self, CompiledPolicy policy):
+        """Use `policy` for flows that start from the next batch on (None: no policy)."""
+        self.policy = policy
+
+    def set_mode(self, str mode):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = MODES[mode]
+
+    @property
+    def mode_name(self):
+        return {v: k for k, v in MODES.items()}[self.mode]
+
+    @property
+    def memory_bytes(self):
+        """Bytes of every table this classifier holds; fixed for its life."""
+        slots = <uint64_t>self.n_buckets * BUCKET_SLOTS
+        return (slots * (sizeof(flow_t) + 4) + self.dev_capacity * (sizeof(device_t) + 4)
+                + (self.frag_mask + 1) * 12 + (self.ring_mask + 1) * sizeof(event_t))
+
+    @property
+    def flow_capacity(self):
+        return self.n_buckets * BUCKET_SLOTS
+
+    @property
+    def device_capacity(self):
+        return self.dev_capacity
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def classify(self, const uint8_t[::1] buf, const int64_t[::1] offsets,
+                 const uint32_t[::1] lengths, const uint64_t[::1] timestamps,
+                 const uint16_t[::1] linktypes, uint8_t[::1] verdicts, uint8_t[::1] reasons,
+                 uint16_t[::1] rules):
+        """Classify one batch: packet i is buf[offsets[i]:offsets[i]+lengths[i]].
+
+        Fills verdicts, reasons and rules for every packet; returns the packet count.
+        """
+        cdef Py_ssize_t n = offsets.shape[0]
+        cdef CompiledPolicy policy = self.policy     # held for the whole batch
+        cdef const policy_t* pol = &policy.pol if policy is not None else NULL
+        if (lengths.shape[0] < n or timestamps.shape[0] < n or linktypes.shape[0] < n
+                or verdicts.shape[0] < n or reasons.shape[0] < n or rules.shape[0] < n):
+            raise ValueError("batch arrays shorter than offsets")
+        if n == 0:
+            return 0
+        with nogil:
+            self._classify(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0],
+                           &lengths[0], &timestamps[0], &linktypes[0], &verdicts[0],
+                           &reasons[0], &rules[0], n, pol)
+        return n
+
+    cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
+                        const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
+                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, Py_ssize_t n,
+                        const policy_t* pol) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef pkt_t k
+        cdef int r
+        cdef uint32_t length
+        for i in range(n):
+            length = lengths[i]
+            self.st.packets += 1
+            self.st.bytes += length
+            if offsets[i] < 0 or offsets[i] > buflen or length > buflen - offsets[i]:
+                r = R_BAD_OFFSET
+            else:
+                r = decode_packet(buf + offsets[i], length, linktypes[i], &k)
+                if ts[i] > self.now_ns:
+                    self.now_ns = ts[i]
+            if r != R_RULE:
+                self._malformed(&k, r, ts[i], i)
+                verdicts[i] = VERDICT_MALFORMED
+                reasons[i] = r
+                rules[i] = NO_RULE
+                continue
+            if k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
+                self._ip_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i], &rules[i])
+            else:
+                self._l2_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i])
+                rules[i] = NO_RULE
+            if verdicts[i] == VERDICT_ALLOW:
+                self.st.allowed += 1
+            else:
+                self.st.denied += 1
+            self.st.reasons[reasons[i]] += 1
+        sweep_idle(self, self.now_ns)
+
+    cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil:
+        cdef event_t* e
+        self.st.malformed += 1
+        self.st.reasons[reason] += 1
+        e = event_slot(self)
+        if e != NULL:
+            e.type = EV_MALFORMED
+            e.reason = reason
+            e.verdict = VERDICT_MALFORMED
+            e.ts_ns = ts
+            e.packet = self.st.packets - 1
+            e.device = NO_DEVICE
+            e.peer_device = NO_DEVICE
+            e.rule = NO_RULE
+            if reason != R_BAD_OFFSET and reason != R_LINKTYPE and k.has_mac:
+                memcpy(e.smac, k.src_mac, 6)
+                e.has_mac = k.has_mac
+
+    cdef uint32_t _touch_device(self, const pkt_t* k, uint64_t ts) noexcept nogil:
+        """Device of the packet's sender, announcing it when new."""
+        cdef bint created
+        cdef uint32_t d = device_lookup(self, k, ts, &created)
+        cdef event_t* e
+        if d == NO_DEVICE:
+            return d
+        device_learn_ip(&self.devices[d], k)
+        if created:
+            e = event_slot(self)
+            if e != NULL:
+                e.type = EV_NEW_DEVICE
+                e.ts_ns = ts
+                e.packet = self.st.packets - 1
+                e.device = d
+                e.peer_device = NO_DEVICE
+                e.rule = NO_RULE
+                memcpy(e.smac, k.src_mac, 6)
+                e.has_mac = k.has_mac
+                if k.l3 != L3_NONE:
+                    memcpy(e.src, k.src, 16)
+                e.l3 = k.l3
+                e.vlan = k.vlan
+        return d
+
+    cdef void _l2_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason) noexcept nogil:
+        cdef uint32_t d = self._touch_device(k, ts)
+        cdef uint8_t action = ACTION_ALLOW
+        if d != NO_DEVICE:
+            self.devices[d].pkts_tx += 1
+            self.devices[d].bytes_tx += length
+            self.devices[d].last_ns = ts
+        reason[0] = R_ARP if k.l3 == L3_ARP else R_NON_IP
+        if pol != NULL and self.mode != MODE_LEARN:
+            action = pol.arp if k.l3 == L3_ARP else pol.non_ip
+        else:
+            reason[0] = R_NO_POLICY
+        verdict[0] = VERDICT_ALLOW if action == ACTION_ALLOW else VERDICT_DENY
+
+    cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
+                         uint16_t* rule) noexcept nogil:
+        cdef flow_key_t key
+        cdef bint swapped, created, from_initiator
+        cdef flow_t* f
+        cdef uint32_t role, slot
+        cdef uint64_t fh
+        if k.frag == FRAG_LATER:
+            fh = frag_hash(k, self.seed)
+            slot = fh & self.frag_mask
+            if self.frag_keys[slot] == fh:
+                f = &self.flows[self.frag_flows[slot]]
+                self.st.fragments_attributed += 1
+                verdict[0] = f.verdict
+                reason[0] = R_FRAGMENT
+                rule[0] = f.rule
+                return
+            self.st.fragments_unmatched += 1
+            reason[0] = R_FRAGMENT_UNMATCHED
+            rule[0] = NO_RULE
+            if pol == NULL or self.mode == MODE_LEARN or pol.fragment_unmatched == ACTION_ALLOW:
+                verdict[0] = VERDICT_ALLOW
+            else:
+                verdict[0] = VERDICT_DENY
+            return
+        swapped = make_key(k, &key)
+        f = flow_find_or_add(self, &key, ts, &created)
+        if not created and f.state == FLOW_CLOSING and k.proto == 6 and (k.tcp_flags & 0x12) == 0x02:
+            # A new SYN on a closed connection's ports: a new flow in the same slot.
+            memset(f, 0, sizeof(flow_t))
+            f.key = key
+            created = 1
+        if created:
+            self._start_flow(f, k, swapped, ts, pol)
+        from_initiator = swapped != f.init_is_a
+        role = 0 if from_initiator else 1
+        f.pkts[role] += 1
+        f.bytes[role] += length
+        f.last_ns = ts
+        if f.dev[role] == NO_DEVICE:
+            f.dev[role] = self._touch_device(k, ts)
+            if f.dev[role] != NO_DEVICE:
+                self.devices[f.dev[role]].flows += 1
+                if role == 0 and f.verdict == VERDICT_DENY:
+                    self.devices[f.dev[role]].violations += 1
+        if f.dev[role] != NO_DEVICE:
+            self.devices[f.dev[role]].pkts_tx += 1
+            self.devices[f.dev[role]].bytes_tx += length
+            self.devices[f.dev[role]].last_ns = ts
+        if f.dev[1 - role] != NO_DEVICE:
+            self.devices[f.dev[1 - role]].pkts_rx += 1
+            self.devices[f.dev[1 - role]].bytes_rx += length
+        if k.proto == 6 and (k.tcp_flags & 0x05):
+            self._tcp_close(f, k.tcp_flags, role, ts)
+        if k.frag == FRAG_FIRST:
+            fh = frag_hash(k, self.seed)
+            self.frag_keys[fh & self.frag_mask] = fh
+            self.frag_flows[fh & self.frag_mask] = <uint32_t>(f - self.flows)
+        verdict[0] = f.verdict
+        reason[0] = f.reason
+        rule[0] = f.rule
+
+    cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
+                          const policy_t* pol) noexcept nogil:
+        cdef bint sender_first = sender_initiates(k)
+        cdef uint64_t gi[GROUP_WORDS]
+        cdef uint64_t gr[GROUP_WORDS]
+        cdef bint icmp = k.proto == 1 or k.proto == 58
+        cdef event_t* e
+        cdef uint32_t d
+        f.id = self.next_flow_id
+        self.next_flow_id += 1
+        f.first_ns = ts
+        f.state = FLOW_ACTIVE
+        f.init_is_a = (not swapped) == sender_first
+        f.timeout_class = timeout_class_of(k.proto)
+        f.dev[0] = NO_DEVICE
+        f.dev[1] = NO_DEVICE
+        if icmp:
+            f.dport = k.icmp_type if not icmp_is_reply(k.proto, k.icmp_type) else (8 if k.proto == 1 else 128)
+        else:
+            f.dport = k.dport if sender_first else k.sport
+        self.st.flows_created += 1
+        self.st.flows_active += 1
+        d = self._touch_device(k, ts)
+        f.dev[0 if sender_first else 1] = d
+        if d != NO_DEVICE:
+            self.devices[d].flows += 1
+        if pol == NULL or self.mode == MODE_LEARN:
+            f.verdict = VERDICT_ALLOW
+            f.reason = R_NO_POLICY
+            f.rule = NO_RULE
+        else:
+            f.policy_gen = pol.generation
+            # Initiator and responder as seen from the sender of this first packet.
+            if sender_first:
+                groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gi)
+                groups_of(pol, k.dst_mac, k.has_mac == 2, k.dst, 1, k.vlan, gr)
+            else:
+                groups_of(pol, k.dst_mac, k.has_mac == 2, k.dst, 1, k.vlan, gi)
+                groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gr)
+            f.reason = evaluate(pol, gi, gr, k.proto, f.dport, &f.rule)
+            f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
+        e = event_slot(self)
+        if e != NULL:
+            fill_flow_event(e, EV_NEW_FLOW, f, ts)
+            e.reason = f.reason
+            e.packet = self.st.packets - 1
+            self._event_macs(e, k, sender_first)
+            e.icmp_type = k.icmp_type if icmp else 0
+            e.icmp_code = k.icmp_code if icmp else 0
+            if icmp:
+                e.icmp_type = f.dport
+        if f.verdict == VERDICT_DENY:
+            if sender_first and d != NO_DEVICE:
+                self.devices[d].violations += 1
+            e = event_slot(self)
+            if e != NULL:
+                fill_flow_event(e, EV_VIOLATION, f, ts)
+                e.reason = f.reason
+                e.packet = self.st.packets - 1
+                self._event_macs(e, k, sender_first)
+                if icmp:
+                    e.icmp_type = f.dport
+
+    cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil:
+        e.has_mac = k.has_mac
+        if sender_first:
+            memcpy(e.smac, k.src_mac, 6)
+            memcpy(e.dmac, k.dst_mac, 6)
+        else:
+            memcpy(e.smac, k.dst_mac, 6)
+            memcpy(e.dmac, k.src_mac, 6)
+
+    cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil:
+        if flags & 0x04:
+            end_flow(self, f, END_RST, ts)
+            f.state = FLOW_CLOSING
+            return
+        f.fin |= 1 << role
+        if f.fin == 3:
+            end_flow(self, f, END_FIN, ts)
+            f.state = FLOW_CLOSING
+
+    # -- the slow path's side ----------------------------------------------------------
+
+    def drain_events(self, uint8_t[::1] out):
+        """Move up to len(out) // EVENT_BYTES events into `out`; return how many."""
+        cdef uint64_t n = 0, room = out.shape[0] // sizeof(event_t)
+        cdef event_t* dst = <event_t*>&out[0] if out.shape[0] else NULL
+        while n < room and self.ring_tail < self.ring_head:
+            dst[n] = self.ring[self.ring_tail & self.ring_mask]
+            self.ring_tail += 1
+            n += 1
+        return n
+
+    @property
+    def pending_events(self):
+        return self.ring_head - self.ring_tail
+
+    def sweep(self, uint64_t now_ns, bint everything=False):
+        """Expire idle flows at `now_ns` (live sources call this when traffic pauses)."""
+        cdef uint32_t n, rounds = self.n_buckets // self.sweep_buckets if everything else 1
+        if now_ns > self.now_ns:
+            self.now_ns = now_ns
+        with nogil:
+            for n in range(rounds):
+                sweep_idle(self, self.now_ns)
+
+    def stats(self):
+        """Counters since start: a dict of ints plus `reasons` {name: count}."""
+        cdef uint64_t* words = <uint64_t*>&self.st
+        out = {name: words[i] for i, name in enumerate(STATS_FIELDS)}
+        out["reasons"] = {REASON_NAMES[r]: self.st.reasons[r]
+                          for r in REASON_NAMES if self.st.reasons[r]}
+        out["pending_events"] = self.ring_head - self.ring_tail
+        return out
+
+    def copy_devices(self, uint8_t[::1] out):
+        """Copy every device record into `out` (records of _layout_device); return count."""
+        cdef uint32_t i, n = 0
+        cdef device_t* dst = <device_t*>&out[0] if out.shape[0] else NULL
+        cdef uint64_t room = out.shape[0] // sizeof(device_t)
+        for i in range(self.dev_capacity):
+            if self.dev_tags[i] != 0 and n < room:
+                dst[n] = self.devices[i]
+                n += 1
+        return n
+
+    def copy_flows(self, uint8_t[::1] out, bint active_only=True):
+        """Copy active flows into `out` as flow-end shaped event records; return count."""
+        cdef uint64_t i, n = 0, slots = <uint64_t>self.n_buckets * BUCKET_SLOTS
+        cdef event_t* dst = <event_t*>&out[0] if out.shape[0] else NULL
+        cdef uint64_t room = out.shape[0] // sizeof(event_t)
+        cdef flow_t* f
+        for i in range(slots):
+            if self.tags[i] == 0 or n >= room:
+                continue
+            f = &self.flows[i]
+            if active_only and f.state != FLOW_ACTIVE:
+                continue
+            memset(&dst[n], 0, sizeof(event_t))
+            fill_flow_event(&dst[n], EV_FLOW_END, f, f.last_ns)
+            dst[n].reason = f.reason
+            n += 1
+        return n

@@ -1,0 +1,312 @@
+# Flow and device tables, fixed-size and preallocated, and the bounded event ring.
+#
+# Flow table: set-associative. A seeded hash of the canonical key picks a bucket of
+# BUCKET_SLOTS slots; each slot's 32-bit tag sits in a separate array so a lookup reads one
+# cache line of tags before touching a slot. A new flow takes an empty or idle-expired slot
+# of its bucket; if none, it evicts the least recently seen flow of that bucket (a flow-end
+# event with END_EVICTED and the flows_evicted counter). Memory never grows.
+
+cdef inline uint64_t mix64(uint64_t h) noexcept nogil:
+    h ^= h >> 33
+    h *= <uint64_t>0xFF51AFD7ED558CCD
+    h ^= h >> 33
+    h *= <uint64_t>0xC4CEB9FE1A85EC53
+    h ^= h >> 33
+    return h
+
+
+cdef inline uint64_t hash_key(const flow_key_t* key, uint64_t seed) noexcept nogil:
+    cdef const uint64_t* w = <const uint64_t*>key
+    cdef uint64_t h = seed
+    cdef int i
+    for i in range(6):
+        h = (h ^ w[i]) * <uint64_t>0x9E3779B97F4A7C15
+        h ^= h >> 29
+    return mix64(h)
+
+
+cdef inline bint key_equal(const flow_key_t* x, const flow_key_t* y) noexcept nogil:
+    cdef const uint64_t* a = <const uint64_t*>x
+    cdef const uint64_t* b = <const uint64_t*>y
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])
+            | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0
+
+
+cdef inline uint8_t timeout_class_of(uint8_t proto) noexcept nogil:
+    if proto == 6:
+        return TIMEOUT_TCP
+    if proto == 17 or proto == 132 or proto == 136:
+        return TIMEOUT_UDP
+    if proto == 1 or proto == 58:
+        return TIMEOUT_ICMP
+    return TIMEOUT_OTHER
+
+
+cdef inline uint16_t icmp_class(uint8_t proto, uint8_t icmp_type, uint8_t code) noexcept nogil:
+    """Both messages of a request/response pair share a class; others key on type/code."""
+    if proto == 1:
+        if icmp_type == 0 or icmp_type == 8:
+            return 8 << 8
+        if icmp_type == 13 or icmp_type == 14:
+            return 13 << 8
+    elif icmp_type == 128 or icmp_type == 129:
+        return 128 << 8
+    return (<uint16_t>icmp_type << 8) | code
+
+
+cdef inline bint icmp_paired(uint8_t proto, uint8_t icmp_type) noexcept nogil:
+    """Echo and timestamp messages: request and reply share an identifier."""
+    if proto == 1:
+        return icmp_type == 0 or icmp_type == 8 or icmp_type == 13 or icmp_type == 14
+    return icmp_type == 128 or icmp_type == 129
+
+
+cdef inline bint icmp_is_reply(uint8_t proto, uint8_t icmp_type) noexcept nogil:
+    if proto == 1:
+        return icmp_type == 0 or icmp_type == 14
+    return icmp_type == 129
+
+
+cdef inline bint make_key(const pkt_t* k, flow_key_t* key) noexcept nogil:
+    """Canonical key for the packet's flow; returns 1 when the sender is key.b."""
+    cdef int c = memcmp(k.src, k.dst, 16)
+    cdef bint swapped
+    cdef bint icmp = k.proto == 1 or k.proto == 58
+    if icmp:
+        swapped = c > 0
+    else:
+        swapped = c > 0 or (c == 0 and k.sport > k.dport)
+    if swapped:
+        memcpy(key.a, k.dst, 16)
+        memcpy(key.b, k.src, 16)
+    else:
+        memcpy(key.a, k.src, 16)
+        memcpy(key.b, k.dst, 16)
+    if icmp:
+        key.pa = k.icmp_id if icmp_paired(k.proto, k.icmp_type) else 0
+        key.pb = icmp_class(k.proto, k.icmp_type, k.icmp_code)
+    elif swapped:
+        key.pa = k.dport
+        key.pb = k.sport
+    else:
+        key.pa = k.sport
+        key.pb = k.dport
+    key.vlan = k.vlan
+    key.vlan_outer = k.vlan_outer
+    key.proto = k.proto
+    key.l3 = k.l3
+    memset(key.pad, 0, 6)
+    return swapped
+
+
+cdef inline bint sender_initiates(const pkt_t* k) noexcept nogil:
+    """Whether the first packet seen of a flow comes from the side that started it."""
+    if k.proto == 6:
+        if k.tcp_flags & 0x02:                 # SYN: initiator; SYN+ACK: responder
+            return not (k.tcp_flags & 0x10)
+        return k.sport >= k.dport              # mid-stream: the ephemeral port is the client
+    if k.proto == 1 or k.proto == 58:
+        return not icmp_is_reply(k.proto, k.icmp_type)
+    return 1
+
+
+cdef inline uint32_t device_lookup(Classifier c, const pkt_t* k, uint64_t ts,
+                                   bint* created) noexcept nogil:
+    """Index of the device that sent `k`, created on first sight; NO_DEVICE if full."""
+    cdef uint8_t key[16]
+    cdef uint64_t words[2]
+    cdef uint64_t h
+    cdef uint32_t i, tag, n
+    cdef device_t* d
+    created[0] = 0
+    memset(key, 0, 16)
+    if k.has_mac:
+        if k.src_mac[0] & 1:              # a multicast source MAC is no device
+            return NO_DEVICE
+        memcpy(key, k.src_mac, 6)
+        key[15] = 1
+    elif k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
+        memcpy(key, k.src, 16)
+    else:
+        return NO_DEVICE
+    memcpy(words, key, 16)
+    h = mix64(words[0] ^ c.seed) ^ mix64(words[1] + c.seed)
+    tag = <uint32_t>(h >> 32) | 1
+    i = <uint32_t>h & (c.dev_capacity - 1)
+    for n in range(c.dev_capacity):
+        if c.dev_tags[i] == 0:
+            break
+        if c.dev_tags[i] == tag and memcmp(c.devices[i].key, key, 16) == 0:
+            return i
+        i = (i + 1) & (c.dev_capacity - 1)
+    else:
+        c.st.device_table_full += 1
+        return NO_DEVICE
+    if c.dev_count >= c.dev_capacity - c.dev_capacity // 8:
+        c.st.device_table_full += 1
+        return NO_DEVICE
+    c.dev_tags[i] = tag
+    c.dev_count += 1
+    c.st.devices += 1
+    d = &c.devices[i]
+    memset(d, 0, sizeof(device_t))
+    memcpy(d.key, key, 16)
+    if k.has_mac:
+        memcpy(d.mac, k.src_mac, 6)
+        d.has_mac = 1
+    d.vlan = k.vlan
+    d.first_ns = ts
+    d.last_ns = ts
+    d.index = i
+    created[0] = 1
+    return i
+
+
+cdef inline void device_learn_ip(device_t* d, const pkt_t* k) noexcept nogil:
+    """Remember the first IPv4/IPv6 address a device sent from."""
+    cdef uint8_t* slot
+    if k.l3 == L3_IPV6:
+        slot = d.ip6
+        if k.src[0] == 0 and k.src[1] == 0 and memcmp(k.src, k.src + 2, 14) == 0:
+            return                         # unspecified address (DAD, DHCPv6)
+    elif k.l3 == L3_IPV4 or k.l3 == L3_ARP:
+        slot = d.ip4
+        if rd32(k.src + 12) == 0:
+            return                         # 0.0.0.0 (DHCP discover, ARP probe)
+    else:
+        return
+    if slot[10] == 0 and slot[15] == 0 and slot[0] == 0 and memcmp(slot, slot + 1, 15) == 0:
+        memcpy(slot, k.src, 16)
+    elif memcmp(slot, k.src, 16) != 0 and k.l3 != L3_IPV6:
+        d.multi_ip = 1
+
+
+cdef inline event_t* event_slot(Classifier c) noexcept nogil:
+    """Next free event in the ring, or NULL (counted) when the ring is full."""
+    cdef event_t* e
+    if c.ring_head - c.ring_tail > c.ring_mask:
+        c.st.events_dropped += 1
+        return NULL
+    e = &c.ring[c.ring_head & c.ring_mask]
+    c.ring_head += 1
+    memset(e, 0, sizeof(event_t))
+    return e
+
+
+cdef inline void fill_flow_event(event_t* e, uint8_t type, const flow_t* f,
+                                 uint64_t ts) noexcept nogil:
+    e.type = type
+    e.ts_ns = ts
+    e.first_ns = f.first_ns
+    e.flow_id = f.id
+    e.pkts = <uint64_t>f.pkts[0] + f.pkts[1]
+    e.bytes = f.bytes[0] + f.bytes[1]
+    if f.init_is_a:
+        memcpy(e.src, f.key.a, 16)
+        memcpy(e.dst, f.key.b, 16)
+        e.sport = f.key.pa
+        e.dport = f.key.pb
+    else:
+        memcpy(e.src, f.key.b, 16)
+        memcpy(e.dst, f.key.a, 16)
+        e.sport = f.key.pb
+        e.dport = f.key.pa
+    if f.key.proto == 1 or f.key.proto == 58:
+        e.sport = f.key.pa
+        e.dport = 0
+        e.icmp_type = f.dport
+    e.vlan = f.key.vlan
+    e.proto = f.key.proto
+    e.l3 = f.key.l3
+    e.rule = f.rule
+    e.verdict = f.verdict
+    e.device = f.dev[0]
+    e.peer_device = f.dev[1]
+
+
+cdef inline void end_flow(Classifier c, flow_t* f, uint8_t why, uint64_t ts) noexcept nogil:
+    """Emit a flow-end event; the slot stays for stray packets until it is reused."""
+    cdef event_t* e
+    if f.state == FLOW_ACTIVE:
+        c.st.flows_ended += 1
+        c.st.flows_active -= 1
+        e = event_slot(c)
+        if e != NULL:
+            fill_flow_event(e, EV_FLOW_END, f, ts)
+            e.reason = why
+            e.verdict = f.verdict
+
+
+cdef inline bint flow_expired(Classifier c, const flow_t* f, uint64_t now) noexcept nogil:
+    cdef uint64_t limit
+    if f.state == FLOW_CLOSING:
+        limit = c.timeouts[TIMEOUT_CLOSING]
+    else:
+        limit = c.timeouts[f.timeout_class]
+    return now > f.last_ns and now - f.last_ns > limit
+
+
+cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64_t ts,
+                                     bint* created) noexcept nogil:
+    """The flow for `key`, or a fresh zeroed slot for it (created=1)."""
+    cdef uint64_t h = hash_key(key, c.seed)
+    cdef uint32_t tag = <uint32_t>(h >> 32) | 1
+    cdef uint32_t base = (<uint32_t>h & c.bucket_mask) * BUCKET_SLOTS
+    cdef uint32_t i, victim = BUCKET_SLOTS
+    cdef uint64_t oldest = 0xFFFFFFFFFFFFFFFF
+    cdef uint32_t* tags = c.tags + base
+    cdef flow_t* f
+    created[0] = 0
+    for i in range(BUCKET_SLOTS):
+        if tags[i] == tag and key_equal(&c.flows[base + i].key, key):
+            return &c.flows[base + i]
+    # Miss: first empty slot, else an expired one, else the least recently seen.
+    for i in range(BUCKET_SLOTS):
+        if tags[i] == 0:
+            victim = i
+            break
+        f = &c.flows[base + i]
+        if flow_expired(c, f, ts):
+            end_flow(c, f, END_IDLE, f.last_ns)
+            victim = i
+            break
+        if f.last_ns < oldest:
+            oldest = f.last_ns
+            victim = i
+    f = &c.flows[base + victim]
+    if tags[victim] != 0 and f.state == FLOW_ACTIVE:
+        c.st.flows_evicted += 1
+        end_flow(c, f, END_EVICTED, ts)
+    tags[victim] = tag
+    memset(f, 0, sizeof(flow_t))
+    f.key = key[0]
+    created[0] = 1
+    return f
+
+
+cdef inline void sweep_idle(Classifier c, uint64_t now) noexcept nogil:
+    """Expire idle flows in the next few buckets, so flow-end events come out on time."""
+    cdef uint32_t n, i, b, slot
+    cdef flow_t* f
+    for n in range(c.sweep_buckets):
+        b = c.sweep_cursor
+        c.sweep_cursor = (c.sweep_cursor + 1) & c.bucket_mask
+        for i in range(BUCKET_SLOTS):
+            slot = b * BUCKET_SLOTS + i
+            if c.tags[slot] == 0:
+                continue
+            f = &c.flows[slot]
+            if flow_expired(c, f, now):
+                end_flow(c, f, END_IDLE, f.last_ns)
+                c.tags[slot] = 0
+                f.state = FLOW_EMPTY
+
+
+# Fragment cache: direct-mapped, (src, dst, proto, IP id) of a first fragment -> its flow.
+cdef inline uint64_t frag_hash(const pkt_t* k, uint64_t seed) noexcept nogil:
+    cdef uint64_t s[2]
+    cdef uint64_t d[2]
+    memcpy(s, k.src, 16)
+    memcpy(d, k.dst, 16)
+    return mix64(s[0] ^ mix64(s[1] ^ seed) ^ mix64(d[0] + 0x9E37) ^ mix64(d[1])
+                 ^ ((<uint64_t>k.frag_id << 8) | k.proto)) | 1
