@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything wardtap needs on a fresh Debian 12 or Raspberry Pi OS (bookworm)
+# machine: the system packages, a virtualenv in .venv, and the Cython fast path built in
+# place. Safe to run again; it only installs what is missing. Needs root (or sudo) for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev build-essential   # the Python build of the fast path
+  tshark tcpdump                                     # deep dissection, differential tests, bench
+  mosquitto mosquitto-clients                        # the MQTT broker for fleet reporting tests
+  iproute2 iptables libnetfilter-queue-dev           # datapaths: namespaces, bridge, NFQUEUE
+  iperf3 valgrind                                    # bench: throughput, instruction counts
+)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+log=.venv/setup.log
+quiet() { "$@" >>"$log" 2>&1 || { echo "setup: failed: $*; see $log" >&2; tail -20 "$log" >&2; exit 1; }; }
+: >"$log"
+quiet .venv/bin/python -m pip install --upgrade pip setuptools wheel "cython>=3.0,<4" numpy
+extras="test,bench,dissect,fleet"
+case "$(uname -m)" in aarch64|armv7l) extras="$extras,pi" ;; esac
+quiet .venv/bin/python -m pip install --no-build-isolation -e ".[${extras}]"
+# Build the extension next to its sources, so `python -m pytest` from here imports it.
+quiet .venv/bin/python setup.py build_ext --inplace
+.venv/bin/python -c "import fastpath, appliance.cli" && echo "setup: ok ($(.venv/bin/wardtap --version))"
