@@ -76,7 +76,7 @@ class CaptureFile:
             self._view = memoryview(self._map)
         else:
             self._view = memoryview(b"")
-        self._scanner = CaptureScanner(self._view)
+        self._scanner: CaptureScanner = CaptureScanner(self._view)
         self._check_error()
         self.format = self._scanner.format
 
@@ -118,14 +118,12 @@ class CaptureFile:
             raise CaptureError(self.path, message, int(self._scanner.error_offset))
 
     def close(self) -> None:
-        scanner = getattr(self, "_scanner", None)
-        if scanner is not None:
-            self._scanner = None
-            del scanner
-        if getattr(self, "_map", None) is not None:
+        # The scanner holds the view's buffer; drop it before releasing the mapping.
+        self.__dict__.pop("_scanner", None)
+        mapping = self.__dict__.pop("_map", None)
+        if mapping is not None:
             self._view.release()
-            self._map.close()
-            self._map = None
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
-            self._file = None
+            mapping.close()
+        fh = self.__dict__.pop("_file", None)
+        if fh is not None:
+            fh.close()

@@ -6,6 +6,10 @@ import argparse
 import json
 import os
 import sys
+
+# One BLAS thread: numpy is used for record arrays, never for linear algebra, and idle
+# OpenBLAS threads spinning on a 4-core Pi steal time from the fast path.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +33,6 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
 def _run_replay(args: argparse.Namespace) -> int:
     from appliance.policy import load_policy
     from appliance.replay import Replayer
-    from appliance.store import Store
     from appliance.summary import render
 
     policy = load_policy(args.policy) if args.policy else None
@@ -37,7 +40,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         raise WardtapError(f"--mode {args.mode} needs --policy")
     mode = args.mode or ("monitor" if policy else "learn")
     replayer = Replayer(policy, mode, flow_capacity=args.flows, device_capacity=args.devices)
-    store = Store(args.db) if args.db else None
+    store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None
     try:
         with _progress(args.captures, enabled=sys.stderr.isatty() and not args.json) as tick:
@@ -54,6 +57,12 @@ def _run_replay(args: argparse.Namespace) -> int:
     for error in summary.errors:
         print(f"wardtap: error: {error}", file=sys.stderr)
     return 2 if summary.errors else 0
+
+
+def _open_store(path: str) -> Any:
+    from appliance.store import Store
+
+    return Store(path)
 
 
 def _open_out(path: str) -> Any:

@@ -69,6 +69,7 @@ class Policy:
     version: int
     arp: bool
     non_ip: bool
+    fragment_unmatched: bool
     groups: dict[str, Group]
     rules: tuple[Rule, ...]
     digest: str = ""
@@ -153,7 +154,7 @@ class _Validator:
         head = doc.get("policy", {})
         if not isinstance(head, dict):
             raise self.fail("must be a table", "policy", self.lines.key("", "policy"))
-        self._unknown(head, {"name", "version", "arp", "non_ip"}, "policy",
+        self._unknown(head, {"name", "version", "arp", "non_ip", "fragment_unmatched"}, "policy",
                       self.lines.table("[policy]"))
         name = head.get("name", "unnamed")
         if not isinstance(name, str) or not name:
@@ -165,10 +166,12 @@ class _Validator:
                             self.lines.key("[policy]", "version"))
         arp = self._action(head, "arp")
         non_ip = self._action(head, "non_ip")
+        fragments = self._action(head, "fragment_unmatched", "deny")
         groups = self._groups(doc.get("groups", {}))
         rules = self._rules(doc.get("rules", []), groups)
         digest = hashlib.sha256(self.text.encode()).hexdigest()
-        return Policy(self.path, name, version, arp, non_ip, groups, rules, digest, self.text)
+        return Policy(self.path, name, version, arp, non_ip, fragments, groups, rules, digest,
+                      self.text)
 
     def _unknown(self, table: dict[str, Any], allowed: set[str], where: str,
                  line: int | None, header: str | None = None, nth: int = 0) -> None:
@@ -179,8 +182,8 @@ class _Validator:
                 raise self.fail(f"unknown field (expected one of: {', '.join(sorted(allowed))})",
                                 name, at)
 
-    def _action(self, head: dict[str, Any], key: str) -> bool:
-        value = head.get(key, "allow")
+    def _action(self, head: dict[str, Any], key: str, default: str = "allow") -> bool:
+        value = head.get(key, default)
         if value not in ("allow", "deny"):
             raise self.fail('must be "allow" or "deny"', f"policy.{key}",
                             self.lines.key("[policy]", key))
@@ -399,4 +402,5 @@ def compile_policy(policy: Policy, generation: int = 1) -> CompiledPolicy:
         raise PolicyError(policy.path, f"more than {MAX_RULE_ENTRIES} rule port ranges", None,
                           "rules")
     return CompiledPolicy(selectors, entries, vlan_groups, open_groups, arp=policy.arp,
-                          non_ip=policy.non_ip, generation=generation, source=policy)
+                          non_ip=policy.non_ip,
+                          fragment_unmatched=policy.fragment_unmatched, generation=generation, source=policy)

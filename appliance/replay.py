@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,6 @@ from appliance.capture import DEFAULT_BATCH, CaptureFile
 from appliance.errors import CaptureError
 from appliance.policy import Policy, compile_policy
 from appliance.records import address, device_dict, event_dict, mac
-from appliance.store import Store
 from fastpath import (
     DECODED_DTYPE,
     DEVICE_DTYPE,
@@ -31,6 +30,9 @@ from fastpath import (
     Classifier,
     decode_batch,
 )
+
+if TYPE_CHECKING:
+    from appliance.store import Store
 
 EVENT_DRAIN = 8192
 
@@ -55,6 +57,7 @@ class ReplaySummary:
     packets_per_second: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     memory_bytes: int = 0
+    process_memory_kib: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -160,12 +163,31 @@ class Replayer:
             if _reason_code(name) >= MALFORMED_FIRST}
         summary.counters = {k: int(v) for k, v in stats.items() if k != "reasons"}
         summary.memory_bytes = int(self.classifier.memory_bytes)
+        summary.process_memory_kib = process_memory()
         if summary.elapsed_s > 0:
             summary.packets_per_second = summary.packets / summary.elapsed_s
         if store is not None and run_id is not None:
             store.add_events(run_id, self.active_flows())
             store.merge_devices(devices)
             store.finish_run(run_id, stats)
+
+
+def process_memory() -> dict[str, int]:
+    """This process's memory from /proc (Linux): anonymous, file-backed and peak RSS in KiB.
+
+    File-backed pages are mostly the mapped capture, which the kernel can drop at will.
+    """
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "RssAnon", "RssFile"):
+                    out[{"VmHWM": "peak_rss", "RssAnon": "rss_anon",
+                         "RssFile": "rss_file"}[key]] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
 
 
 def _reason_code(name: str) -> int:

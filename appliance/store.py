@@ -20,28 +20,28 @@ from appliance.errors import StoreError
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["runs"].create({
+    db.table("runs").create({
         "id": int, "started": float, "finished": float, "kind": str, "sources": str,
         "mode": str, "policy_name": str, "policy_version": int, "policy_digest": str,
         "packets": int, "bytes": int, "allowed": int, "denied": int, "malformed": int,
     }, pk="id")
-    db["devices"].create({
+    db.table("devices").create({
         "key": str, "mac": str, "ipv4": str, "ipv6": str, "vlan": int, "multi_ip": int,
         "first_seen": float, "last_seen": float, "packets_sent": int, "bytes_sent": int,
         "packets_received": int, "bytes_received": int, "flows": int, "violations": int,
     }, pk="key")
-    db["flows"].create({
+    db.table("flows").create({
         "id": int, "run": int, "flow": int, "first": float, "last": float, "src": str,
         "dst": str, "proto": int, "sport": int, "dport": int, "icmp_type": int, "vlan": int,
         "packets": int, "bytes": int, "verdict": str, "rule": str, "end": str,
     }, pk="id", foreign_keys=[("run", "runs", "id")])
-    db["violations"].create({
+    db.table("violations").create({
         "id": int, "run": int, "ts": float, "flow": int, "src": str, "dst": str, "proto": int,
         "sport": int, "dport": int, "icmp_type": int, "vlan": int, "reason": str,
         "smac": str, "dmac": str,
     }, pk="id", foreign_keys=[("run", "runs", "id")])
-    db["violations"].create_index(["ts"])
-    db["flows"].create_index(["src", "dst"])
+    db.table("violations").create_index(["ts"])
+    db.table("flows").create_index(["src", "dst"])
 
 
 # Numbered migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
@@ -114,13 +114,13 @@ class Store:
                "mode": mode, "policy_name": getattr(policy, "name", None),
                "policy_version": getattr(policy, "version", None),
                "policy_digest": getattr(policy, "digest", None)}
-        return int(self._write(lambda: self.db["runs"].insert(row).last_pk))
+        return int(self._write(lambda: self.db.table("runs").insert(row).last_pk))
 
     def finish_run(self, run: int, counts: dict[str, int]) -> None:
-        row = {k: counts.get(k, 0) for k in ("packets", "bytes", "allowed", "denied",
-                                             "malformed")}
+        row: dict[str, float] = {k: counts.get(k, 0) for k in ("packets", "bytes", "allowed",
+                                                                "denied", "malformed")}
         row["finished"] = time.time()
-        self._write(lambda: self.db["runs"].update(run, row))
+        self._write(lambda: self.db.table("runs").update(run, row))
 
     def add_events(self, run: int, events: list[dict[str, Any]]) -> None:
         """Store flow ends and violations from one drain, in one transaction."""
@@ -129,9 +129,9 @@ class Store:
 
         def work() -> None:
             if flows:
-                self.db["flows"].insert_all(flows, batch_size=500)
+                self.db.table("flows").insert_all(flows, batch_size=500)
             if violations:
-                self.db["violations"].insert_all(violations, batch_size=500)
+                self.db.table("violations").insert_all(violations, batch_size=500)
         if flows or violations:
             self._write(work)
 
@@ -151,12 +151,12 @@ class Store:
         self._write(lambda: self.db.conn.executemany(sql, rows))
 
     def devices(self) -> list[dict[str, Any]]:
-        return list(self.db["devices"].rows_where(order_by="first_seen"))
+        return list(self.db.table("devices").rows_where(order_by="first_seen"))
 
     def violations(self, run: int | None = None) -> list[dict[str, Any]]:
         where = "run = ?" if run is not None else None
         args = [run] if run is not None else None
-        return list(self.db["violations"].rows_where(where, args, order_by="ts"))
+        return list(self.db.table("violations").rows_where(where, args, order_by="ts"))
 
 
 def _device_key(d: dict[str, Any]) -> str:

@@ -271,6 +271,7 @@ cdef class Classifier:
     cdef uint32_t dev_count
     cdef uint64_t* frag_keys
     cdef uint32_t* frag_flows
+    cdef uint64_t* frag_flow_ids     # the flow's id, so a reused slot is not mistaken for it
     cdef uint32_t frag_mask
     cdef event_t* ring
     cdef uint32_t ring_mask
