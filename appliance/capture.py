@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import mmap
 import os
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import numpy as np
 
 from appliance.errors import CaptureError
 from fastpath import CaptureScanner
@@ -39,16 +38,19 @@ _ERRORS = {
 
 @dataclass
 class Batch:
-    """Packets [0, count) of one batch; arrays may be longer than count."""
+    """Packets [0, count) of one batch, as zero-copy memoryviews of exactly `count` items.
+
+    Valid until the next batch is read (the arrays are reused).
+    """
 
     buf: memoryview
-    offsets: np.ndarray
-    lengths: np.ndarray
-    wire_lengths: np.ndarray
-    timestamps: np.ndarray
-    linktypes: np.ndarray
+    offsets: memoryview         # int64: byte offset of each packet in buf
+    lengths: memoryview         # uint32: captured length
+    wire_lengths: memoryview    # uint32: length on the wire
+    timestamps: memoryview      # uint64: nanoseconds since the epoch
+    linktypes: memoryview       # uint16: link type of each packet
     count: int
-    first_index: int      # packet number of offsets[0] within the file
+    first_index: int            # packet number of offsets[0] within the file
 
 
 class CaptureFile:
@@ -94,17 +96,15 @@ class CaptureFile:
     def batches(self) -> Iterator[Batch]:
         """Yield batches until the end; raise CaptureError at damage, after the good packets."""
         n = self.batch_size
-        offsets = np.empty(n, np.int64)
-        lengths = np.empty(n, np.uint32)
-        wire = np.empty(n, np.uint32)
-        stamps = np.empty(n, np.uint64)
-        links = np.empty(n, np.uint16)
+        arrays = [memoryview(array(code, bytes(size * n)))
+                  for code, size in (("q", 8), ("I", 4), ("I", 4), ("Q", 8), ("H", 2))]
         index = 0
         while True:
-            count = self._scanner.next_batch(offsets, lengths, wire, stamps, links)
+            count = self._scanner.next_batch(*arrays)
             if count == 0:
                 break
-            yield Batch(self._view, offsets, lengths, wire, stamps, links, count, index)
+            yield Batch(self._view, *(a[:count] for a in arrays), count=count,
+                        first_index=index)
             index += count
         self._check_error()
 

@@ -403,4 +403,5 @@ def compile_policy(policy: Policy, generation: int = 1) -> CompiledPolicy:
                           "rules")
     return CompiledPolicy(selectors, entries, vlan_groups, open_groups, arp=policy.arp,
                           non_ip=policy.non_ip,
-                          fragment_unmatched=policy.fragment_unmatched, generation=generation, source=policy)
+                          fragment_unmatched=policy.fragment_unmatched, generation=generation,
+                          source=policy)

@@ -6,12 +6,13 @@ and testing aid).
 
 from __future__ import annotations
 
-import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 from fastpath import (
+    EVENT_FIELDS,
     EVENT_NAMES,
     FLOW_END_NAMES,
     NO_DEVICE_INDEX,
@@ -24,12 +25,13 @@ L3_ARP, L3_IPV4, L3_IPV6 = 1, 4, 6
 _V4_PREFIX = b"\0" * 10 + b"\xff\xff"
 
 
+@lru_cache(maxsize=4096)
 def address(raw: bytes, l3: int) -> str | None:
     """A 16-byte fast-path address as text, the way tshark prints it."""
     if l3 in (L3_IPV4, L3_ARP) or (l3 == 0 and raw[:12] == _V4_PREFIX):
-        return str(ipaddress.IPv4Address(raw[12:16]))
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
     if l3 == L3_IPV6:
-        return str(ipaddress.IPv6Address(raw))
+        return socket.inet_ntop(socket.AF_INET6, raw)
     return None
 
 
@@ -37,74 +39,79 @@ def any_address(raw: bytes) -> str | None:
     """An address of unknown family: IPv4-mapped form means IPv4; all zero means none."""
     if not any(raw):
         return None
-    if raw[:12] == _V4_PREFIX:
-        return str(ipaddress.IPv4Address(raw[12:16]))
-    return str(ipaddress.IPv6Address(raw))
+    return address(raw, L3_IPV4 if raw[:12] == _V4_PREFIX else L3_IPV6)
 
 
+@lru_cache(maxsize=4096)
 def mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")
 
 
-def event_dict(rec: np.void, rule_name: Any = None) -> dict[str, Any]:
-    """One event record as JSON-ready values. `rule_name(index)` names a rule."""
-    kind = EVENT_NAMES.get(int(rec["type"]), "unknown")
-    out: dict[str, Any] = {"type": kind, "ts": int(rec["ts_ns"]) / 1e9}
-    l3 = int(rec["l3"])
+_E = {name: i for i, name in enumerate(EVENT_FIELDS)}
+_T, _TS, _FLOW, _PKTS, _BYTES, _PACKET, _FIRST = (_E[k] for k in (
+    "type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns"))
+_SRC, _DST, _SMAC, _DMAC, _SPORT, _DPORT, _VLAN, _RULE = (_E[k] for k in (
+    "src", "dst", "smac", "dmac", "sport", "dport", "vlan", "rule"))
+_DEV, _PEER, _REASON, _VERDICT, _PROTO, _L3, _HASMAC, _ICMPT = (_E[k] for k in (
+    "device", "peer_device", "reason", "verdict", "proto", "l3", "has_mac", "icmp_type"))
+
+
+def event_dict(rec: Sequence[Any], rule_name: Callable[[int], str | None] | None = None,
+               ) -> dict[str, Any]:
+    """One event (a tuple from Classifier.drain) as JSON-ready values."""
+    kind = EVENT_NAMES.get(rec[_T], "unknown")
+    out: dict[str, Any] = {"type": kind, "ts": rec[_TS] / 1e9}
+    l3 = rec[_L3]
     if kind == "new_device":
-        out.update(device=int(rec["device"]), mac=mac(bytes(rec["smac"])) if rec["has_mac"]
-                   else None, ip=address(bytes(rec["src"]), l3) if l3 else None,
-                   vlan=int(rec["vlan"]))
+        out.update(device=rec[_DEV], mac=mac(rec[_SMAC]) if rec[_HASMAC] else None,
+                   ip=address(rec[_SRC], l3) if l3 else None, vlan=rec[_VLAN])
         return out
     if kind == "malformed":
-        out.update(reason=REASON_NAMES.get(int(rec["reason"]), "unknown"),
-                   packet=int(rec["packet"]),
-                   mac=mac(bytes(rec["smac"])) if rec["has_mac"] else None)
+        out.update(reason=REASON_NAMES.get(rec[_REASON], "unknown"), packet=rec[_PACKET],
+                   mac=mac(rec[_SMAC]) if rec[_HASMAC] else None)
         return out
-    proto = int(rec["proto"])
-    out.update(
-        flow=int(rec["flow_id"]),
-        src=address(bytes(rec["src"]), l3), dst=address(bytes(rec["dst"]), l3),
-        proto=proto, vlan=int(rec["vlan"]),
-        verdict=VERDICT_NAMES[int(rec["verdict"])],
-        device=_index(rec["device"]), peer_device=_index(rec["peer_device"]),
-    )
+    proto = rec[_PROTO]
+    out.update(flow=rec[_FLOW], src=address(rec[_SRC], l3), dst=address(rec[_DST], l3),
+               proto=proto, vlan=rec[_VLAN], verdict=VERDICT_NAMES[rec[_VERDICT]],
+               device=_index(rec[_DEV]), peer_device=_index(rec[_PEER]))
     if proto in (1, 58):
-        out.update(icmp_type=int(rec["icmp_type"]), icmp_id=int(rec["sport"]))
+        out.update(icmp_type=rec[_ICMPT], icmp_id=rec[_SPORT])
     else:
-        out.update(sport=int(rec["sport"]), dport=int(rec["dport"]))
-    rule = int(rec["rule"])
+        out.update(sport=rec[_SPORT], dport=rec[_DPORT])
+    rule = rec[_RULE]
     out["rule"] = None if rule == NO_RULE_INDEX or rule_name is None else rule_name(rule)
     if kind == "flow_end":
-        out.update(end=FLOW_END_NAMES.get(int(rec["reason"]), "unknown"),
-                   first=int(rec["first_ns"]) / 1e9, packets=int(rec["pkts"]),
-                   bytes=int(rec["bytes"]))
+        out.update(end=FLOW_END_NAMES.get(rec[_REASON], "unknown"), first=rec[_FIRST] / 1e9,
+                   packets=rec[_PKTS], bytes=rec[_BYTES])
     else:
-        out["reason"] = REASON_NAMES.get(int(rec["reason"]), "unknown")
-        out["packet"] = int(rec["packet"])
-        if rec["has_mac"]:
-            out["smac"] = mac(bytes(rec["smac"]))
-            if rec["has_mac"] == 2:
-                out["dmac"] = mac(bytes(rec["dmac"]))
+        out["reason"] = REASON_NAMES.get(rec[_REASON], "unknown")
+        out["packet"] = rec[_PACKET]
+        if rec[_HASMAC]:
+            out["smac"] = mac(rec[_SMAC])
+            if rec[_HASMAC] == 2:
+                out["dmac"] = mac(rec[_DMAC])
     return out
 
 
-def device_dict(rec: np.void) -> dict[str, Any]:
+def device_dict(rec: Sequence[Any]) -> dict[str, Any]:
+    """One device (a tuple from Classifier.device_list) as JSON-ready values."""
+    (index, raw_mac, ip4, ip6, multi_ip, vlan, first_ns, last_ns, pkts_tx, bytes_tx, pkts_rx,
+     bytes_rx, flows, violations) = rec
     return {
-        "index": int(rec["index"]),
-        "mac": mac(bytes(rec["mac"])) if rec["has_mac"] else None,
-        "ipv4": any_address(bytes(rec["ip4"])),
-        "ipv6": any_address(bytes(rec["ip6"])),
-        "multi_ip": bool(rec["multi_ip"]),
-        "vlan": int(rec["vlan"]),
-        "first_seen": int(rec["first_ns"]) / 1e9,
-        "last_seen": int(rec["last_ns"]) / 1e9,
-        "packets_sent": int(rec["pkts_tx"]),
-        "bytes_sent": int(rec["bytes_tx"]),
-        "packets_received": int(rec["pkts_rx"]),
-        "bytes_received": int(rec["bytes_rx"]),
-        "flows": int(rec["flows"]),
-        "violations": int(rec["violations"]),
+        "index": index,
+        "mac": mac(raw_mac) if raw_mac is not None else None,
+        "ipv4": any_address(ip4),
+        "ipv6": any_address(ip6),
+        "multi_ip": bool(multi_ip),
+        "vlan": vlan,
+        "first_seen": first_ns / 1e9,
+        "last_seen": last_ns / 1e9,
+        "packets_sent": pkts_tx,
+        "bytes_sent": bytes_tx,
+        "packets_received": pkts_rx,
+        "bytes_received": bytes_rx,
+        "flows": flows,
+        "violations": violations,
     }
 
 

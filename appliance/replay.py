@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
-
-import numpy as np
 
 from appliance.capture import DEFAULT_BATCH, CaptureFile
 from appliance.errors import CaptureError
 from appliance.policy import Policy, compile_policy
 from appliance.records import address, device_dict, event_dict, mac
 from fastpath import (
-    DECODED_DTYPE,
-    DEVICE_DTYPE,
-    EVENT_DTYPE,
     MALFORMED_FIRST,
     NO_RULE_INDEX,
     REASON_NAMES,
@@ -78,10 +74,9 @@ class Replayer:
         self.classifier.set_mode(self.mode)
         if policy is not None:
             self.classifier.set_policy(compile_policy(policy))
-        self._events = np.empty(EVENT_DRAIN, EVENT_DTYPE)
-        self._verdicts = np.empty(batch_size, np.uint8)
-        self._reasons = np.empty(batch_size, np.uint8)
-        self._rules = np.empty(batch_size, np.uint16)
+        self._verdicts = memoryview(array("B", bytes(batch_size)))
+        self._reasons = memoryview(array("B", bytes(batch_size)))
+        self._rules = memoryview(array("H", bytes(2 * batch_size)))
         self.violations: list[dict[str, Any]] = []
         self.on_events: Callable[[list[dict[str, Any]]], None] | None = None
 
@@ -111,9 +106,8 @@ class Replayer:
         clf = self.classifier
         for batch in capture.batches():
             n = batch.count
-            clf.classify(batch.buf, batch.offsets[:n], batch.lengths[:n],
-                         batch.timestamps[:n], batch.linktypes[:n], self._verdicts,
-                         self._reasons, self._rules)
+            clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
+                         batch.linktypes, self._verdicts, self._reasons, self._rules)
             if packets_out is not None:
                 write_packet_lines(packets_out, batch, self._verdicts[:n], self._reasons[:n],
                                    self._rules[:n], self.rule_name)
@@ -124,10 +118,10 @@ class Replayer:
 
     def _drain(self, store: Store | None, run_id: int | None) -> None:
         while True:
-            n = self.classifier.drain_events(self._events.view(np.uint8))
-            if n == 0:
+            records = self.classifier.drain(EVENT_DRAIN)
+            if not records:
                 return
-            events = [event_dict(rec, self.rule_name) for rec in self._events[:n]]
+            events = [event_dict(rec, self.rule_name) for rec in records]
             self.violations.extend(e for e in events if e["type"] == "violation")
             if store is not None and run_id is not None:
                 store.add_events(run_id, events)
@@ -135,15 +129,10 @@ class Replayer:
                 self.on_events(events)
 
     def devices(self) -> list[dict[str, Any]]:
-        out = np.empty(self.classifier.device_capacity, DEVICE_DTYPE)
-        n = self.classifier.copy_devices(out.view(np.uint8))
-        return [device_dict(rec) for rec in out[:n]]
+        return [device_dict(rec) for rec in self.classifier.device_list()]
 
     def active_flows(self) -> list[dict[str, Any]]:
-        stats = self.classifier.stats()
-        out = np.empty(max(1, stats["flows_active"]), EVENT_DTYPE)
-        n = self.classifier.copy_flows(out.view(np.uint8))
-        flows = [event_dict(rec, self.rule_name) for rec in out[:n]]
+        flows = [event_dict(rec, self.rule_name) for rec in self.classifier.flow_list()]
         for f in flows:
             f["end"] = "active"
         return flows
@@ -215,13 +204,17 @@ def _by_device(violations: list[dict[str, Any]],
             for k, n in counts.most_common()]
 
 
-def write_packet_lines(out: IO[str], batch: Any, verdicts: np.ndarray, reasons: np.ndarray,
-                       rules: np.ndarray, rule_name: Callable[[int], str | None]) -> None:
+def write_packet_lines(out: IO[str], batch: Any, verdicts: Any, reasons: Any,
+                       rules: Any, rule_name: Callable[[int], str | None]) -> None:
     """One JSON line per packet, in capture order (for `--packets-out` and tests)."""
+    import numpy as np
+
+    from fastpath import DECODED_DTYPE
+
     n = batch.count
     decoded = np.zeros(n, DECODED_DTYPE)
     decode_reasons = np.empty(n, np.uint8)
-    decode_batch(batch.buf, batch.offsets[:n], batch.lengths[:n], batch.linktypes[:n],
+    decode_batch(batch.buf, batch.offsets, batch.lengths, batch.linktypes,
                  decoded.view(np.uint8), decode_reasons)
     lines = []
     for i in range(n):

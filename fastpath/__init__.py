@@ -1,13 +1,18 @@
 """wardtap's fast path: the Cython classifier and capture scanner.
 
 Only the hot path lives here; everything that reads files or configuration is in
-`appliance`. Record layouts for numpy views are built from the C structs' own offsets.
+`appliance`. The numpy record dtypes (EVENT_DTYPE, DEVICE_DTYPE, DECODED_DTYPE) mirror the
+C structs and are built on first use, so the replay path does not pay numpy's import.
 """
+
+from typing import Any
 
 from fastpath.core import (  # noqa: F401  (re-exports)
     BUCKET_SIZE,
+    DEVICE_FIELDS,
     DEVICE_SLOT_BYTES,
     EVENT_BYTES,
+    EVENT_FIELDS,
     EVENT_NAMES,
     FLOW_END_NAMES,
     FLOW_SLOT_BYTES,
@@ -22,4 +27,13 @@ from fastpath.core import (  # noqa: F401  (re-exports)
     CompiledPolicy,
     decode_batch,
 )
-from fastpath.records import DECODED_DTYPE, DEVICE_DTYPE, EVENT_DTYPE  # noqa: F401
+
+_DTYPES = ("EVENT_DTYPE", "DEVICE_DTYPE", "DECODED_DTYPE")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DTYPES:
+        from fastpath import records
+
+        return getattr(records, name)
+    raise AttributeError(f"module 'fastpath' has no attribute {name!r}")

@@ -67,6 +67,21 @@ STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_cre
                 "fragments_unmatched")
 
 
+EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
+                "dst", "smac", "dmac", "sport", "dport", "vlan", "rule", "device",
+                "peer_device", "reason", "verdict", "proto", "l3", "has_mac", "icmp_type",
+                "icmp_code")
+DEVICE_FIELDS = ("index", "mac", "ip4", "ip6", "multi_ip", "vlan", "first_ns", "last_ns",
+                 "pkts_tx", "bytes_tx", "pkts_rx", "bytes_rx", "flows", "violations")
+
+
+cdef tuple _event_tuple(const event_t* e):
+    return (e.type, e.ts_ns, e.flow_id, e.pkts, e.bytes, e.packet, e.first_ns, e.src[:16],
+            e.dst[:16], e.smac[:6], e.dmac[:6], e.sport, e.dport, e.vlan, e.rule, e.device,
+            e.peer_device, e.reason, e.verdict, e.proto, e.l3, e.has_mac, e.icmp_type,
+            e.icmp_code)
+
+
 def _layout_event():
     cdef event_t e
     cdef size_t b = <size_t>&e
@@ -511,6 +526,16 @@ cdef class Classifier:
             n += 1
         return n
 
+    def drain(self, Py_ssize_t max_events=8192):
+        """Take up to max_events events off the ring as tuples (fields as EVENT_FIELDS)."""
+        cdef list out = []
+        cdef event_t* e
+        while len(out) < max_events and self.ring_tail < self.ring_head:
+            e = &self.ring[self.ring_tail & self.ring_mask]
+            self.ring_tail += 1
+            out.append(_event_tuple(e))
+        return out
+
     @property
     def pending_events(self):
         return self.ring_head - self.ring_tail
@@ -543,6 +568,32 @@ cdef class Classifier:
                 dst[n] = self.devices[i]
                 n += 1
         return n
+
+    def device_list(self):
+        """Every device as a tuple (fields as DEVICE_FIELDS)."""
+        cdef uint32_t i
+        cdef device_t* d
+        out = []
+        for i in range(self.dev_capacity):
+            if self.dev_tags[i] != 0:
+                d = &self.devices[i]
+                out.append((d.index, d.mac[:6] if d.has_mac else None, d.ip4[:16], d.ip6[:16],
+                            d.multi_ip, d.vlan, d.first_ns, d.last_ns, d.pkts_tx, d.bytes_tx,
+                            d.pkts_rx, d.bytes_rx, d.flows, d.violations))
+        return out
+
+    def flow_list(self):
+        """Every active flow as a flow-end shaped event tuple (fields as EVENT_FIELDS)."""
+        cdef uint64_t i, slots = <uint64_t>self.n_buckets * BUCKET_SLOTS
+        cdef event_t e
+        out = []
+        for i in range(slots):
+            if self.tags[i] != 0 and self.flows[i].state == FLOW_ACTIVE:
+                memset(&e, 0, sizeof(event_t))
+                fill_flow_event(&e, EV_FLOW_END, &self.flows[i], self.flows[i].last_ns)
+                e.reason = self.flows[i].reason
+                out.append(_event_tuple(&e))
+        return out
 
     def copy_flows(self, uint8_t[::1] out, bint active_only=True):
         """Copy active flows into `out` as flow-end shaped event records; return count."""
