@@ -103,8 +103,8 @@ class CaptureFile:
             count = self._scanner.next_batch(*arrays)
             if count == 0:
                 break
-            yield Batch(self._view, *(a[:count] for a in arrays), count=count,
-                        first_index=index)
+            offsets, lengths, wire, stamps, links = (a[:count] for a in arrays)
+            yield Batch(self._view, offsets, lengths, wire, stamps, links, count, index)
             index += count
         self._check_error()
 
