@@ -9,7 +9,9 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential   # the Python build of the fast path
   tshark tcpdump                                     # deep dissection, differential tests, bench
   mosquitto mosquitto-clients                        # the MQTT broker for fleet reporting tests
-  iproute2 iptables libnetfilter-queue-dev           # datapaths: namespaces, bridge, NFQUEUE
+  iproute2 iptables kmod conntrack                   # datapaths: namespaces, bridge, netfilter
+  libnetfilter-queue1 libnetfilter-queue-dev         # NFQUEUE (inline enforcement)
+  iputils-ping netcat-openbsd                        # end-to-end tests: real traffic
   iperf3 valgrind                                    # bench: throughput, instruction counts
 )
 

@@ -1,0 +1,59 @@
+"""The interface every packet source fills (capture file, AF_PACKET tap, NFQUEUE inline).
+
+A source is opened, then its acquire loop yields batches until `stop` is set; an inline
+source also takes the verdicts of each batch before the next one is read. A source that
+cannot start (missing interface, missing capability) raises SourceError with the fix in
+the message, at open(), before any traffic is touched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from appliance.capture import Batch
+from appliance.errors import WardtapError
+
+
+class SourceError(WardtapError):
+    """A packet source that cannot start or went away."""
+
+
+class Source:
+    """Base class: one instance per datapath; a context manager; close() is idempotent."""
+
+    name: ClassVar[str] = ""
+    inline: ClassVar[bool] = False           # gives verdicts that decide forwarding
+    capabilities: ClassVar[tuple[str, ...]] = ()   # Linux capabilities open() needs
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def open(self) -> None:
+        """Acquire the interface/queue/file; raise SourceError naming what is missing."""
+
+    def batches(self, stop: threading.Event) -> Iterator[Batch]:
+        """Yield batches until `stop` is set or the source ends.
+
+        Live sources yield an empty batch (count 0) at least every `idle_interval` seconds
+        when there is no traffic, so the caller can expire flows and feed watchdogs.
+        """
+        raise NotImplementedError
+
+    def verdict(self, batch: Batch, verdicts: memoryview, mode: str) -> None:
+        """Inline sources: apply the batch's verdicts (allow=1, deny=2, malformed=3)."""
+
+    def stats(self) -> dict[str, int]:
+        """Source counters, e.g. kernel drops."""
+        return {}
+
+    def close(self) -> None:
+        """Release everything; safe to call twice."""
+
+    def __enter__(self) -> Source:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
