@@ -69,17 +69,21 @@ class CaptureFile:
             raise CaptureError(path, "permission denied") from None
         except OSError as exc:
             raise CaptureError(path, exc.strerror or str(exc)) from None
-        self.size = os.fstat(self._file.fileno()).st_size
-        self._map: mmap.mmap | None = None
-        self._view: memoryview
-        if self.size:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
-            self._view = memoryview(self._map)
-        else:
-            self._view = memoryview(b"")
-        self._scanner: CaptureScanner = CaptureScanner(self._view)
-        self._check_error()
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            self._map: mmap.mmap | None = None
+            self._view: memoryview
+            if self.size:
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map.madvise(mmap.MADV_SEQUENTIAL)
+                self._view = memoryview(self._map)
+            else:
+                self._view = memoryview(b"")
+            self._scanner: CaptureScanner = CaptureScanner(self._view)
+            self._check_error()
+        except BaseException:
+            self.close()              # a capture that cannot be read keeps no file open
+            raise
         self.format = self._scanner.format
 
     def __enter__(self) -> CaptureFile:

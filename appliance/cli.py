@@ -141,11 +141,82 @@ def _run_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="daemon configuration (TOML)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from appliance.config import load_config
+    from appliance.daemon import Daemon
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s wardtap %(levelname)s %(message)s")
+    return Daemon(load_config(args.config)).run()
+
+
+def _add_socket(p: argparse.ArgumentParser) -> None:
+    from appliance.config import DEFAULT_CONTROL
+
+    p.add_argument("--socket", default=os.environ.get("WARDTAP_CONTROL", DEFAULT_CONTROL),
+                   help="the daemon's control socket")
+
+
+def _add_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mode", choices=["learn", "monitor", "enforce", "bypass"])
+    _add_socket(p)
+
+
+def _control(socket_path: str, body: dict[str, Any]) -> int:
+    from appliance.control import request
+
+    answer = request(socket_path, body)
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("ok") else 1
+
+
+def _run_mode(args: argparse.Namespace) -> int:
+    return _control(args.socket, {"cmd": "mode", "mode": args.mode})
+
+
+def _run_reload(args: argparse.Namespace) -> int:
+    return _control(args.socket, {"cmd": "reload"})
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+    _add_socket(p)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from appliance.control import request
+
+    answer = request(args.socket, {"cmd": "status"})
+    if args.json or not answer.get("ok"):
+        print(json.dumps(answer, indent=2))
+        return 0 if answer.get("ok") else 1
+    c = answer["counters"]
+    policy = answer["policy"]
+    print(f"mode {answer['mode']}  datapath {answer['datapath']}  policy "
+          f"{policy['name'] + ' v' + str(policy['version']) if policy else 'none'}  "
+          f"up {answer['uptime_s']} s")
+    print(f"packets {c['packets']:,}  allowed {c['allowed']:,}  denied {c['denied']:,}  "
+          f"malformed {c['malformed']:,}  flows {c['flows_active']:,} active  "
+          f"devices {c['devices']:,}")
+    return 0
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                            Callable[[argparse.Namespace], int]]] = {
     "replay": ("classify capture files and summarise", _add_replay, _run_replay),
     "demo": ("generate the demo ward and replay it", _add_demo, _run_demo),
     "policy": ("allow-list policy tools", _add_policy, _run_policy),
+    "run": ("run the appliance daemon", _add_run, _run_run),
+    "status": ("show the running daemon's state", _add_status, _run_status),
+    "mode": ("set the running daemon's mode", _add_mode, _run_mode),
+    "reload": ("reload the running daemon's policy", _add_socket, _run_reload),
 }
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import PolicyError
+from appliance.tomlfile import TomlLines as _Lines
 from fastpath import CompiledPolicy
 
 PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
@@ -77,35 +78,6 @@ class Policy:
 
     def rule_name(self, index: int) -> str | None:
         return self.rules[index].name if 0 <= index < len(self.rules) else None
-
-
-class _Lines:
-    """Finds the line of a table or a field in the source text, for error messages."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.headers: list[tuple[int, str]] = []
-        for number, line in enumerate(self.lines, 1):
-            stripped = line.strip()
-            if stripped.startswith("["):
-                self.headers.append((number, stripped.split("#")[0].strip()))
-
-    def table(self, header: str, nth: int = 0) -> int | None:
-        found = [n for n, h in self.headers if h == header or h.replace('"', "") == header]
-        return found[nth] if nth < len(found) else None
-
-    def key(self, header: str, key: str, nth: int = 0) -> int | None:
-        start = self.table(header, nth)
-        if start is None:
-            return None
-        pattern = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
-        for number in range(start + 1, len(self.lines) + 1):
-            line = self.lines[number - 1].strip()
-            if line.startswith("["):
-                break
-            if pattern.match(line):
-                return number
-        return start
 
 
 def load_policy(path: str) -> Policy:

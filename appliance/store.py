@@ -61,6 +61,7 @@ class Store:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise StoreError(f"{path}: directory {directory} does not exist")
+        conn: sqlite3.Connection | None = None
         try:
             existed = os.path.exists(path) and os.path.getsize(path) > 0
             conn = sqlite3.connect(path, timeout=10)
@@ -69,7 +70,12 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate(existed)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if conn is not None:
+                conn.close()          # a store that cannot be opened holds no file open
+            self.db = None  # type: ignore[assignment]
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{path}: cannot open the store: {exc}") from None
 
     def _migrate(self, existed: bool) -> None:
@@ -80,7 +86,7 @@ class Store:
         if version < SCHEMA_VERSION and existed:
             shutil.copy2(self.path, f"{self.path}.schema{version}.bak")
         while version < SCHEMA_VERSION:
-            with self.db.conn:
+            with self.db.atomic():
                 MIGRATIONS[version](self.db)
                 version += 1
                 self.db.execute(f"PRAGMA user_version = {version}")
@@ -100,7 +106,7 @@ class Store:
     def _write(self, work: Callable[[], Any]) -> Any:
         """Run `work` in one transaction; a failure rolls it back and says why."""
         try:
-            with self.db.conn:
+            with self.db.atomic():
                 return work()
         except sqlite3.OperationalError as exc:
             if "full" in str(exc):

@@ -299,4 +299,5 @@ cdef class Classifier:
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
                           const policy_t* pol) noexcept nogil
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
+    cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil
     cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil

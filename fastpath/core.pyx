@@ -56,7 +56,7 @@ FLOW_END_NAMES = {END_FIN: "fin", END_RST: "rst", END_IDLE: "idle",
 MODES = {"learn": MODE_LEARN, "monitor": MODE_MONITOR, "enforce": MODE_ENFORCE,
          "bypass": MODE_BYPASS}
 NO_RULE_INDEX = NO_RULE
-NO_DEVICE_INDEX = NO_DEVICE
+NO_DEVICE_INDEX = <uint32_t>NO_DEVICE
 FLOW_SLOT_BYTES = sizeof(flow_t)
 DEVICE_SLOT_BYTES = sizeof(device_t)
 EVENT_BYTES = sizeof(event_t)
@@ -222,6 +222,69 @@ cdef class Classifier:
     def set_policy(self, CompiledPolicy policy):
         """Use `policy` for flows that start from the next batch on (None: no policy)."""
         self.policy = policy
+
+    def reevaluate(self):
+        """Decide every active flow again under the current policy (after a reload).
+
+        Flows that stay allowed are untouched. Returns the flows whose verdict changed, as
+        event tuples (EVENT_FIELDS) carrying the new verdict; a flow that became denied also
+        gets a violation event on the ring, like a new flow would.
+        """
+        cdef CompiledPolicy policy = self.policy
+        cdef uint64_t i, slots = <uint64_t>self.n_buckets * BUCKET_SLOTS
+        cdef flow_t* f
+        cdef event_t e
+        cdef event_t* v
+        cdef uint8_t old
+        changed = []
+        for i in range(slots):
+            if self.tags[i] == 0 or self.flows[i].state != FLOW_ACTIVE:
+                continue
+            f = &self.flows[i]
+            old = f.verdict
+            self._decide(f, &policy.pol if policy is not None else NULL)
+            if f.verdict == old:
+                continue
+            memset(&e, 0, sizeof(event_t))
+            fill_flow_event(&e, EV_VIOLATION, f, self.now_ns)
+            e.reason = f.reason
+            changed.append(_event_tuple(&e))
+            if f.verdict == VERDICT_DENY:
+                if f.dev[0] != NO_DEVICE:
+                    self.devices[f.dev[0]].violations += 1
+                v = event_slot(self)
+                if v != NULL:
+                    v[0] = e
+        return changed
+
+    cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil:
+        """Verdict of an existing flow from what its slot and devices remember."""
+        cdef uint64_t gi[GROUP_WORDS]
+        cdef uint64_t gr[GROUP_WORDS]
+        cdef const uint8_t* ip_i = <const uint8_t*>f.key.a
+        cdef const uint8_t* ip_r = <const uint8_t*>f.key.b
+        cdef const uint8_t* mac_i = ip_i
+        cdef const uint8_t* mac_r = ip_r
+        cdef bint has_i = 0, has_r = 0
+        if not f.init_is_a:
+            ip_i = <const uint8_t*>f.key.b
+            ip_r = <const uint8_t*>f.key.a
+        if f.dev[0] != NO_DEVICE and self.devices[f.dev[0]].has_mac:
+            mac_i = self.devices[f.dev[0]].mac
+            has_i = 1
+        if f.dev[1] != NO_DEVICE and self.devices[f.dev[1]].has_mac:
+            mac_r = self.devices[f.dev[1]].mac
+            has_r = 1
+        if pol == NULL or self.mode == MODE_LEARN:
+            f.verdict = VERDICT_ALLOW
+            f.reason = R_NO_POLICY
+            f.rule = NO_RULE
+            return
+        f.policy_gen = pol.generation
+        groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
+        groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
+        f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule)
+        f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
 
     def set_mode(self, str mode):
         if mode not in MODES:

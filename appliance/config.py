@@ -1,0 +1,147 @@
+"""The daemon's configuration file (TOML), validated as a whole with line-naming errors.
+
+```toml
+[appliance]
+mode = "monitor"            # learn | monitor | enforce | bypass
+
+[datapath]
+type = "inline"             # replay | tap | inline
+interface = "eth1"          # tap: the mirror-port interface
+bridge = "br0"              # inline: the bridge joining the ward and uplink ports
+queue = 0                   # inline: NFQUEUE number
+files = ["ward.pcap"]       # replay: capture files
+
+[policy]
+file = "policy.toml"        # relative paths are relative to this file
+
+[store]
+path = "wardtap.db"
+
+[events]
+log = "events.jsonl"        # optional: one JSON line per event
+
+[control]
+socket = "/run/wardtap/control.sock"
+
+[tables]
+flows = 65536               # flow slots, 128 bytes each
+devices = 4096
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.errors import WardtapError
+from appliance.tomlfile import TomlLines
+
+MODES = ("learn", "monitor", "enforce", "bypass")
+DATAPATHS = ("replay", "tap", "inline")
+DEFAULT_CONTROL = "/run/wardtap/control.sock"
+
+
+class ConfigError(WardtapError):
+    def __init__(self, path: str, message: str, line: int | None = None,
+                 field_name: str | None = None) -> None:
+        loc = f":{line}" if line else ""
+        what = f" [{field_name}]" if field_name else ""
+        super().__init__(f"{path}{loc}{what}: {message}")
+
+
+@dataclass
+class Config:
+    path: str
+    mode: str = "monitor"
+    datapath: str = "replay"
+    datapath_options: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None
+    store: str | None = None
+    event_log: str | None = None
+    control_socket: str | None = DEFAULT_CONTROL
+    flows: int = 65536
+    devices: int = 4096
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "appliance": {"mode": str, "name": str},
+    "datapath": {"type": str, "interface": str, "bridge": str, "queue": int,
+                 "files": list, "batch_size": int},
+    "policy": {"file": str},
+    "store": {"path": str},
+    "events": {"log": str},
+    "control": {"socket": str},
+    "tables": {"flows": int, "devices": int},
+}
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(path, f"TOML syntax: {exc}",
+                          int(match.group(1)) if match else None) from None
+    lines = TomlLines(text)
+    for table, values in doc.items():
+        if table not in _SCHEMA or not isinstance(values, dict):
+            raise ConfigError(path, f"unknown table (expected: {', '.join(_SCHEMA)})",
+                              lines.table(f"[{table}]"), table)
+        for key, value in values.items():
+            expected = _SCHEMA[table].get(key)
+            where = f"{table}.{key}"
+            if expected is None:
+                raise ConfigError(path, f"unknown field (expected: "
+                                  f"{', '.join(_SCHEMA[table])})",
+                                  lines.key(f"[{table}]", key), where)
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ConfigError(path, f"must be {getattr(expected, '__name__', expected)}",
+                                  lines.key(f"[{table}]", key), where)
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rel(value: str | None) -> str | None:
+        return None if value is None else os.path.join(base, value)
+
+    get = lambda table, key, default=None: doc.get(table, {}).get(key, default)  # noqa: E731
+    mode = get("appliance", "mode", "monitor")
+    if mode not in MODES:
+        raise ConfigError(path, f"must be one of {', '.join(MODES)}",
+                          lines.key("[appliance]", "mode"), "appliance.mode")
+    datapath = get("datapath", "type", "replay")
+    if datapath not in DATAPATHS:
+        raise ConfigError(path, f"must be one of {', '.join(DATAPATHS)}",
+                          lines.key("[datapath]", "type"), "datapath.type")
+    options = {k: v for k, v in doc.get("datapath", {}).items() if k != "type"}
+    if datapath == "replay":
+        files = options.get("files") or []
+        if not files or not all(isinstance(f, str) for f in files):
+            raise ConfigError(path, "replay needs files = [\"capture.pcap\", ...]",
+                              lines.key("[datapath]", "files"), "datapath.files")
+        options["files"] = [rel(f) for f in files]
+    elif datapath == "tap" and "interface" not in options:
+        raise ConfigError(path, "tap needs interface = \"eth1\"", lines.table("[datapath]"),
+                          "datapath.interface")
+    elif datapath == "inline" and "bridge" not in options:
+        raise ConfigError(path, "inline needs bridge = \"br0\"", lines.table("[datapath]"),
+                          "datapath.bridge")
+    if mode in ("monitor", "enforce") and get("policy", "file") is None:
+        raise ConfigError(path, f"mode {mode} needs a policy: [policy] file = \"...\"",
+                          lines.key("[appliance]", "mode"), "policy.file")
+    return Config(
+        path=path, mode=mode, datapath=datapath, datapath_options=options,
+        policy=rel(get("policy", "file")), store=rel(get("store", "path")),
+        event_log=rel(get("events", "log")),
+        control_socket=rel(get("control", "socket", DEFAULT_CONTROL)),
+        flows=get("tables", "flows", 65536), devices=get("tables", "devices", 4096),
+    )

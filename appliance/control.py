@@ -1,0 +1,131 @@
+"""The daemon's local control socket: one JSON request line, one JSON response line.
+
+Requests are handed to the daemon's main loop and answered between batches, so they never
+race the classifier. A main loop that does not answer within the timeout gets
+{"ok": false, "error": "busy"}: a hung datapath is visible from the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import socket
+import threading
+from typing import Any
+
+from appliance.errors import WardtapError
+
+MAX_REQUEST = 64 * 1024
+ANSWER_TIMEOUT = 2.0
+
+
+class Request:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self._done = threading.Event()
+        self.response: dict[str, Any] = {"ok": False, "error": "busy"}
+
+    def respond(self, response: dict[str, Any]) -> None:
+        self.response = response
+        self._done.set()
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        self._done.wait(timeout)
+        return self.response
+
+
+class ControlServer(threading.Thread):
+    def __init__(self, path: str, requests: queue.Queue[Request],
+                 stop: threading.Event) -> None:
+        super().__init__(name="wardtap-control", daemon=True)
+        self.path = path
+        self.requests = requests
+        self.stop_event = stop
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(path)
+            os.chmod(path, 0o660)
+            self.sock.listen(8)
+            self.sock.settimeout(0.5)
+        except OSError as exc:
+            raise WardtapError(f"control socket {path}: {exc.strerror or exc}") from None
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(ANSWER_TIMEOUT)
+                try:
+                    response = self._answer(self._read(conn))
+                    conn.sendall(json.dumps(response).encode() + b"\n")
+                except OSError:
+                    continue
+
+    @staticmethod
+    def _read(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\n" not in data and len(data) < MAX_REQUEST:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def _answer(self, data: bytes) -> dict[str, Any]:
+        try:
+            body = json.loads(data.split(b"\n", 1)[0] or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return {"ok": False, "error": "request is not JSON"}
+        if not isinstance(body, dict):
+            return {"ok": False, "error": "request must be a JSON object"}
+        request = Request(body)
+        try:
+            self.requests.put_nowait(request)
+        except queue.Full:
+            return {"ok": False, "error": "busy"}
+        return request.wait(ANSWER_TIMEOUT)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=2)
+
+
+def request(path: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request to a running daemon; WardtapError when none is listening."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(body).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except FileNotFoundError:
+        raise WardtapError(f"wardtap is not running (no control socket at {path})") from None
+    except ConnectionRefusedError:
+        raise WardtapError(f"wardtap is not running (nothing listens on {path})") from None
+    except TimeoutError:
+        raise WardtapError(f"wardtap did not answer on {path} within {timeout} s") from None
+    try:
+        return dict(json.loads(data))
+    except ValueError:
+        raise WardtapError(f"unexpected answer from {path}: {data[:200]!r}") from None

@@ -1,0 +1,30 @@
+"""Event log output: one JSON line per event, appended and flushed per batch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from appliance.errors import WardtapError
+from appliance.outputs.base import Output
+
+
+class EventLogOutput(Output):
+    name = "eventlog"
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._fh: Any = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise WardtapError(f"{path}: cannot open the event log: {exc.strerror}") from None
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        if self._fh is None or not events:
+            return
+        self._fh.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
