@@ -10,6 +10,7 @@ interface = "eth1"          # tap: the mirror-port interface
 bridge = "br0"              # inline: the bridge joining the ward and uplink ports
 queue = 0                   # inline: NFQUEUE number
 files = ["ward.pcap"]       # replay: capture files
+stay = false                # replay: keep running after the files (demo, tests)
 
 [policy]
 file = "policy.toml"        # relative paths are relative to this file
@@ -70,7 +71,7 @@ class Config:
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "appliance": {"mode": str, "name": str},
     "datapath": {"type": str, "interface": str, "bridge": str, "queue": int,
-                 "files": list, "batch_size": int},
+                 "files": list, "batch_size": int, "stay": bool},
     "policy": {"file": str},
     "store": {"path": str},
     "events": {"log": str},
@@ -105,7 +106,8 @@ def load_config(path: str) -> Config:
                 raise ConfigError(path, f"unknown field (expected: "
                                   f"{', '.join(_SCHEMA[table])})",
                                   lines.key(f"[{table}]", key), where)
-            if not isinstance(value, expected) or isinstance(value, bool):
+            if not isinstance(value, expected) or (isinstance(value, bool)
+                                                    and expected is not bool):
                 raise ConfigError(path, f"must be {getattr(expected, '__name__', expected)}",
                                   lines.key(f"[{table}]", key), where)
     base = os.path.dirname(os.path.abspath(path))

@@ -27,6 +27,7 @@ cdef enum:
 
 ctypedef struct iface_t:
     uint32_t linktype
+    uint32_t snaplen             # 0: no limit
     uint8_t binary_res           # resolution is 2^-res, else 10^-res
     uint8_t res
     int64_t offset_s
@@ -80,6 +81,7 @@ cdef class CaptureScanner:
     cdef iface_t ifaces[CAP_MAX_IFACES]
     cdef uint32_t n_ifaces
     cdef bint in_section
+    cdef uint64_t last_ts        # simple packet blocks carry none: they take the previous one
     cdef readonly int error
     cdef readonly uint64_t error_offset
     cdef readonly uint32_t bad_linktype
@@ -193,6 +195,7 @@ cdef class CaptureScanner:
             return CAPERR_TOO_MANY_INTERFACES
         f = &self.ifaces[self.n_ifaces]
         f.linktype = cap16(b + 8, self.big)
+        f.snaplen = cap32(b + 12, self.big)
         f.binary_res = 0
         f.res = 6
         f.offset_s = 0
@@ -270,14 +273,21 @@ cdef class CaptureScanner:
                     err = CAPERR_BAD_INTERFACE
                 else:
                     if btype == 3:
+                        # A simple packet's data is padded: its captured length is the
+                        # original length cut at interface 0's snap length.
                         wire[n] = cap32(b + 8, self.big)
-                        caplen = min(wire[n], total - 16)
-                        ts[n] = 0
+                        caplen = wire[n]
+                        if self.ifaces[0].snaplen and caplen > self.ifaces[0].snaplen:
+                            caplen = self.ifaces[0].snaplen
+                        if caplen > total - 16:
+                            caplen = total - 16
+                        ts[n] = self.last_ts
                     else:
                         caplen = cap32(b + 20, self.big)
                         wire[n] = cap32(b + 24, self.big)
                         units = (<uint64_t>cap32(b + 12, self.big) << 32) | cap32(b + 16, self.big)
                         ts[n] = units_to_ns(units, &self.ifaces[iface])
+                        self.last_ts = ts[n]
                     if caplen > total - hdr - 4:
                         err = CAPERR_BAD_LENGTH
                     else:

@@ -9,16 +9,22 @@ from typing import Any
 from appliance.capture import Batch, CaptureFile
 from appliance.sources.base import Source
 
+IDLE_INTERVAL = 0.1
+_EMPTY = memoryview(b"")
+
 
 class PcapFileSource(Source):
     name = "replay"
     inline = False
     capabilities = ()
 
-    def __init__(self, files: list[str], batch_size: int = 4096, **options: Any) -> None:
+    def __init__(self, files: list[str], batch_size: int = 4096, stay: bool = False,
+                 **options: Any) -> None:
+        """`stay`: after the files, keep running idle until stopped (demos, tests)."""
         super().__init__(**options)
         self.files = files
         self.batch_size = batch_size
+        self.stay = stay
         self.packets = 0
 
     def batches(self, stop: threading.Event) -> Iterator[Batch]:
@@ -29,6 +35,8 @@ class PcapFileSource(Source):
                         return
                     self.packets += batch.count
                     yield batch
+        while self.stay and not stop.wait(IDLE_INTERVAL):
+            yield Batch(memoryview(b""), *(_EMPTY,) * 5, count=0, first_index=self.packets)
 
     def stats(self) -> dict[str, int]:
         return {"packets": self.packets}

@@ -1,0 +1,142 @@
+"""`wardtap run` as a real process: control socket, SIGHUP reload, mode, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from conftest import ROOT, run_wardtap
+from netns import wait_for
+
+from appliance.control import request
+from appliance.demo import DEMO_POLICY, write_demo_ward
+
+
+def _events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def ward_dir(tmp_path: Path) -> Path:
+    write_demo_ward(str(tmp_path / "ward.pcap"), packets=5000)
+    (tmp_path / "policy.toml").write_text(DEMO_POLICY)
+    (tmp_path / "wardtap.toml").write_text(
+        '[appliance]\nmode = "enforce"\n'
+        '[datapath]\ntype = "replay"\nfiles = ["ward.pcap"]\nstay = true\n'
+        '[policy]\nfile = "policy.toml"\n[store]\npath = "wardtap.db"\n'
+        '[events]\nlog = "events.jsonl"\n[control]\nsocket = "control.sock"\n')
+    return tmp_path
+
+
+@pytest.fixture
+def daemon(ward_dir: Path):  # type: ignore[no-untyped-def]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config",
+                             str(ward_dir / "wardtap.toml")], cwd=ward_dir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sock = str(ward_dir / "control.sock")
+
+    def replayed() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {proc.communicate()}")
+        if not os.path.exists(sock):
+            return False
+        status = request(sock, {"cmd": "status"})
+        return bool(status["ok"]) and status["counters"]["packets"] == 5000
+
+    try:
+        wait_for(replayed, timeout=20, what="the daemon to replay the ward")
+        yield proc, sock, ward_dir
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-untyped-def]
+    proc, sock, ward = daemon
+    status = request(sock, {"cmd": "status"})
+    assert status["mode"] == "enforce" and status["policy"]["generation"] == 1
+    assert status["counters"]["denied"] > 0
+
+    # A valid new policy: applied without restart, to the flows already seen as well.
+    policy = ward / "policy.toml"
+    policy.write_text(DEMO_POLICY.replace("version = 1", "version = 2", 1)
+                      if "version = 1" in DEMO_POLICY else DEMO_POLICY + "\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: request(sock, {"cmd": "status"})["policy"]["generation"] == 2,
+             what="the reload")
+    # A broken policy is rejected whole; the running one stays.
+    policy.write_text("[policy]\nname = 'broken'\n[[rules]]\nfrom = 'nobody'\nto = 'any'\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(e["type"] == "policy_rejected" for e in _events(ward / "events.jsonl")),
+             what="the rejection event")
+    status = request(sock, {"cmd": "status"})
+    assert status["policy"]["generation"] == 2 and status["policy"]["name"] != "broken"
+    rejected = [e for e in _events(ward / "events.jsonl") if e["type"] == "policy_rejected"]
+    assert "nobody" in rejected[0]["error"] and ":4 [rules.rule-1.from]" in rejected[0]["error"]
+
+    result = run_wardtap("mode", "bypass", "--socket", sock)
+    assert result.returncode == 0, result.stderr
+    assert request(sock, {"cmd": "status"})["mode"] == "bypass"
+    result = run_wardtap("mode", "learn", "--socket", sock)
+    assert json.loads(result.stdout)["previous"] == "bypass"
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    events = _events(ward / "events.jsonl")
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "stopping"
+    assert {"violation", "new_device", "new_flow", "policy_loaded", "mode_changed"} <= set(kinds)
+    assert not os.path.exists(sock)
+    db = sqlite_utils.Database(ward / "wardtap.db")
+    run = next(iter(db.table("runs").rows))
+    assert run["packets"] == 5000 and run["finished"]
+    assert db.table("violations").count == sum(k == "violation" for k in kinds)
+    devices = list(db.table("devices").rows)
+    assert sum(d["packets_sent"] for d in devices) <= 5000 and devices
+
+
+def test_control_rejects_hostile_requests(daemon) -> None:  # type: ignore[no-untyped-def]
+    _, sock, _ = daemon
+    assert request(sock, {"cmd": "format-disk"}) == {
+        "ok": False, "error": "unknown command 'format-disk'"}
+    assert request(sock, {"cmd": "mode", "mode": "off"})["ok"] is False
+    import socket as so
+    with so.socket(so.AF_UNIX, so.SOCK_STREAM) as s:
+        s.connect(sock)
+        s.sendall(b"\xff\xfe not json\n")
+        assert json.loads(s.makefile().readline())["error"] == "request is not JSON"
+    assert request(sock, {"cmd": "status"})["ok"] is True
+
+
+def test_status_without_daemon_is_one_clear_line(tmp_path: Path) -> None:
+    result = run_wardtap("status", "--socket", str(tmp_path / "none.sock"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"wardtap: error: wardtap is not running "
+                                     f"(no control socket at {tmp_path / 'none.sock'})")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[appliance]\nmode = "enforce"\n[datapath]\ntype = "replay"\nfiles = ["x"]\n',
+     ":2 [policy.file]: mode enforce needs a policy"),
+    ('[datapath]\ntype = "tap"\n', ":1 [datapath.interface]: tap needs interface"),
+    ('[datapath]\ntype = "tap"\ninterface = "eth1"\nspeed = 3\n',
+     ":4 [datapath.speed]: unknown field"),
+    ('[appliance]\nmode = "panic"\n', ":2 [appliance.mode]: must be one of"),
+    ("[appliance\n", ":1: TOML syntax"),
+])
+def test_config_errors_name_line_and_field(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "wardtap.toml"
+    config.write_text(text)
+    result = run_wardtap("run", "--config", str(config))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
