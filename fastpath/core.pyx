@@ -27,6 +27,7 @@ include "decode.pxi"
 include "policytable.pxi"
 include "flowtable.pxi"
 include "capture.pxi"
+include "ring.pxi"
 
 VERDICT_NAMES = ("none", "allow", "deny", "malformed")
 
@@ -141,13 +142,17 @@ def decode_batch(const uint8_t[::1] buf, const int64_t[::1] offsets, const uint3
     Not the hot path: `replay --packets-out` and the differential tests use it.
     """
     cdef Py_ssize_t i, n = offsets.shape[0]
-    cdef pkt_t* recs = <pkt_t*>&out[0]
-    if out.shape[0] < n * <Py_ssize_t>sizeof(pkt_t) or reasons.shape[0] < n:
-        raise ValueError("output arrays too small")
+    cdef pkt_t* recs
+    if (out.shape[0] < n * <Py_ssize_t>sizeof(pkt_t) or reasons.shape[0] < n
+            or lengths.shape[0] < n or linktypes.shape[0] < n):
+        raise ValueError("batch arrays shorter than offsets")
+    if n == 0:
+        return
+    recs = <pkt_t*>&out[0]
     with nogil:
         for i in range(n):
             memset(&recs[i], 0, sizeof(pkt_t))
-            if offsets[i] < 0 or offsets[i] + lengths[i] > buf.shape[0]:
+            if offsets[i] < 0 or offsets[i] > buf.shape[0] or lengths[i] > buf.shape[0] - offsets[i]:
                 reasons[i] = R_BAD_OFFSET
                 continue
             reasons[i] = decode_packet(&buf[0] + offsets[i], lengths[i], linktypes[i], &recs[i])

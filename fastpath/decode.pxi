@@ -52,7 +52,8 @@ cdef inline int decode_l4(const uint8_t* p, uint32_t off, uint32_t end, bint sna
     elif proto == 17 or proto == 136:     # UDP, UDP-Lite
         if avail < 8:
             return R_UDP_SHORT
-        if proto == 17 and rd16(p + off + 4) < 8 and not snapped:
+        # UDP's own length must fit the IP payload (UDP-Lite's field is a checksum coverage).
+        if proto == 17 and not snapped and (rd16(p + off + 4) < 8 or rd16(p + off + 4) > avail):
             return R_UDP_LENGTH
         k.sport = rd16(p + off)
         k.dport = rd16(p + off + 2)
@@ -62,7 +63,8 @@ cdef inline int decode_l4(const uint8_t* p, uint32_t off, uint32_t end, bint sna
         k.sport = rd16(p + off)
         k.dport = rd16(p + off + 2)
     elif proto == 1 or proto == 58:
-        if avail < 4:
+        # ICMP's header is 8 bytes (RFC 792); ICMPv6's common part is 4 (RFC 4443).
+        if avail < (8 if proto == 1 else 4):
             return R_ICMP_SHORT
         k.icmp_type = p[off]
         k.icmp_code = p[off + 1]
@@ -221,11 +223,12 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
         et = rd16(p)
         off = 20
     elif linktype == LINKTYPE_RAW or linktype == LINKTYPE_IPV4 or linktype == LINKTYPE_IPV6:
+        # Raw IP: the version nibble decides; LINKTYPE_IPV4/IPV6 carry only that version.
         if caplen < 1:
             return R_RAW_VERSION
-        if (p[0] >> 4) == 4:
+        if (p[0] >> 4) == 4 and linktype != LINKTYPE_IPV6:
             et = 0x0800
-        elif (p[0] >> 4) == 6:
+        elif (p[0] >> 4) == 6 and linktype != LINKTYPE_IPV4:
             et = 0x86DD
         else:
             return R_RAW_VERSION

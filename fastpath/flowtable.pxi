@@ -268,6 +268,7 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
         f = &c.flows[base + i]
         if flow_expired(c, f, ts):
             end_flow(c, f, END_IDLE, f.last_ns)
+            f.state = FLOW_EMPTY          # ended once: not evicted again below
             victim = i
             break
         if f.last_ns < oldest:
@@ -302,11 +303,14 @@ cdef inline void sweep_idle(Classifier c, uint64_t now) noexcept nogil:
                 f.state = FLOW_EMPTY
 
 
-# Fragment cache: direct-mapped, (src, dst, proto, IP id) of a first fragment -> its flow.
+# Fragment cache: direct-mapped, a first fragment's identity -> its flow. IPv4 identifies a
+# packet by (src, dst, protocol, id) (RFC 791); IPv6 by (src, dst, id) only (RFC 8200), as
+# headers after the Fragment header may differ between the first and later fragments.
 cdef inline uint64_t frag_hash(const pkt_t* k, uint64_t seed) noexcept nogil:
     cdef uint64_t s[2]
     cdef uint64_t d[2]
+    cdef uint64_t proto = k.proto if k.l3 == L3_IPV4 else 0
     memcpy(s, k.src, 16)
     memcpy(d, k.dst, 16)
     return mix64(s[0] ^ mix64(s[1] ^ seed) ^ mix64(d[0] + 0x9E37) ^ mix64(d[1])
-                 ^ ((<uint64_t>k.frag_id << 8) | k.proto)) | 1
+                 ^ ((<uint64_t>k.frag_id << 8) | proto)) | 1

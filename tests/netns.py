@@ -1,7 +1,7 @@
 """Real network namespaces for datapath tests: a ward, the appliance, an uplink.
 
-    ward (10.77.0.10, fd77::10) --veth-- [ ward0  br0  uplink0 ] --veth-- uplink (10.77.0.20, fd77::20)
-                                            appliance namespace
+    ward 10.77.0.10 --veth-- [ ward0  br0  uplink0 ] --veth-- uplink 10.77.0.20
+    (fd77::10)                  appliance namespace              (fd77::20)
 
 Every name carries a per-test suffix so runs never collide, and `close()` (also on test
 failure, via the fixture) deletes the namespaces, which removes their veths and bridge.
@@ -49,7 +49,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0,
 class Ward:
     """Three namespaces; the appliance bridges `ward0` and `uplink0` on `br0`."""
 
-    suffix: str = field(default_factory=lambda: f"{os.getpid() % 10000}{int(time.time() * 1000) % 10000}")
+    suffix: str = field(
+        default_factory=lambda: f"{os.getpid() % 10000}{int(time.time() * 1000) % 10000}")
     bridge: bool = True
     created: list[str] = field(default_factory=list)
 
