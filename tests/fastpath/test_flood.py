@@ -6,7 +6,7 @@ from array import array
 
 from appliance import packets as P
 from appliance.policy import compile_policy, parse_policy
-from fastpath import Classifier, REASON_NAMES, VERDICT_NAMES
+from fastpath import REASON_NAMES, VERDICT_NAMES, Classifier
 
 POLICY = """
 [groups.pumps]
