@@ -122,12 +122,12 @@ class _Validator:
         return PolicyError(self.path, message, line, field_name)
 
     def policy(self, doc: dict[str, Any]) -> Policy:
-        self._unknown(doc, {"policy", "groups", "rules"}, "", None)
+        self._unknown(doc, {"policy", "groups", "rules"}, "", None, "")
         head = doc.get("policy", {})
         if not isinstance(head, dict):
             raise self.fail("must be a table", "policy", self.lines.key("", "policy"))
         self._unknown(head, {"name", "version", "arp", "non_ip", "fragment_unmatched"}, "policy",
-                      self.lines.table("[policy]"))
+                      self.lines.table("[policy]"), "[policy]")
         name = head.get("name", "unnamed")
         if not isinstance(name, str) or not name:
             raise self.fail("must be a non-empty string", "policy.name",
@@ -149,7 +149,7 @@ class _Validator:
                  line: int | None, header: str | None = None, nth: int = 0) -> None:
         for key in table:
             if key not in allowed:
-                at = self.lines.key(header, key, nth) if header else line
+                at = self.lines.key(header, key, nth) if header is not None else line
                 name = f"{where}.{key}" if where else key
                 raise self.fail(f"unknown field (expected one of: {', '.join(sorted(allowed))})",
                                 name, at)
@@ -203,6 +203,8 @@ class _Validator:
         return bytes.fromhex(value.replace(":", "").replace("-", ""))
 
     def _net(self, value: Any, where: str, line: int | None) -> Network:
+        if not isinstance(value, str):        # ip_network() would take 5 as 0.0.0.5
+            raise self.fail(f"{value!r} is not an IP address or CIDR block", where, line)
         try:
             return ipaddress.ip_network(value, strict=False)
         except (ValueError, TypeError):

@@ -25,6 +25,9 @@ class TomlLines:
         return found[nth] if nth < len(found) else None
 
     def key(self, header: str, key: str, nth: int = 0) -> int | None:
+        """Line of `key` in table `header` ("" for the top level), else the table's line."""
+        if not header:
+            return self.top(key)
         start = self.table(header, nth)
         if start is None:
             return None
@@ -36,3 +39,16 @@ class TomlLines:
             if pattern.match(line):
                 return number
         return start
+
+    def top(self, key: str) -> int | None:
+        """Line of a top-level key: `key = ...` before the first table, or a [key...] table."""
+        first = self.headers[0][0] if self.headers else len(self.lines) + 1
+        pattern = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
+        for number in range(1, first):
+            if pattern.match(self.lines[number - 1]):
+                return number
+        for number, header in self.headers:
+            name = header.strip("[]").strip().replace('"', "")
+            if name == key or name.startswith(key + "."):
+                return number
+        return None

@@ -116,6 +116,7 @@ ctypedef struct pkt_t:
     uint8_t icmp_type
     uint8_t icmp_code
     uint8_t tunnel           # 1: IP-in-IP or GRE, reported, not decapsulated
+    uint8_t discovery        # 1: LLDP or CDP frame (worth deep dissection)
     uint16_t ethertype
     uint16_t vlan            # innermost VLAN id, 0 if untagged
     uint16_t vlan_outer      # outer (service) tag under QinQ, else 0
@@ -157,7 +158,8 @@ ctypedef struct flow_t:
     uint8_t init_is_a        # initiator is key.a
     uint8_t fin              # bit 0: FIN from initiator, bit 1: from responder
     uint8_t timeout_class
-    uint8_t pad[10]
+    uint8_t sampled          # packets of this flow marked for deep dissection
+    uint8_t pad[9]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:
@@ -166,7 +168,7 @@ ctypedef struct device_t:
     uint8_t has_mac
     uint8_t multi_ip         # sent from more than one IPv4 address (a router)
     uint16_t vlan
-    uint16_t pad16
+    uint16_t samples         # packets marked for dissection in the current window
     uint32_t flows
     uint8_t ip4[16]          # first IPv4 seen from it (::ffff:a.b.c.d), zero if none
     uint8_t ip6[16]          # first IPv6 seen from it
@@ -178,6 +180,8 @@ ctypedef struct device_t:
     uint64_t bytes_rx
     uint32_t violations
     uint32_t index
+    uint32_t sample_window   # which budget window `samples` counts in
+    uint32_t pad32
 
 ctypedef struct event_t:
     uint64_t ts_ns
@@ -247,6 +251,8 @@ ctypedef struct stats_t:
     uint64_t events_dropped
     uint64_t fragments_attributed
     uint64_t fragments_unmatched
+    uint64_t samples
+    uint64_t samples_over_budget
     uint64_t reasons[64]
 
 
@@ -284,18 +290,26 @@ cdef class Classifier:
     cdef stats_t st
     cdef int mode
     cdef CompiledPolicy policy
+    cdef uint8_t sample_per_flow
+    cdef uint16_t sample_device_budget
+    cdef uint64_t sample_device_window_ns
+    cdef uint32_t sample_global_budget
+    cdef uint32_t sample_global_count
+    cdef uint64_t sample_global_start
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
-                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, Py_ssize_t n,
-                        const policy_t* pol) noexcept nogil
+                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, uint8_t* samples,
+                        Py_ssize_t n, const policy_t* pol) noexcept nogil
+    cdef bint _take_sample(self, uint32_t dev, uint64_t ts) noexcept nogil
     cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil
     cdef uint32_t _touch_device(self, const pkt_t* k, uint64_t ts) noexcept nogil
     cdef void _l2_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
-                         const policy_t* pol, uint8_t* verdict, uint8_t* reason) noexcept nogil
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
+                         uint8_t* sample) noexcept nogil
     cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
-                         uint16_t* rule) noexcept nogil
+                         uint16_t* rule, uint8_t* sample) noexcept nogil
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
                           const policy_t* pol) noexcept nogil
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil

@@ -65,7 +65,7 @@ BUCKET_SIZE = BUCKET_SLOTS
 STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                 "flows_ended", "flows_evicted", "flows_active", "devices",
                 "device_table_full", "events_dropped", "fragments_attributed",
-                "fragments_unmatched")
+                "fragments_unmatched", "samples", "samples_over_budget")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
@@ -158,6 +158,18 @@ def decode_batch(const uint8_t[::1] buf, const int64_t[::1] offsets, const uint3
             reasons[i] = decode_packet(&buf[0] + offsets[i], lengths[i], linktypes[i], &recs[i])
 
 
+cdef inline bint is_discovery(uint16_t p) noexcept nogil:
+    return (p == 67 or p == 68 or p == 546 or p == 547 or p == 5353 or p == 1900
+            or p == 137 or p == 138)
+
+
+cdef inline bint discovery_port(const pkt_t* k) noexcept nogil:
+    """UDP services that name a device: DHCP, DHCPv6, mDNS, SSDP, NetBIOS."""
+    if k.proto != 17:
+        return 0
+    return is_discovery(k.sport) or is_discovery(k.dport)
+
+
 cdef uint32_t next_pow2(uint64_t n):
     cdef uint64_t p = 1
     while p < n:
@@ -211,6 +223,7 @@ cdef class Classifier:
             self.timeouts[i] = <uint64_t>(seconds[i] * 1000000000)
         self.mode = MODE_LEARN
         self.policy = None
+        self.set_sampling()
 
     def __dealloc__(self):
         free(self.flows)
@@ -296,6 +309,22 @@ cdef class Classifier:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = MODES[mode]
 
+    def set_sampling(self, int per_flow=8, int device_budget=64, double device_window_s=60,
+                     int global_budget=256):
+        """Budgets for packets marked for deep dissection (classify's `samples` array).
+
+        Marked: the first `per_flow` packets of each flow (handshakes, first requests),
+        and DHCP, DHCPv6, mDNS, SSDP, NetBIOS, LLDP and CDP frames; at most
+        `device_budget` per device per `device_window_s` and `global_budget` per second.
+        """
+        if not (0 <= per_flow <= 255 and 0 <= device_budget <= 65535 and device_window_s > 0
+                and 0 <= global_budget <= 1000000):
+            raise ValueError("sampling budgets out of range")
+        self.sample_per_flow = per_flow
+        self.sample_device_budget = device_budget
+        self.sample_device_window_ns = <uint64_t>(device_window_s * 1e9)
+        self.sample_global_budget = global_budget
+
     @property
     def mode_name(self):
         return {v: k for k, v in MODES.items()}[self.mode]
@@ -320,38 +349,49 @@ cdef class Classifier:
     def classify(self, const uint8_t[::1] buf, const int64_t[::1] offsets,
                  const uint32_t[::1] lengths, const uint64_t[::1] timestamps,
                  const uint16_t[::1] linktypes, uint8_t[::1] verdicts, uint8_t[::1] reasons,
-                 uint16_t[::1] rules):
+                 uint16_t[::1] rules, uint8_t[::1] samples=None):
         """Classify one batch: packet i is buf[offsets[i]:offsets[i]+lengths[i]].
 
-        Fills verdicts, reasons and rules for every packet; returns the packet count.
+        Fills verdicts, reasons and rules for every packet, and, when `samples` is given,
+        samples[i] = 1 for packets marked for deep dissection (see set_sampling).
+        Returns the packet count.
         """
+        cdef uint8_t* sample_out = NULL
         cdef Py_ssize_t n = offsets.shape[0]
         cdef CompiledPolicy policy = self.policy     # held for the whole batch
         cdef const policy_t* pol = &policy.pol if policy is not None else NULL
         if (lengths.shape[0] < n or timestamps.shape[0] < n or linktypes.shape[0] < n
-                or verdicts.shape[0] < n or reasons.shape[0] < n or rules.shape[0] < n):
+                or verdicts.shape[0] < n or reasons.shape[0] < n or rules.shape[0] < n
+                or (samples is not None and samples.shape[0] < n)):
             raise ValueError("batch arrays shorter than offsets")
         if n == 0:
             return 0
+        if samples is not None:
+            sample_out = &samples[0]
         with nogil:
             self._classify(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0],
                            &lengths[0], &timestamps[0], &linktypes[0], &verdicts[0],
-                           &reasons[0], &rules[0], n, pol)
+                           &reasons[0], &rules[0], sample_out, n, pol)
         return n
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
-                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, Py_ssize_t n,
-                        const policy_t* pol) noexcept nogil:
+                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, uint8_t* samples,
+                        Py_ssize_t n, const policy_t* pol) noexcept nogil:
         cdef Py_ssize_t i
         cdef pkt_t k
         cdef int r
         cdef uint32_t length
+        cdef uint8_t no_sample = 0
+        cdef uint8_t* sample = &no_sample
         for i in range(n):
             if i + PREFETCH_AHEAD < n and offsets[i + PREFETCH_AHEAD] >= 0 and offsets[i + PREFETCH_AHEAD] < buflen:
                 WARDTAP_PREFETCH(buf + offsets[i + PREFETCH_AHEAD])
                 WARDTAP_PREFETCH(buf + offsets[i + PREFETCH_AHEAD] + 64)
             length = lengths[i]
+            if samples != NULL:
+                sample = &samples[i]
+                sample[0] = 0
             self.st.packets += 1
             self.st.bytes += length
             if offsets[i] < 0 or offsets[i] > buflen or length > buflen - offsets[i]:
@@ -367,9 +407,11 @@ cdef class Classifier:
                 rules[i] = NO_RULE
                 continue
             if k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
-                self._ip_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i], &rules[i])
+                self._ip_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i], &rules[i],
+                                sample if samples != NULL else NULL)
             else:
-                self._l2_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i])
+                self._l2_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i],
+                                sample if samples != NULL else NULL)
                 rules[i] = NO_RULE
             if verdicts[i] == VERDICT_ALLOW:
                 self.st.allowed += 1
@@ -421,14 +463,41 @@ cdef class Classifier:
                 e.vlan = k.vlan
         return d
 
+    cdef bint _take_sample(self, uint32_t dev, uint64_t ts) noexcept nogil:
+        """Spend one unit of the global and the device's dissection budget, if any is left."""
+        cdef device_t* d
+        cdef uint32_t window
+        if ts - self.sample_global_start >= 1000000000 or ts < self.sample_global_start:
+            self.sample_global_start = ts
+            self.sample_global_count = 0
+        if self.sample_global_count >= self.sample_global_budget:
+            self.st.samples_over_budget += 1
+            return 0
+        if dev != NO_DEVICE:
+            d = &self.devices[dev]
+            window = <uint32_t>(ts // self.sample_device_window_ns)
+            if d.sample_window != window:
+                d.sample_window = window
+                d.samples = 0
+            if d.samples >= self.sample_device_budget:
+                self.st.samples_over_budget += 1
+                return 0
+            d.samples += 1
+        self.sample_global_count += 1
+        self.st.samples += 1
+        return 1
+
     cdef void _l2_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
-                         const policy_t* pol, uint8_t* verdict, uint8_t* reason) noexcept nogil:
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
+                         uint8_t* sample) noexcept nogil:
         cdef uint32_t d = self._touch_device(k, ts)
         cdef uint8_t action = ACTION_ALLOW
         if d != NO_DEVICE:
             self.devices[d].pkts_tx += 1
             self.devices[d].bytes_tx += length
             self.devices[d].last_ns = ts
+        if sample != NULL and k.discovery:
+            sample[0] = self._take_sample(d, ts)
         reason[0] = R_ARP if k.l3 == L3_ARP else R_NON_IP
         if pol != NULL and self.mode != MODE_LEARN:
             action = pol.arp if k.l3 == L3_ARP else pol.non_ip
@@ -438,7 +507,7 @@ cdef class Classifier:
 
     cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
-                         uint16_t* rule) noexcept nogil:
+                         uint16_t* rule, uint8_t* sample) noexcept nogil:
         cdef flow_key_t key
         cdef bint swapped, created, from_initiator
         cdef flow_t* f
@@ -469,17 +538,21 @@ cdef class Classifier:
             memset(f, 0, sizeof(flow_t))
             f.key = key
             created = 1
+        from_initiator = swapped != f.init_is_a
         if created:
             self._start_flow(f, k, swapped, ts, pol)
-        from_initiator = swapped != f.init_is_a
+            from_initiator = swapped != f.init_is_a
         role = 0 if from_initiator else 1
         f.pkts[role] += 1
         f.bytes[role] += length
         f.last_ns = ts
-        if f.dev[role] == NO_DEVICE:
+        if f.dev[role] == NO_DEVICE and not created:
             f.dev[role] = self._touch_device(k, ts)
             if f.dev[role] != NO_DEVICE:
                 self.devices[f.dev[role]].flows += 1
+                # It was not a device yet when this flow's earlier packets reached it.
+                self.devices[f.dev[role]].pkts_rx += f.pkts[1 - role]
+                self.devices[f.dev[role]].bytes_rx += f.bytes[1 - role]
                 if role == 0 and f.verdict == VERDICT_DENY:
                     self.devices[f.dev[role]].violations += 1
         if f.dev[role] != NO_DEVICE:
@@ -491,6 +564,11 @@ cdef class Classifier:
             self.devices[f.dev[1 - role]].bytes_rx += length
         if k.proto == 6 and (k.tcp_flags & 0x05):
             self._tcp_close(f, k.tcp_flags, role, ts)
+        if sample != NULL and (f.sampled < self.sample_per_flow or discovery_port(k)):
+            if self._take_sample(f.dev[role], ts):
+                sample[0] = 1
+                if f.sampled < 255:
+                    f.sampled += 1
         if k.frag == FRAG_FIRST:
             fh = frag_hash(k, self.seed)
             self.frag_keys[fh & self.frag_mask] = fh
@@ -507,7 +585,8 @@ cdef class Classifier:
         cdef uint64_t gr[GROUP_WORDS]
         cdef bint icmp = k.proto == 1 or k.proto == 58
         cdef event_t* e
-        cdef uint32_t d
+        cdef uint32_t d, peer
+        cdef bint peer_created
         f.id = self.next_flow_id
         self.next_flow_id += 1
         f.first_ns = ts
@@ -526,6 +605,11 @@ cdef class Classifier:
         f.dev[0 if sender_first else 1] = d
         if d != NO_DEVICE:
             self.devices[d].flows += 1
+        # The receiving side, if it is a device already known, counts what it receives.
+        peer = device_lookup(self, k, ts, &peer_created, 1)
+        f.dev[1 if sender_first else 0] = peer
+        if peer != NO_DEVICE:
+            self.devices[peer].flows += 1
         if pol == NULL or self.mode == MODE_LEARN:
             f.verdict = VERDICT_ALLOW
             f.reason = R_NO_POLICY

@@ -191,6 +191,7 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
     k.icmp_type = 0
     k.icmp_code = 0
     k.tunnel = 0
+    k.discovery = 0
     k.vlan = 0
     k.vlan_outer = 0
     k.sport = 0
@@ -252,6 +253,12 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
         off += 4
         tags += 1
     k.ethertype = et
+    if et == 0x88CC:                                   # LLDP
+        k.discovery = 1
+    elif et < 0x0600 and caplen - off >= 8 and p[off] == 0xAA and p[off + 1] == 0xAA \
+            and p[off + 3] == 0 and p[off + 4] == 0 and p[off + 5] == 0x0C \
+            and p[off + 6] == 0x20 and p[off + 7] == 0x00:   # CDP over LLC/SNAP
+        k.discovery = 1
     if et == 0x0800:
         return decode_ipv4(p, off, caplen, k)
     if et == 0x86DD:

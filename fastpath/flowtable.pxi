@@ -111,22 +111,31 @@ cdef inline bint sender_initiates(const pkt_t* k) noexcept nogil:
 
 
 cdef inline uint32_t device_lookup(Classifier c, const pkt_t* k, uint64_t ts,
-                                   bint* created) noexcept nogil:
-    """Index of the device that sent `k`, created on first sight; NO_DEVICE if full."""
+                                   bint* created, bint receiver=0) noexcept nogil:
+    """Index of the device that sent `k`, created on first sight; NO_DEVICE if full.
+
+    With `receiver`, the device `k` is sent to, looked up only: devices are created from
+    what they send, never from what is sent to them.
+    """
     cdef uint8_t key[16]
     cdef uint64_t words[2]
     cdef uint64_t h
     cdef uint32_t i, tag, n
     cdef device_t* d
+    cdef const uint8_t* mac = k.src_mac
+    cdef const uint8_t* addr = k.src
+    if receiver:
+        mac = k.dst_mac
+        addr = k.dst
     created[0] = 0
     memset(key, 0, 16)
-    if k.has_mac:
-        if k.src_mac[0] & 1:              # a multicast source MAC is no device
+    if (k.has_mac == 2) or (k.has_mac == 1 and not receiver):
+        if mac[0] & 1:                    # a multicast MAC is no device
             return NO_DEVICE
-        memcpy(key, k.src_mac, 6)
+        memcpy(key, mac, 6)
         key[15] = 1
-    elif k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
-        memcpy(key, k.src, 16)
+    elif k.has_mac == 0 and (k.l3 == L3_IPV4 or k.l3 == L3_IPV6):
+        memcpy(key, addr, 16)
     else:
         return NO_DEVICE
     memcpy(words, key, 16)
@@ -140,7 +149,10 @@ cdef inline uint32_t device_lookup(Classifier c, const pkt_t* k, uint64_t ts,
             return i
         i = (i + 1) & (c.dev_capacity - 1)
     else:
-        c.st.device_table_full += 1
+        if not receiver:
+            c.st.device_table_full += 1
+        return NO_DEVICE
+    if receiver:
         return NO_DEVICE
     if c.dev_count >= c.dev_capacity - c.dev_capacity // 8:
         c.st.device_table_full += 1
