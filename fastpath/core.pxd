@@ -22,6 +22,7 @@ cdef enum:
     R_NON_IP = 7              # other non-IP frame, by the policy's `non_ip`
     R_FRAGMENT = 8            # later IP fragment, attributed to its flow
     R_FRAGMENT_UNMATCHED = 9  # later fragment whose first fragment was not seen
+    R_RELATED = 10            # ICMP error about a known flow: that flow's verdict
     R_MALFORMED_FIRST = 16    # reasons from here on come with VERDICT_MALFORMED
     R_BAD_OFFSET = 16         # batch offset/length outside the buffer
     R_LINKTYPE = 17           # link type the decoder does not know
@@ -117,6 +118,12 @@ ctypedef struct pkt_t:
     uint8_t icmp_code
     uint8_t tunnel           # 1: IP-in-IP or GRE, reported, not decapsulated
     uint8_t discovery        # 1: LLDP or CDP frame (worth deep dissection)
+    uint8_t inner_valid      # ICMP error quoting an IP header: the inner_* fields are set
+    uint8_t inner_proto
+    uint8_t inner_icmp_type
+    uint16_t inner_sport
+    uint16_t inner_dport
+    uint16_t inner_icmp_id
     uint16_t ethertype
     uint16_t vlan            # innermost VLAN id, 0 if untagged
     uint16_t vlan_outer      # outer (service) tag under QinQ, else 0
@@ -127,6 +134,8 @@ ctypedef struct pkt_t:
     uint32_t l4_off
     uint8_t src[16]          # IPv4 as ::ffff:a.b.c.d
     uint8_t dst[16]
+    uint8_t inner_src[16]    # the packet an ICMP error quotes
+    uint8_t inner_dst[16]
 
 # Flow key: endpoints in canonical order so both directions hash alike.
 ctypedef struct flow_key_t:

@@ -36,7 +36,7 @@ REASON_NAMES = {
     R_RULE: "rule", R_NO_POLICY: "no_policy", R_NO_RULE: "no_rule",
     R_WRONG_INITIATOR: "wrong_initiator", R_PROTO_NOT_ALLOWED: "proto_not_allowed",
     R_PORT_NOT_ALLOWED: "port_not_allowed", R_ARP: "arp", R_NON_IP: "non_ip",
-    R_FRAGMENT: "fragment", R_FRAGMENT_UNMATCHED: "fragment_unmatched",
+    R_FRAGMENT: "fragment", R_FRAGMENT_UNMATCHED: "fragment_unmatched", R_RELATED: "related",
     R_BAD_OFFSET: "bad_offset", R_LINKTYPE: "unsupported_linktype",
     R_ETH_SHORT: "ethernet_truncated", R_VLAN_SHORT: "vlan_truncated",
     R_VLAN_DEPTH: "vlan_too_deep", R_SLL_SHORT: "sll_truncated",
@@ -531,6 +531,16 @@ cdef class Classifier:
             else:
                 verdict[0] = VERDICT_DENY
             return
+        if k.inner_valid:
+            f = related_flow(self, k)
+            if f != NULL:
+                # An ICMP error about a known flow (port unreachable, TTL exceeded, too
+                # big) shares that flow's verdict instead of being a flow of its own.
+                f.last_ns = ts
+                verdict[0] = f.verdict
+                reason[0] = R_RELATED
+                rule[0] = f.rule
+                return
         swapped = make_key(k, &key)
         f = flow_find_or_add(self, &key, ts, &created)
         if not created and f.state == FLOW_CLOSING and k.proto == 6 and (k.tcp_flags & 0x12) == 0x02:

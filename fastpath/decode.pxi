@@ -34,6 +34,47 @@ cdef inline void set_v4_mapped(uint8_t* dst16, const uint8_t* v4) noexcept nogil
     memcpy(dst16 + 12, v4, 4)
 
 
+cdef inline bint icmp_is_error(uint8_t proto, uint8_t icmp_type) noexcept nogil:
+    if proto == 1:
+        return (icmp_type == 3 or icmp_type == 4 or icmp_type == 5 or icmp_type == 11
+                or icmp_type == 12)
+    return icmp_type >= 1 and icmp_type <= 4
+
+
+cdef inline void decode_icmp_quote(const uint8_t* p, uint32_t off, uint32_t end,
+                                   pkt_t* k) noexcept nogil:
+    """The IP header (and first 8 L4 bytes) an ICMP error quotes, when it is all there."""
+    cdef uint32_t ihl, o
+    cdef uint8_t proto
+    if end - off >= 20 and (p[off] >> 4) == 4 and k.l3 == L3_IPV4:
+        ihl = (p[off] & 0x0F) * 4
+        if ihl < 20 or ihl > end - off:
+            return
+        set_v4_mapped(k.inner_src, p + off + 12)
+        set_v4_mapped(k.inner_dst, p + off + 16)
+        proto = p[off + 9]
+        o = off + ihl
+    elif end - off >= 40 and (p[off] >> 4) == 6 and k.l3 == L3_IPV6:
+        memcpy(k.inner_src, p + off + 8, 16)
+        memcpy(k.inner_dst, p + off + 24, 16)
+        proto = p[off + 6]
+        o = off + 40
+    else:
+        return
+    if proto == 6 or proto == 17 or proto == 132 or proto == 136:
+        if end - o < 4:
+            return
+        k.inner_sport = rd16(p + o)
+        k.inner_dport = rd16(p + o + 2)
+    elif proto == 1 or proto == 58:
+        if end - o < 8:
+            return
+        k.inner_icmp_type = p[o]
+        k.inner_icmp_id = rd16(p + o + 4)
+    k.inner_proto = proto
+    k.inner_valid = 1
+
+
 cdef inline int decode_l4(const uint8_t* p, uint32_t off, uint32_t end, bint snapped,
                           uint8_t proto, pkt_t* k) noexcept nogil:
     cdef uint32_t doff
@@ -70,6 +111,8 @@ cdef inline int decode_l4(const uint8_t* p, uint32_t off, uint32_t end, bint sna
         k.icmp_code = p[off + 1]
         if avail >= 8:
             k.icmp_id = rd16(p + off + 4)
+            if icmp_is_error(proto, k.icmp_type):
+                decode_icmp_quote(p, off + 8, end, k)
     elif proto == 4 or proto == 41 or proto == 47:
         k.tunnel = 1
     return R_RULE
@@ -192,6 +235,7 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
     k.icmp_code = 0
     k.tunnel = 0
     k.discovery = 0
+    k.inner_valid = 0
     k.vlan = 0
     k.vlan_outer = 0
     k.sport = 0

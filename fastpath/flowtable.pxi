@@ -258,6 +258,39 @@ cdef inline bint flow_expired(Classifier c, const flow_t* f, uint64_t now) noexc
     return now > f.last_ns and now - f.last_ns > limit
 
 
+cdef inline flow_t* flow_find(Classifier c, const flow_key_t* key) noexcept nogil:
+    """The flow for `key`, or NULL."""
+    cdef uint64_t h = hash_key(key, c.seed)
+    cdef uint32_t tag = <uint32_t>(h >> 32) | 1
+    cdef uint32_t base = (<uint32_t>h & c.bucket_mask) * BUCKET_SLOTS
+    cdef uint32_t i
+    for i in range(BUCKET_SLOTS):
+        if c.tags[base + i] == tag and key_equal(&c.flows[base + i].key, key):
+            return &c.flows[base + i]
+    return NULL
+
+
+cdef inline flow_t* related_flow(Classifier c, const pkt_t* k) noexcept nogil:
+    """The flow an ICMP error is about (the packet it quotes), or NULL."""
+    cdef pkt_t q
+    cdef flow_key_t key
+    if not k.inner_valid:
+        return NULL
+    memcpy(q.src, k.inner_src, 16)
+    memcpy(q.dst, k.inner_dst, 16)
+    q.proto = k.inner_proto
+    q.sport = k.inner_sport
+    q.dport = k.inner_dport
+    q.icmp_type = k.inner_icmp_type
+    q.icmp_code = 0
+    q.icmp_id = k.inner_icmp_id
+    q.vlan = k.vlan
+    q.vlan_outer = k.vlan_outer
+    q.l3 = k.l3
+    make_key(&q, &key)
+    return flow_find(c, &key)
+
+
 cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64_t ts,
                                      bint* created) noexcept nogil:
     """The flow for `key`, or a fresh zeroed slot for it (created=1)."""
