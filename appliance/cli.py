@@ -126,13 +126,20 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
+    from appliance import policytools
+
     sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = sub.add_parser("check", help="validate a policy file")
     check.add_argument("file")
+    policytools.add_actions(sub)
 
 
 def _run_policy(args: argparse.Namespace) -> int:
+    from appliance import policytools
     from appliance.policy import compile_policy, load_policy
+
+    if policytools.handles(args.policy_command):
+        return policytools.run(args)
 
     policy = load_policy(args.file)
     compile_policy(policy)
@@ -208,11 +215,25 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_learn(p: argparse.ArgumentParser) -> None:
+    from appliance.learn import add_arguments
+
+    add_arguments(p)
+
+
+def _run_learn(args: argparse.Namespace) -> int:
+    from appliance.learn import run
+
+    return run(args)
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                            Callable[[argparse.Namespace], int]]] = {
     "replay": ("classify capture files and summarise", _add_replay, _run_replay),
     "demo": ("generate the demo ward and replay it", _add_demo, _run_demo),
     "policy": ("allow-list policy tools", _add_policy, _run_policy),
+    "learn": ("learn each device's baseline and propose an allow-list", _add_learn,
+              _run_learn),
     "run": ("run the appliance daemon", _add_run, _run_run),
     "status": ("show the running daemon's state", _add_status, _run_status),
     "mode": ("set the running daemon's mode", _add_mode, _run_mode),

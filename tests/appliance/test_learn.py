@@ -1,0 +1,313 @@
+"""`wardtap learn`: baselines and proposed policies from real captures, through the real CLI.
+
+The acceptance test: a policy learned from the demo ward's clean traffic allows all of it
+(zero violations when the same capture is replayed), and flags exactly the injected flows
+when the attacked capture is replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import run_wardtap
+from wardcaptures import (
+    CENTRAL,
+    FILES,
+    MONITOR,
+    NEWCOMER,
+    PRINTER,
+    PUMP_SERVER,
+    PUMPS,
+    ROUTER,
+    WS,
+    demo_captures,
+    write_small_ward,
+)
+
+from appliance.learn import Baseline, learn, propose
+from appliance.policy import load_policy
+from appliance.policywriter import render
+from appliance.replay import Replayer
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("small")
+    ward = write_small_ward(d / "small.pcap")
+    policy, baseline = d / "learned.toml", d / "baseline.json"
+    result = run_wardtap("learn", ward.path, "-o", str(policy), "--name", "ward-1",
+                         "--baseline", str(baseline))
+    assert result.returncode == 0, result.stderr
+    return {"capture": ward.path, "policy": str(policy), "baseline": str(baseline),
+            "dir": str(d), "stdout": result.stdout}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("demo")
+    clean, attacked, ward = demo_captures(d)
+    policy = d / "learned.toml"
+    result = run_wardtap("learn", clean, "-o", str(policy), "--name", "ward-4b")
+    assert result.returncode == 0, result.stderr
+    return {"clean": clean, "attacked": attacked, "ward": ward, "policy": str(policy)}
+
+
+def _doc(path: str) -> dict[str, object]:
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _group_of(doc: dict, mac: str) -> str:
+    names = [n for n, g in doc["groups"].items() if mac in g.get("mac", [])]
+    assert len(names) == 1, (mac, names)
+    return names[0]
+
+
+def _rules(doc: dict, **match: object) -> list[dict]:
+    return [r for r in doc["rules"] if all(r.get(k) == v for k, v in match.items())]
+
+
+# --- the acceptance test ------------------------------------------------------------------
+
+
+def test_learned_policy_allows_its_own_traffic_and_flags_exactly_the_attacks(
+        demo: dict) -> None:
+    clean = run_wardtap("replay", demo["clean"], "--policy", demo["policy"], "--json")
+    assert clean.returncode == 0, clean.stderr
+    summary = json.loads(clean.stdout)
+    assert summary["violations"] == 0
+    assert summary["denied"] == 0
+    assert summary["flows"] > 200
+
+    attacked = run_wardtap("policy", "test", demo["policy"], demo["attacked"], "--json")
+    assert attacked.returncode == 0, attacked.stderr
+    report = json.loads(attacked.stdout)
+    proto = {"tcp": 6, "udp": 17}
+    want = {(v.initiator, v.responder, proto[v.proto], v.dport) for v in demo["ward"].violations}
+    got = {(v["src"], v["dst"], v["proto"], v["dport"]) for v in report["violations"]}
+    assert got == want
+    assert len(report["violations"]) == len(demo["ward"].violations)
+
+
+def test_demo_groups_follow_behaviour_not_vendor(demo: dict) -> None:
+    doc = _doc(demo["policy"])
+    ward = demo["ward"]
+    pumps = [d for d in ward.devices if d.device_class == "infusion pump"]
+    # pumps of three vendors that did the same things share a group, on their VLAN
+    groups = {_group_of(doc, d.mac) for d in pumps}
+    assert len(groups) <= 2, groups   # one pump may lack the optional DNS lookup
+    main = max(groups, key=lambda g: len(doc["groups"][g]["mac"]))
+    assert doc["groups"][main]["vlan"] == [104]
+    assert len({m[:8] for m in doc["groups"][main]["mac"]}) == 3
+    # servers behind the router are matched by address; the router's MAC is in no group
+    router = next(d for d in ward.devices if d.name == "core-rtr").mac
+    assert all(router not in g.get("mac", []) for g in doc["groups"].values())
+    servers = {d.name: d.ip for d in ward.servers}
+    [server_group] = [n for n, g in doc["groups"].items()
+                      if g.get("ip") == [servers["pump-server"]]]
+    assert _rules(doc, **{"from": main, "to": server_group, "proto": "tcp", "ports": [443]})
+    # the injected traffic was removed before learning: nothing talks to the internet
+    text = Path(demo["policy"]).read_text()
+    assert "93.184.216.34" not in text and "dc:a6:32" not in text
+
+
+def test_live_events_give_the_same_proposal_as_the_cli(demo: dict, tmp_path: Path) -> None:
+    """Baseline is fed batch by batch from on_events, as a live source would."""
+    baseline = Baseline()
+    replayer = Replayer(None, "learn")
+    replayer.on_events = baseline.observe
+    summary = replayer.run([demo["clean"]])
+    baseline.close(replayer.active_flows())
+    baseline.add_devices(replayer.devices())
+    baseline.packets, baseline.bytes = summary.packets, summary.bytes
+    text = render(propose(baseline, "ward-4b", [demo["clean"]]))
+    assert text == Path(demo["policy"]).read_text()
+
+
+# --- what the proposal contains (the small hand-built ward) -----------------------------
+
+
+def test_small_ward_replays_clean_and_policy_checks(small: dict) -> None:
+    check = run_wardtap("policy", "check", small["policy"])
+    assert check.returncode == 0, check.stderr
+    result = run_wardtap("replay", small["capture"], "--policy", small["policy"], "--json")
+    summary = json.loads(result.stdout)
+    assert (summary["violations"], summary["denied"]) == (0, 0)
+    assert "-> " + small["policy"] in small["stdout"]
+    policy = load_policy(small["policy"])
+    assert policy.name == "ward-1" and policy.version == 1
+
+
+def test_devices_that_behave_alike_are_one_group_with_macs_ips_and_vlan(small: dict) -> None:
+    doc = _doc(small["policy"])
+    name = _group_of(doc, PUMPS[0][0])
+    group = doc["groups"][name]
+    assert group["mac"] == sorted(m for m, _ in PUMPS)          # two vendors, one group
+    assert group["ip"] == [ip for _, ip in PUMPS]
+    assert group["vlan"] == [20]
+    assert name == "https-clients"                              # mixed vendors: behaviour
+    assert _group_of(doc, PRINTER[0]) == "hp-jetdirect-server"  # one vendor: its name
+    # every group has what was seen above it
+    text = Path(small["policy"]).read_text()
+    assert re.search(rf"# seen {ISO} \.\. {ISO}: 18 flows, 81 packets", text)
+
+
+def test_servers_are_recognised_and_client_ports_never_appear(small: dict) -> None:
+    doc = _doc(small["policy"])
+    pumps = _group_of(doc, PUMPS[0][0])
+    [server] = [n for n, g in doc["groups"].items() if g.get("ip") == [PUMP_SERVER]]
+    [rule] = _rules(doc, **{"from": pumps, "to": server})
+    assert (rule["proto"], rule["ports"]) == ("tcp", [443])
+    ports = {p for r in doc["rules"] for p in r.get("ports", []) if isinstance(p, int)}
+    assert ports == {53, 67, 68, 161, 443, 2575, 5353, 9100}  # no client port anywhere
+    # a TCP connection caught without its SYN: the ephemeral side is the client
+    mon, central = _group_of(doc, MONITOR[0]), _group_of(doc, CENTRAL[0])
+    assert _rules(doc, **{"from": mon, "to": central, "proto": "tcp", "ports": [2575]})
+
+
+def test_conversations_started_from_both_sides_allow_either(small: dict) -> None:
+    doc = _doc(small["policy"])
+    ws, printer = _group_of(doc, WS[0]), _group_of(doc, PRINTER[0])
+    [rule] = [r for r in doc["rules"] if r["proto"] == "udp" and r["ports"] == [161]]
+    assert {rule["from"], rule["to"]} == {ws, printer}
+    assert rule["initiate"] == "either"
+    assert "<->" in Path(small["policy"]).read_text()
+
+
+def test_ephemeral_responder_ports_become_a_range_marked_for_review(small: dict) -> None:
+    doc = _doc(small["policy"])
+    ws = _group_of(doc, WS[0])
+    [files] = [n for n, g in doc["groups"].items() if g.get("ip") == [FILES]]
+    [rule] = _rules(doc, **{"from": files, "to": ws})
+    assert rule["ports"] == ["49152-65535"]
+    text = Path(small["policy"]).read_text()
+    block = text[:text.index(f'name = "{rule["name"]}"')].rsplit("\n\n", 1)[-1]
+    assert "REVIEW" in block and "50400..50594" in block
+
+
+def test_dhcp_broadcast_multicast_icmp_and_ipv6(small: dict) -> None:
+    doc = _doc(small["policy"])
+    assert _rules(doc, **{"from": "0.0.0.0", "to": "255.255.255.255", "proto": "udp",
+                          "ports": [67]})
+    [reply] = _rules(doc, **{"to": "255.255.255.255", "ports": [68]})
+    assert doc["groups"][reply["from"]]["ip"] == ["10.1.1.1"]    # the relay, by address
+    ws = _group_of(doc, WS[0])
+    assert _rules(doc, **{"from": ws, "to": "224.0.0.251", "proto": "udp", "ports": [5353]})
+    [ping] = _rules(doc, **{"from": ws, "proto": "icmp"})
+    assert ping["icmp_types"] == [8]
+    assert _rules(doc, **{"from": "::", "to": "ff02::16", "proto": "icmpv6",
+                          "icmp_types": [143]})
+    mon = _group_of(doc, MONITOR[0])
+    assert _rules(doc, **{"from": mon, "to": "ff02::1:ff00:0/104", "icmp_types": [135]})
+    assert _rules(doc, **{"from": _group_of(doc, CENTRAL[0]), "to": mon,
+                          "icmp_types": [136]})
+    # link-local addresses belong to their device's group
+    assert any(ip.startswith("fe80::") for ip in doc["groups"][mon]["ip"])
+    # ARP is allowed; non-IP is allowed because the switch sent LLDP (and says so)
+    text = Path(small["policy"]).read_text()
+    assert re.search(r'non_ip = "allow"  # seen from 00:1e:f7:00:00:02', text)
+    assert 'arp = "allow"' in text
+
+
+def test_every_rule_says_what_was_seen(small: dict) -> None:
+    text = Path(small["policy"]).read_text()
+    blocks = [b for b in text.split("\n\n") if "[[rules]]" in b]
+    assert len(blocks) == len(_doc(small["policy"])["rules"]) == 17
+    for block in blocks:
+        assert re.search(r"# \S+ (->|<->) \S+ .*: [\d,]+ flows?, [\d,]+ packets?, [\d,]+ bytes?",
+                         block)
+        assert re.search(rf"#   first seen {ISO}, last seen {ISO}", block), block
+        assert "#   started by: " in block, block
+    dhcp = next(b for b in blocks if 'from = "0.0.0.0"' in b)
+    assert NEWCOMER[0] in dhcp and "DHCP" in dhcp
+    assert ROUTER in text.split("[policy]")[0]                 # the router, in the header
+
+
+def test_output_is_deterministic(small: dict, tmp_path: Path) -> None:
+    again = tmp_path / "again.toml"
+    result = run_wardtap("learn", small["capture"], "-o", str(again), "--name", "ward-1",
+                         "--baseline", str(tmp_path / "b.json"))
+    assert result.returncode == 0, result.stderr
+    assert again.read_bytes() == Path(small["policy"]).read_bytes()
+    assert (tmp_path / "b.json").read_bytes() == Path(small["baseline"]).read_bytes()
+    # standard output when -o is left out; the summary goes to stderr then
+    stdout = run_wardtap("learn", small["capture"], "--name", "ward-1")
+    assert stdout.stdout == again.read_text()
+    assert "learned" in stdout.stderr
+
+
+def test_baseline_per_device(small: dict) -> None:
+    doc = json.loads(Path(small["baseline"]).read_text())
+    devices = {d["key"]: d for d in doc["devices"]}
+    pump = devices[PUMPS[0][0]]
+    assert pump["role"] == "device" and pump["vendor"].startswith("B.Braun")
+    assert pump["peers"] == [PUMP_SERVER, "10.9.0.53"]
+    assert pump["protocols"] == ["tcp", "udp"] and pump["server_ports"] == []
+    assert (pump["initiated"], pump["answered"], pump["flows"]) == (6, 0, 6)
+    assert pump["vlans"] == [20] and pump["ips"] == [PUMPS[0][1]]
+    assert re.fullmatch(ISO, pump["first_seen"]) and re.fullmatch(ISO, pump["last_seen"])
+    assert pump["counters"]["packets_sent"] > 0
+    https = next(c for c in pump["conversations"] if c["service"] == "tcp/443")
+    assert (https["direction"], https["flows"], https["packets"]) == ("out", 3, 21)
+    printer = devices[PRINTER[0]]
+    assert printer["server_ports"] == ["tcp/9100", "udp/161"]
+    assert (printer["initiated"], printer["answered"]) == (1, 4)
+    assert devices[ROUTER]["role"] == "router"
+    assert devices[PUMP_SERVER]["role"] == "host"
+    newcomer = devices[NEWCOMER[0]]            # DHCP from 0.0.0.0 belongs to its MAC
+    assert any(c["peer"] == "255.255.255.255" for c in newcomer["conversations"])
+
+
+def test_learn_api_matches_baseline_counts(small: dict) -> None:
+    baseline = learn([small["capture"]])
+    assert sum(s.flows for s in baseline.conversations.values()) == 42
+    assert baseline.packets == 201
+
+
+# --- bad input: one line, exit 2, nothing written -----------------------------------------
+
+
+def test_missing_capture(tmp_path: Path) -> None:
+    out = tmp_path / "p.toml"
+    result = run_wardtap("learn", str(tmp_path / "none.pcap"), "-o", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"wardtap: error: {tmp_path / 'none.pcap'}: no such file"]
+    assert not out.exists()
+
+
+def test_damaged_capture_is_an_error(small: dict, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(Path(small["capture"]).read_bytes()[:-10])
+    out = tmp_path / "p.toml"
+    result = run_wardtap("learn", str(cut), "-o", str(out))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert str(cut) in line and "truncated" in line and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_capture_without_ip_flows(tmp_path: Path) -> None:
+    from appliance import packets as p
+    from appliance.capwriter import PcapWriter
+
+    path = tmp_path / "arp.pcap"
+    with path.open("wb") as f:
+        PcapWriter(f).write(p.ether(p.BROADCAST_MAC, WS[0], p.ETH_ARP,
+                                    p.arp(1, WS[0], WS[1], "00:00:00:00:00:00", "10.1.1.1")),
+                            1_700_000_000 * 10**9)
+    result = run_wardtap("learn", str(path), "-o", str(tmp_path / "p.toml"))
+    assert result.returncode == 2
+    assert "no IP flows seen" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_bad_name(small: dict, tmp_path: Path) -> None:
+    result = run_wardtap("learn", small["capture"], "-o", str(tmp_path / "p.toml"),
+                         "--name", "x" * 65)
+    assert result.returncode == 2 and "--name" in result.stderr
