@@ -192,6 +192,10 @@ def _run_reload(args: argparse.Namespace) -> int:
     return _control(args.socket, {"cmd": "reload"})
 
 
+def _run_propose(args: argparse.Namespace) -> int:
+    return _control(args.socket, {"cmd": "propose"})
+
+
 def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     _add_socket(p)
@@ -238,6 +242,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "status": ("show the running daemon's state", _add_status, _run_status),
     "mode": ("set the running daemon's mode", _add_mode, _run_mode),
     "reload": ("reload the running daemon's policy", _add_socket, _run_reload),
+    "propose": ("write the policy the daemon has learned so far", _add_socket, _run_propose),
 }
 
 

@@ -130,8 +130,17 @@ def _port(event: dict[str, Any]) -> int:
     return 0
 
 
+# Bounds for learning on live traffic: a port scan must not grow the baseline without limit.
+MAX_CONVERSATIONS = 200_000
+MAX_OPEN_FLOWS = 500_000
+
+
 class Baseline:
-    """What every device did, from classifier events. Feed :meth:`observe`; see :func:`learn`."""
+    """What every device did, from classifier events. Feed :meth:`observe`; see :func:`learn`.
+
+    Memory is bounded: at most MAX_CONVERSATIONS distinct conversations (more are counted in
+    `counters`, not kept) and MAX_OPEN_FLOWS flows awaiting their end.
+    """
 
     def __init__(self) -> None:
         self.conversations: dict[ConvKey, Stats] = {}
@@ -152,6 +161,12 @@ class Baseline:
             if kind == "new_flow":
                 key = (_mac(e.get("smac")), e["src"], _mac(e.get("dmac")), e["dst"],
                        int(e["vlan"]), int(e["proto"]), _port(e))
+                if key not in self.conversations and len(self.conversations) >= MAX_CONVERSATIONS:
+                    self.counters["conversations_over_limit"] += 1
+                    continue
+                if len(self._open) >= MAX_OPEN_FLOWS:   # their ends were lost: forget the oldest
+                    del self._open[next(iter(self._open))]
+                    self.counters["open_flows_forgotten"] += 1
                 stats = self.conversations.setdefault(key, Stats())
                 stats.flows += 1
                 stats.seen(e["ts"])
