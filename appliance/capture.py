@@ -16,6 +16,7 @@ from appliance.errors import CaptureError
 from fastpath import CaptureScanner
 
 DEFAULT_BATCH = 4096
+RELEASE_EVERY = 16 << 20      # bytes of consumed capture unmapped at a time
 
 LINKTYPE_NAMES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked (SLL)",
                   276: "Linux cooked v2 (SLL2)", 228: "raw IPv4", 229: "raw IPv6"}
@@ -103,6 +104,7 @@ class CaptureFile:
         arrays = [memoryview(array(code, bytes(size * n)))
                   for code, size in (("q", 8), ("I", 4), ("I", 4), ("Q", 8), ("H", 2))]
         index = 0
+        released = 0
         while True:
             count = self._scanner.next_batch(*arrays)
             if count == 0:
@@ -110,7 +112,17 @@ class CaptureFile:
             offsets, lengths, wire, stamps, links = (a[:count] for a in arrays)
             yield Batch(self._view, offsets, lengths, wire, stamps, links, count, index)
             index += count
+            released = self._release(released, int(offsets[0]))
         self._check_error()
+
+    def _release(self, released: int, offset: int) -> int:
+        """Unmap the pages before `offset` (classified already) from this process, so replay
+        memory does not grow with the capture; they stay in the page cache."""
+        end = offset & ~(mmap.PAGESIZE - 1)
+        if self._map is not None and end - released >= RELEASE_EVERY:
+            self._map.madvise(mmap.MADV_DONTNEED, released, end - released)
+            return end
+        return released
 
     def _check_error(self) -> None:
         code = self._scanner.error

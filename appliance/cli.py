@@ -28,6 +28,35 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
                    help="write one JSON line per packet (verdict, addresses, ports)")
     p.add_argument("--flows", type=int, default=65536, help="flow table slots (128 B each)")
     p.add_argument("--devices", type=int, default=4096, help="device table slots")
+    g = p.add_argument_group("report to a fleet broker over MQTT (docs/mqtt.md)")
+    g.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    g.add_argument("--site", help="site id for the topics")
+    g.add_argument("--appliance", help="appliance id for the topics")
+    g.add_argument("--ca", help="CA certificate (PEM)")
+    g.add_argument("--tls-cert", help="client certificate (PEM)")
+    g.add_argument("--tls-key", help="client private key (PEM)")
+    g.add_argument("--username")
+    g.add_argument("--password-file", help="MQTT password file (or WARDTAP_MQTT_PASSWORD)")
+    g.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds to wait for the broker to acknowledge everything")
+
+
+def _reporter(args: argparse.Namespace, mode: str, policy: Any) -> Any:
+    """`replay --broker`: an MQTT output whose spool is --db (or a temporary file)."""
+    import tempfile
+
+    from appliance.outputs.mqtt import MqttOutput, ReporterSettings
+    from appliance.replay import _policy_info
+
+    if not args.site or not args.appliance:
+        raise WardtapError("--broker needs --site and --appliance")
+    spool = args.db or tempfile.mkstemp(prefix="wardtap-spool-", suffix=".db")[1]
+    settings = ReporterSettings.from_options({
+        "url": args.broker, "site": args.site, "appliance": args.appliance, "ca": args.ca,
+        "cert": args.tls_cert, "key": args.tls_key, "username": args.username,
+        "password_file": args.password_file, "spool": spool,
+        "drain_timeout": args.drain_timeout, "stats_interval": 1e12})
+    return MqttOutput(settings, mode=mode, policy=_policy_info(policy), datapath="replay")
 
 
 def _run_replay(args: argparse.Namespace) -> int:
@@ -42,14 +71,30 @@ def _run_replay(args: argparse.Namespace) -> int:
     replayer = Replayer(policy, mode, flow_capacity=args.flows, device_capacity=args.devices)
     store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None
+    reporter = _reporter(args, mode, policy) if args.broker else None
     try:
+        if reporter is not None:
+            replayer.on_events = reporter.publish
+            reporter.publish([{"type": "started", "mode": mode, "datapath": "replay",
+                               "captures": args.captures}])
         with _progress(args.captures, enabled=sys.stderr.isatty() and not args.json) as tick:
             summary = replayer.run(args.captures, store=store, packets_out=out, progress=tick)
+        if reporter is not None:
+            devices = replayer.devices()
+            reporter.snapshot(replayer.classifier.stats(), devices)
+            reporter.send_stats(replayer.classifier.stats(), devices)
     finally:
         if out is not None:
             out.close()
         if store is not None:
             store.close()
+        if reporter is not None:
+            reporter.close()
+            left = reporter.spool_left
+            print(f"wardtap: reported to {args.broker} as {args.site}/{args.appliance}: "
+                  f"{reporter.counters['acknowledged']} messages acknowledged"
+                  + (f", {left} still in the spool {reporter.settings.spool}" if left else ""),
+                  file=sys.stderr)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -243,21 +288,35 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "mode": ("set the running daemon's mode", _add_mode, _run_mode),
     "reload": ("reload the running daemon's policy", _add_socket, _run_reload),
     "propose": ("write the policy the daemon has learned so far", _add_socket, _run_propose),
+    "fleet": ("fleet side over MQTT: list, watch, inventory, push-policy, command, collect",
+              lambda p: _fleet().add_fleet(p), lambda a: int(_fleet().run_fleet(a))),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _fleet() -> Any:
+    from appliance.fleet import cli as fleet_cli
+
+    return fleet_cli
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the command being run gets its arguments (and their imports), so a
+    `replay` does not pay for loading the learning and fleet modules."""
+    words = sys.argv[1:] if argv is None else argv
+    chosen = next((w for w in words if not w.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="wardtap", description="Ward network appliance: classify, inventory, enforce.")
     parser.add_argument("--version", action="version", version=f"wardtap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, configure, _) in _COMMANDS.items():
-        configure(sub.add_parser(name, help=help_text, description=help_text))
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if chosen is None or name == chosen:
+            configure(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return _COMMANDS[args.command][2](args)
     except WardtapError as exc:

@@ -38,7 +38,9 @@ quiet() { "$@" >>"$log" 2>&1 || { echo "setup: failed: $*; see $log" >&2; tail -
 quiet .venv/bin/python -m pip install --upgrade pip setuptools wheel "cython>=3.0,<4" numpy
 extras="test,bench,dissect,fleet"
 case "$(uname -m)" in aarch64|armv7l) extras="$extras,pi" ;; esac
-quiet .venv/bin/python -m pip install --no-build-isolation -e ".[${extras}]"
+# compat editable mode: a plain .pth path entry, no import hook on every start-up.
+quiet .venv/bin/python -m pip install --no-build-isolation -e ".[${extras}]" \
+  --config-settings editable_mode=compat
 # Build the extension next to its sources, so `python -m pytest` from here imports it.
 quiet .venv/bin/python setup.py build_ext --inplace
 .venv/bin/python -c "import fastpath, appliance.cli" && echo "setup: ok ($(.venv/bin/wardtap --version))"
