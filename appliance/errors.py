@@ -32,3 +32,17 @@ class PolicyError(WardtapError):
 
 class StoreError(WardtapError):
     """The local store cannot be opened or written."""
+
+
+class HardwareError(WardtapError):
+    """The pin map is invalid or the GPIO hardware cannot be used; names file, line, entry."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 entry: str | None = None) -> None:
+        loc = f":{line}" if path and line else ""
+        what = f" [{entry}]" if entry else ""
+        prefix = f"{path}{loc}{what}: " if path else (f"{entry}: " if entry else "")
+        super().__init__(f"{prefix}{message}")
+        self.path = path
+        self.line = line
+        self.entry = entry
