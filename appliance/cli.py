@@ -28,6 +28,10 @@ def _add_replay(p: argparse.ArgumentParser) -> None:
                    help="write one JSON line per packet (verdict, addresses, ports)")
     p.add_argument("--flows", type=int, default=65536, help="flow table slots (128 B each)")
     p.add_argument("--devices", type=int, default=4096, help="device table slots")
+    p.add_argument("--dissect", action="store_true",
+                   help="identify devices: dissect sampled packets with tshark and build the "
+                        "inventory (stored with --db; docs/inventory.md)")
+    p.add_argument("--tshark", default="tshark", help="tshark to use with --dissect")
     g = p.add_argument_group("report to a fleet broker over MQTT (docs/mqtt.md)")
     g.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     g.add_argument("--site", help="site id for the topics")
@@ -64,7 +68,12 @@ def _run_replay(args: argparse.Namespace) -> int:
     from appliance.replay import Replayer
     from appliance.summary import render
 
-    policy = load_policy(args.policy) if args.policy else None
+    classes = None
+    if args.db:
+        from appliance.inventory import class_members
+
+        classes = class_members(args.db)
+    policy = load_policy(args.policy, classes=classes) if args.policy else None
     if args.mode in ("monitor", "enforce") and policy is None:
         raise WardtapError(f"--mode {args.mode} needs --policy")
     mode = args.mode or ("monitor" if policy else "learn")
@@ -72,18 +81,34 @@ def _run_replay(args: argparse.Namespace) -> int:
     store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None
     reporter = _reporter(args, mode, policy) if args.broker else None
+    ident: Any = None
+    inventory: list[dict[str, Any]] = []
     try:
+        if args.dissect:
+            from appliance.dissect import DissectConfig
+            from appliance.inventory import Identification
+
+            # offline: a full queue waits for the worker instead of dropping chunks
+            ident = Identification(DissectConfig(tshark=args.tshark, block=True), store)
+            replayer.enable_identification(ident)
         if reporter is not None:
             replayer.on_events = reporter.publish
             reporter.publish([{"type": "started", "mode": mode, "datapath": "replay",
                                "captures": args.captures}])
         with _progress(args.captures, enabled=sys.stderr.isatty() and not args.json) as tick:
             summary = replayer.run(args.captures, store=store, packets_out=out, progress=tick)
+        if ident is not None:
+            found = ident.finish(replayer.devices(), timeout=300)
+            if reporter is not None and found:
+                reporter.publish(found)
+            inventory = ident.inventory.as_list()
         if reporter is not None:
             devices = replayer.devices()
             reporter.snapshot(replayer.classifier.stats(), devices)
             reporter.send_stats(replayer.classifier.stats(), devices)
     finally:
+        if ident is not None:
+            ident.close()
         if out is not None:
             out.close()
         if store is not None:
@@ -96,9 +121,18 @@ def _run_replay(args: argparse.Namespace) -> int:
                   + (f", {left} still in the spool {reporter.settings.spool}" if left else ""),
                   file=sys.stderr)
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        result = summary.as_dict()
+        if ident is not None:
+            result["dissect"] = ident.stats()
+            result["inventory"] = inventory
+        print(json.dumps(result, indent=2))
     else:
         print(render(summary))
+        if ident is not None:
+            from appliance.inventory import render_table
+
+            print(f"\ninventory ({len(inventory)} devices)")
+            print(render_table(inventory))
     for error in summary.errors:
         print(f"wardtap: error: {error}", file=sys.stderr)
     return 2 if summary.errors else 0
@@ -196,6 +230,9 @@ def _run_policy(args: argparse.Namespace) -> int:
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="daemon configuration (TOML)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dissect", action="store_true",
+                   help="identify devices (tshark on sampled packets) into the inventory")
+    p.add_argument("--tshark", default="tshark", help="tshark to use with --dissect")
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -206,7 +243,12 @@ def _run_run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s wardtap %(levelname)s %(message)s")
-    return Daemon(load_config(args.config)).run()
+    dissect = None
+    if args.dissect:
+        from appliance.dissect import DissectConfig
+
+        dissect = DissectConfig(tshark=args.tshark)
+    return Daemon(load_config(args.config), dissect=dissect).run()
 
 
 def _add_socket(p: argparse.ArgumentParser) -> None:
@@ -276,9 +318,45 @@ def _run_learn(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_devices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=os.environ.get("WARDTAP_DB", "wardtap.db"),
+                   help="the store (default $WARDTAP_DB or ./wardtap.db)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="every field, evidence included")
+    form.add_argument("--csv", action="store_true", help="one row per device")
+    p.add_argument("--class", dest="cls", metavar="CLASS", help="only devices of this class")
+    p.add_argument("--why", metavar="MAC", help="the evidence and rules behind one device")
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from appliance.inventory import inventory_list, render_csv, render_table, render_why
+
+    if not os.path.exists(args.db):
+        raise WardtapError(f"{args.db}: no such store (give --db, or run with --dissect first)")
+    with _open_store(args.db) as store:
+        devices = inventory_list(store)
+    if args.cls:
+        devices = [d for d in devices if d["class"] == args.cls]
+    if args.why:
+        chosen = [d for d in devices if d["mac"] == args.why.lower()]
+        if not chosen:
+            raise WardtapError(f"{args.why}: not in the inventory")
+        print(json.dumps(chosen[0], indent=2) if args.json else render_why(chosen[0]))
+        return 0
+    if args.json:
+        print(json.dumps(devices, indent=2))
+    elif args.csv:
+        sys.stdout.write(render_csv(devices))
+    else:
+        print(render_table(devices))
+    return 0
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                            Callable[[argparse.Namespace], int]]] = {
     "replay": ("classify capture files and summarise", _add_replay, _run_replay),
+    "devices": ("the device inventory: vendor, class, names, addresses, evidence",
+                _add_devices, _run_devices),
     "demo": ("generate the demo ward and replay it", _add_demo, _run_demo),
     "policy": ("allow-list policy tools", _add_policy, _run_policy),
     "learn": ("learn each device's baseline and propose an allow-list", _add_learn,

@@ -27,6 +27,15 @@ socket = "/run/wardtap/control.sock"
 [tables]
 flows = 65536               # flow slots, 128 bytes each
 devices = 4096
+
+[broker]                    # optional: report to the fleet over MQTT (docs/mqtt.md)
+url = "mqtts://broker.hosp.example:8883"
+site = "st-marys"
+appliance = "ward4b-01"     # default: [appliance] name; must match the certificate CN
+ca = "ca.pem"
+cert = "ward4b-01.pem"
+key = "ward4b-01.key"
+fleet_key = "fleet.pub"     # Ed25519 public key that signs enforcement commands
 ```
 """
 
@@ -66,6 +75,10 @@ class Config:
     control_socket: str | None = DEFAULT_CONTROL
     flows: int = 65536
     devices: int = 4096
+    learn_output: str | None = None
+    learn_interval: int = 0
+    # [broker]: validated options for appliance.outputs.mqtt (paths made absolute)
+    broker: dict[str, Any] | None = None
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -77,7 +90,17 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "events": {"log": str},
     "control": {"socket": str},
     "tables": {"flows": int, "devices": int},
+    "learn": {"output": str, "interval": int},
+    "broker": {"url": str, "site": str, "appliance": str, "ca": str, "cert": str, "key": str,
+               "username": str, "password_file": str, "fleet_key": str, "spool": str,
+               "keepalive": int, "reconnect_max": (int, float),
+               "stats_interval": (int, float), "inventory_interval": (int, float),
+               "summary_window": (int, float), "per_group": int, "inflight": int,
+               "batch": int, "linger": (int, float), "min_interval": (int, float),
+               "spool_max_rows": int, "spool_max_bytes": int, "min_free_bytes": int,
+               "max_command_bytes": int, "require_subscriber": bool},
 }
+_BROKER_PATHS = ("ca", "cert", "key", "password_file", "fleet_key", "spool")
 
 
 def load_config(path: str) -> Config:
@@ -108,7 +131,8 @@ def load_config(path: str) -> Config:
                                   lines.key(f"[{table}]", key), where)
             if not isinstance(value, expected) or (isinstance(value, bool)
                                                     and expected is not bool):
-                raise ConfigError(path, f"must be {getattr(expected, '__name__', expected)}",
+                kinds = expected if isinstance(expected, tuple) else (expected,)
+                raise ConfigError(path, f"must be {' or '.join(k.__name__ for k in kinds)}",
                                   lines.key(f"[{table}]", key), where)
     base = os.path.dirname(os.path.abspath(path))
 
@@ -140,10 +164,49 @@ def load_config(path: str) -> Config:
     if mode in ("monitor", "enforce") and get("policy", "file") is None:
         raise ConfigError(path, f"mode {mode} needs a policy: [policy] file = \"...\"",
                           lines.key("[appliance]", "mode"), "policy.file")
+    broker = _broker(path, lines, doc, rel, get("store", "path"))
     return Config(
-        path=path, mode=mode, datapath=datapath, datapath_options=options,
+        path=path, mode=mode, datapath=datapath, datapath_options=options, broker=broker,
         policy=rel(get("policy", "file")), store=rel(get("store", "path")),
         event_log=rel(get("events", "log")),
         control_socket=rel(get("control", "socket", DEFAULT_CONTROL)),
         flows=get("tables", "flows", 65536), devices=get("tables", "devices", 4096),
+        learn_output=rel(get("learn", "output")), learn_interval=get("learn", "interval", 0),
     )
+
+
+def _broker(path: str, lines: TomlLines, doc: dict[str, Any], rel: Any,
+            store: str | None) -> dict[str, Any] | None:
+    """The [broker] table: url, site and appliance required; the spool defaults to the store."""
+    from appliance.fleet.contract import ContractError, check_id, parse_url
+
+    table = doc.get("broker")
+    if table is None:
+        return None
+    options = dict(table)
+    options.setdefault("appliance", doc.get("appliance", {}).get("name"))
+    for key in ("url", "site", "appliance"):
+        if not options.get(key):
+            hint = " (or [appliance] name)" if key == "appliance" else ""
+            raise ConfigError(path, f"[broker] needs {key} = \"...\"{hint}",
+                              lines.table("[broker]"), f"broker.{key}")
+    try:
+        parse_url(options["url"])
+    except ContractError as exc:
+        raise ConfigError(path, str(exc), lines.key("[broker]", "url"), "broker.url") from None
+    for key in ("site", "appliance"):
+        try:
+            check_id(options[key], key)
+        except ContractError as exc:
+            line = (lines.key("[broker]", key) if key in table
+                    else lines.key("[appliance]", "name"))
+            raise ConfigError(path, str(exc), line, f"broker.{key}") from None
+    for key in _BROKER_PATHS:
+        if key in options:
+            options[key] = rel(options[key])
+    if "spool" not in options:
+        if store is None:
+            raise ConfigError(path, "[broker] needs a spool file: set [store] path or "
+                              "[broker] spool", lines.table("[broker]"), "broker.spool")
+        options["spool"] = rel(store)
+    return options

@@ -13,26 +13,38 @@ import queue
 import signal
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from appliance.commands import CallbackRequest, daemon_commands
 from appliance.config import Config
 from appliance.control import ControlServer, Request
 from appliance.errors import PolicyError, WardtapError
+from appliance.learn import Baseline
 from appliance.outputs import EventLogOutput, Output, StoreOutput
 from appliance.policy import Policy, compile_policy, load_policy
 from appliance.records import device_dict, event_dict
 from appliance.sources import Source, make_source
 from fastpath import Classifier
 
+if TYPE_CHECKING:
+    from appliance.dissect import DissectConfig
+    from appliance.inventory import Identification
+
 log = logging.getLogger("wardtap")
+
+BATCH_MAX = 1 << 16
 
 SNAPSHOT_INTERVAL = 10.0
 EVENT_DRAIN = 8192
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, dissect: DissectConfig | None = None) -> None:
         self.config = config
+        # deep dissection and the device inventory (appliance.inventory), when enabled
+        self.dissect = dissect
+        self.identify: Identification | None = None
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
         self.requests: queue.Queue[Request] = queue.Queue(maxsize=64)
@@ -46,6 +58,11 @@ class Daemon:
                                      device_capacity=config.devices)
         self.batches = 0
         self.last_batch = time.monotonic()
+        self.baseline: Baseline | None = None
+        # requests beyond status/mode/reload/stop (appliance.commands), e.g. from MQTT
+        self.commands = daemon_commands(self)
+        # called with a duration in seconds by the "identify" command (LEDs hook it here)
+        self.on_identify: Callable[[float], object] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -53,8 +70,10 @@ class Daemon:
         """Run until stopped; return the exit code."""
         cfg = self.config
         if cfg.policy:
-            self._apply_policy(load_policy(cfg.policy))
+            self._apply_policy(load_policy(cfg.policy, classes=self._class_members()))
         self.classifier.set_mode("learn" if self.mode in ("learn", "bypass") else self.mode)
+        if self.mode == "learn":
+            self.baseline = Baseline()
         store = None
         control = None
         try:
@@ -66,6 +85,17 @@ class Daemon:
                 self.outputs.append(StoreOutput(store, run))
             if cfg.event_log:
                 self.outputs.append(EventLogOutput(cfg.event_log))
+            if cfg.broker:
+                from appliance.outputs.mqtt import MqttOutput
+
+                self.outputs.append(MqttOutput.from_config(
+                    cfg.broker, mode=self.mode, policy=self._policy_info(),
+                    datapath=cfg.datapath, submit=self._submit))
+            if self.dissect is not None:
+                from appliance.inventory import Identification
+
+                self.identify = Identification(self.dissect, store)
+                self.identify.start(self.classifier, BATCH_MAX)
             self.source = make_source(cfg.datapath, **cfg.datapath_options)
             self.source.open()
             if cfg.control_socket:
@@ -86,6 +116,8 @@ class Daemon:
                 control.close()
             if self.source is not None:
                 self.source.close()
+            if self.identify is not None:
+                self.identify.close()
             for output in reversed(self.outputs):
                 output.close()
             if store is not None:
@@ -100,18 +132,24 @@ class Daemon:
     def _loop(self) -> None:
         assert self.source is not None
         clf = self.classifier
-        n_max = 1 << 16
+        n_max = BATCH_MAX
+        ident = self.identify
+        samples = ident.samples_view if ident is not None else None
         verdicts = memoryview(bytearray(n_max))
         reasons = memoryview(bytearray(n_max))
         rules = memoryview(bytearray(2 * n_max)).cast("H")
         next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        interval = self.config.learn_interval
+        next_proposal = time.monotonic() + interval if interval else float("inf")
         for batch in self.source.batches(self.stop):
             n = batch.count
             if n:
                 if n > n_max:
                     raise WardtapError(f"datapath batch of {n} packets exceeds {n_max}")
                 clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
-                             batch.linktypes, verdicts, reasons, rules)
+                             batch.linktypes, verdicts, reasons, rules, samples)
+                if ident is not None:
+                    ident.offer(batch, n)   # copies the marked packets out, never waits
                 if self.source.inline:
                     self.source.verdict(batch, verdicts[:n], self.mode)
             else:
@@ -120,6 +158,10 @@ class Daemon:
             self.last_batch = time.monotonic()
             if clf.pending_events:
                 self._flush_events()
+            if ident is not None:
+                found = ident.poll()        # dissection results, classes (once a second)
+                if found:
+                    self._publish(found)
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
@@ -127,6 +169,9 @@ class Daemon:
             if time.monotonic() >= next_snapshot:
                 self._snapshot()
                 next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+            if time.monotonic() >= next_proposal:
+                self.propose()
+                next_proposal = time.monotonic() + interval
             if self.stop.is_set():
                 break
 
@@ -144,7 +189,7 @@ class Daemon:
         if not self.config.policy:
             return {"ok": False, "error": "no policy file configured"}
         try:
-            policy = load_policy(self.config.policy)
+            policy = load_policy(self.config.policy, classes=self._class_members())
             compile_policy(policy)   # validate fully before touching the running one
         except PolicyError as exc:
             log.error("policy reload rejected, keeping the running policy: %s", exc)
@@ -169,12 +214,41 @@ class Daemon:
         if mode in ("monitor", "enforce") and self.policy is None:
             return {"ok": False, "error": f"mode {mode} needs a policy"}
         previous, self.mode = self.mode, mode
+        if mode == "learn" and self.baseline is None:
+            self.baseline = Baseline()
         self.classifier.set_mode("learn" if mode in ("learn", "bypass") else mode)
         if self.source is not None and hasattr(self.source, "set_bypass"):
             self.source.set_bypass(mode == "bypass")
         self._emit({"type": "mode_changed", "previous": previous, "mode": mode})
         log.info("mode %s -> %s", previous, mode)
         return {"ok": True, "mode": mode, "previous": previous}
+
+    def propose(self) -> dict[str, Any]:
+        """Write the policy learned so far (learn mode) to the configured file."""
+        import copy
+
+        from appliance.learn import check_allows, propose
+        from appliance.policywriter import render, write_text
+
+        if self.baseline is None:
+            return {"ok": False, "error": "not learning: the daemon is not in learn mode"}
+        snapshot = copy.deepcopy(self.baseline)
+        snapshot.close(event_dict(rec) for rec in self.classifier.flow_list())
+        snapshot.add_devices(device_dict(rec) for rec in self.classifier.device_list())
+        text = render(propose(snapshot, name="learned"))
+        path = self.config.learn_output
+        try:
+            check_allows(text, snapshot, path or "<proposal>")
+            if path:
+                write_text(path, text)
+        except WardtapError as exc:
+            log.error("proposed policy not written: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        self._emit({"type": "policy_proposed", "path": path,
+                    "conversations": len(snapshot.conversations)})
+        log.info("proposed policy written to %s", path)
+        return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
+                **({} if path else {"policy": text})}
 
     # -- control requests ------------------------------------------------------------------
 
@@ -186,6 +260,15 @@ class Daemon:
                 return
             request.respond(self._handle(request.body))
 
+    def _submit(self, body: dict[str, Any],
+                reply: Callable[[dict[str, Any]], None]) -> bool:
+        """Queue a request from another thread (MQTT); `reply` runs on this main loop."""
+        try:
+            self.requests.put_nowait(CallbackRequest(body, reply))
+        except queue.Full:
+            return False
+        return True
+
     def _handle(self, body: dict[str, Any]) -> dict[str, Any]:
         command = body.get("cmd")
         if command == "status":
@@ -194,9 +277,14 @@ class Daemon:
             return self.set_mode(str(body.get("mode")))
         if command == "reload":
             return self.reload()
+        if command == "propose":
+            return self.propose()
         if command == "stop":
             self.stop.set()
             return {"ok": True}
+        handler = self.commands.get(str(command))
+        if handler is not None:
+            return handler(body)
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -210,7 +298,17 @@ class Daemon:
             "reasons": stats["reasons"],
             "source": self.source.stats() if self.source is not None else {},
             "memory_bytes": self.classifier.memory_bytes,
+            **({"dissect": self.identify.stats()} if self.identify is not None else {}),
         }
+
+    def _class_members(self) -> Callable[[str], list[str]] | None:
+        """Policy `class = [...]` selectors: MACs the stored inventory classified, read at
+        each policy load and reload."""
+        if not self.config.store:
+            return None
+        from appliance.inventory import class_members
+
+        return class_members(self.config.store)
 
     # -- events and outputs ------------------------------------------------------------------
 
@@ -228,13 +326,18 @@ class Daemon:
             records = self.classifier.drain(EVENT_DRAIN)
             if not records:
                 return
-            self._publish([event_dict(rec, self._rule_name) for rec in records])
+            events = [event_dict(rec, self._rule_name) for rec in records]
+            if self.identify is not None:
+                self.identify.on_events(events)
+            self._publish(events)
 
     def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("ts", time.time())
         self._publish([event])
 
     def _publish(self, events: list[dict[str, Any]]) -> None:
+        if self.baseline is not None and self.mode == "learn":
+            self.baseline.observe(events)
         for output in self.outputs:
             try:
                 output.publish(events)
@@ -244,6 +347,14 @@ class Daemon:
     def _snapshot(self) -> None:
         stats = self.classifier.stats()
         devices = [device_dict(rec) for rec in self.classifier.device_list()]
+        if self.identify is not None:
+            try:
+                found = self.identify.snapshot(devices)   # merges, classifies, saves
+            except WardtapError as exc:
+                log.error("inventory not saved: %s", exc)
+                found = []
+            if found:
+                self._publish(found)
         for output in self.outputs:
             try:
                 output.snapshot(stats, devices)

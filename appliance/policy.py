@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ _OUI = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){2}$", re.I)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# `class = ["infusion pump"]` selectors: a class name -> the MACs the inventory put in it
+ClassMembers = Callable[[str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Group:
     nets: tuple[Network, ...] = ()
     vlans: tuple[int, ...] = ()
     line: int | None = None
+    classes: tuple[str, ...] = ()     # device classes; their MACs are already in `macs`
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,12 @@ class Policy:
         return self.rules[index].name if 0 <= index < len(self.rules) else None
 
 
-def load_policy(path: str) -> Policy:
-    """Read and validate a policy file; raise PolicyError naming line and field."""
+def load_policy(path: str, classes: ClassMembers | None = None) -> Policy:
+    """Read and validate a policy file; raise PolicyError naming line and field.
+
+    `classes` resolves `class = [...]` group selectors to MACs (appliance.inventory
+    .class_members over the store), once, now; without it they select no device.
+    """
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -98,10 +106,11 @@ def load_policy(path: str) -> Policy:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise PolicyError(path, "not UTF-8 text", line) from None
-    return parse_policy(text, path)
+    return parse_policy(text, path, classes)
 
 
-def parse_policy(text: str, path: str = "<policy>") -> Policy:
+def parse_policy(text: str, path: str = "<policy>",
+                 classes: ClassMembers | None = None) -> Policy:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -109,13 +118,14 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise PolicyError(path, f"TOML syntax: {message}",
                           int(match.group(1)) if match else None) from None
-    return _Validator(text, path).policy(doc)
+    return _Validator(text, path, classes).policy(doc)
 
 
 class _Validator:
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, classes: ClassMembers | None = None) -> None:
         self.text = text
         self.path = path
+        self.classes = classes
         self.lines = _Lines(text)
 
     def fail(self, message: str, field_name: str, line: int | None) -> PolicyError:
@@ -174,7 +184,8 @@ class _Validator:
                                 "(and not 'any')", where, line)
             if not isinstance(spec, dict):
                 raise self.fail("must be a table", where, line)
-            self._unknown(spec, {"mac", "oui", "ip", "vlan", "description"}, where, line, header)
+            self._unknown(spec, {"mac", "oui", "ip", "vlan", "class", "description"}, where,
+                          line, header)
             macs = tuple(self._mac(v, f"{where}.mac", self.lines.key(header, "mac"), _MAC, 6)
                          for v in self._list(spec, "mac", where, header))
             ouis = tuple(self._mac(v, f"{where}.oui", self.lines.key(header, "oui"), _OUI, 3)
@@ -183,9 +194,15 @@ class _Validator:
                          for v in self._list(spec, "ip", where, header))
             vlans = tuple(self._vlan(v, f"{where}.vlan", self.lines.key(header, "vlan"))
                           for v in self._list(spec, "vlan", where, header))
-            if not (macs or ouis or nets or vlans):
-                raise self.fail("group has no members (give mac, oui, ip or vlan)", where, line)
-            groups[name] = Group(name, macs, ouis, nets, vlans, line)
+            classes = tuple(self._class(v, f"{where}.class", self.lines.key(header, "class"))
+                            for v in self._list(spec, "class", where, header))
+            if classes:
+                macs += tuple(bytes.fromhex(m.replace(":", "")) for c in classes
+                              for m in (self.classes(c) if self.classes else []))
+            if not (macs or ouis or nets or vlans or classes):
+                raise self.fail("group has no members (give mac, oui, ip, vlan or class)",
+                                where, line)
+            groups[name] = Group(name, macs, ouis, nets, vlans, line, classes)
         return groups
 
     def _list(self, spec: dict[str, Any], key: str, where: str, header: str) -> list[Any]:
@@ -201,6 +218,15 @@ class _Validator:
             raise self.fail(f"{value!r} is not a {'MAC address' if size == 6 else 'OUI'} "
                             f"like {example}", where, line)
         return bytes.fromhex(value.replace(":", "").replace("-", ""))
+
+    def _class(self, value: Any, where: str, line: int | None) -> str:
+        from appliance.classes import UNKNOWN, ClassRules
+
+        known = [c for c in ClassRules.load().classes if c != UNKNOWN]
+        if value not in known:
+            raise self.fail(f"{value!r} is not a device class ({', '.join(known)})", where,
+                            line)
+        return str(value)
 
     def _net(self, value: Any, where: str, line: int | None) -> Network:
         if not isinstance(value, str):        # ip_network() would take 5 as 0.0.0.5
@@ -347,7 +373,7 @@ def compile_policy(policy: Policy, generation: int = 1) -> CompiledPolicy:
             selectors.append((SEL_VLAN, gid, vlan.to_bytes(2, "big").ljust(16, b"\0"), 0))
         if group.vlans:
             vlan_groups |= 1 << gid
-        if not (group.macs or group.ouis or group.nets):
+        if not (group.macs or group.ouis or group.nets or group.classes):
             open_groups |= 1 << gid
         return gid
 

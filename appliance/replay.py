@@ -28,6 +28,7 @@ from fastpath import (
 )
 
 if TYPE_CHECKING:
+    from appliance.inventory import Identification
     from appliance.store import Store
 
 EVENT_DRAIN = 8192
@@ -79,6 +80,13 @@ class Replayer:
         self._rules = memoryview(array("H", bytes(2 * batch_size)))
         self.violations: list[dict[str, Any]] = []
         self.on_events: Callable[[list[dict[str, Any]]], None] | None = None
+        # Deep dissection and the inventory (appliance.inventory), when enabled: classify
+        # marks samples, the marked packets are copied out, events feed the inventory.
+        self.identify: Identification | None = None
+
+    def enable_identification(self, identify: Identification) -> None:
+        identify.start(self.classifier, self.batch_size)
+        self.identify = identify
 
     def rule_name(self, index: int) -> str | None:
         return self.policy.rule_name(index) if self.policy else None
@@ -104,10 +112,14 @@ class Replayer:
                   packets_out: IO[str] | None,
                   progress: Callable[[int, int], None] | None) -> None:
         clf = self.classifier
+        ident = self.identify
+        samples = ident.samples_view if ident is not None else None
         for batch in capture.batches():
             n = batch.count
             clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
-                         batch.linktypes, self._verdicts, self._reasons, self._rules)
+                         batch.linktypes, self._verdicts, self._reasons, self._rules, samples)
+            if ident is not None:
+                ident.offer(batch, n)
             if packets_out is not None:
                 write_packet_lines(packets_out, batch, self._verdicts[:n], self._reasons[:n],
                                    self._rules[:n], self.rule_name)
@@ -127,6 +139,8 @@ class Replayer:
                 store.add_events(run_id, events)
             if self.on_events is not None:
                 self.on_events(events)
+            if self.identify is not None:
+                self.identify.on_events(events)
 
     def devices(self) -> list[dict[str, Any]]:
         return [device_dict(rec) for rec in self.classifier.device_list()]

@@ -44,8 +44,53 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("flows").create_index(["src", "dst"])
 
 
+def _v2_spool_audit(db: sqlite_utils.Database) -> None:
+    """MQTT reporting: the outbound spool, the command audit log, pushed policies.
+
+    spool: every event and stats message waits here until the broker acknowledges it
+    (appliance.spool); AUTOINCREMENT so an id is never reused (ids are the events' ids).
+    meta: small persistent values (spool epoch, drop counters, last command sequence).
+    """
+    db.execute("CREATE TABLE spool (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+               "priority INTEGER NOT NULL, created REAL NOT NULL, bytes INTEGER NOT NULL, "
+               "payload TEXT NOT NULL)")
+    db.execute("CREATE INDEX spool_priority ON spool (priority, id)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.table("audit").create({
+        "id": int, "ts": float, "source": str, "command": str, "request_id": str, "seq": int,
+        "signed": int, "key_id": str, "issuer": str, "target": str, "outcome": str,
+        "reason": str, "detail": str, "request_sha256": str, "response": str,
+        "finished": float,
+    }, pk="id")
+    db.table("audit").create_index(["ts"])
+    db.table("policy_history").create({
+        "id": int, "ts": float, "source": str, "name": str, "version": int, "sha256": str,
+        "text": str,
+    }, pk="id")
+
+
+def _v3_inventory(db: sqlite_utils.Database) -> None:
+    """Device inventory (appliance.inventory): one row per MAC, its addresses over time, the
+    evidence behind its identity (source protocol/field, first and last seen) and a history
+    of new devices and class changes."""
+    db.execute("CREATE TABLE inventory (mac TEXT PRIMARY KEY, vendor TEXT, randomized INTEGER, "
+               "class TEXT, confidence REAL, reasons TEXT, names TEXT, vlan INTEGER, "
+               "router INTEGER, first_seen REAL, last_seen REAL, packets_sent INTEGER, "
+               "bytes_sent INTEGER, packets_received INTEGER, bytes_received INTEGER, "
+               "peers TEXT, updated REAL)")
+    db.execute("CREATE INDEX inventory_class ON inventory (class)")
+    db.execute("CREATE TABLE inventory_ips (mac TEXT NOT NULL, ip TEXT NOT NULL, source TEXT, "
+               "first_seen REAL, last_seen REAL, PRIMARY KEY (mac, ip))")
+    db.execute("CREATE TABLE evidence (mac TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+               "source TEXT, scope TEXT, first_seen REAL, last_seen REAL, count INTEGER, "
+               "PRIMARY KEY (mac, key, value))")
+    db.execute("CREATE TABLE inventory_history (id INTEGER PRIMARY KEY, ts REAL, mac TEXT, "
+               "event TEXT, class TEXT, confidence REAL, detail TEXT)")
+    db.execute("CREATE INDEX inventory_history_mac ON inventory_history (mac, ts)")
+
+
 # Numbered migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_spool_audit, _v3_inventory]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",

@@ -140,3 +140,35 @@ def test_config_errors_name_line_and_field(tmp_path: Path, text: str, message: s
     result = run_wardtap("run", "--config", str(config))
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_learn_mode_proposes_a_policy_on_command(tmp_path: Path) -> None:
+    from appliance.policy import load_policy
+
+    write_demo_ward(str(tmp_path / "ward.pcap"), packets=3000)
+    (tmp_path / "wardtap.toml").write_text(
+        '[appliance]\nmode = "learn"\n'
+        '[datapath]\ntype = "replay"\nfiles = ["ward.pcap"]\nstay = true\n'
+        '[learn]\noutput = "proposed.toml"\n[control]\nsocket = "control.sock"\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config",
+                             str(tmp_path / "wardtap.toml")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sock = str(tmp_path / "control.sock")
+    try:
+        wait_for(lambda: os.path.exists(sock) and
+                 request(sock, {"cmd": "status"})["counters"]["packets"] == 3000,
+                 timeout=20, what="the daemon to replay the ward")
+        result = run_wardtap("propose", "--socket", sock)
+        assert result.returncode == 0, result.stdout + result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["path"] == str(tmp_path / "proposed.toml")
+        policy = load_policy(answer["path"])
+        assert policy.rules and policy.groups
+        # What it learned allows what it saw: replaying the capture gives no violation.
+        replay = run_wardtap("replay", str(tmp_path / "ward.pcap"), "--policy", answer["path"],
+                             "--json")
+        assert json.loads(replay.stdout)["violations"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
