@@ -309,8 +309,8 @@ cdef class Classifier:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = MODES[mode]
 
-    def set_sampling(self, int per_flow=8, int device_budget=64, double device_window_s=60,
-                     int global_budget=256):
+    def set_sampling(self, int per_flow=6, int device_budget=16, double device_window_s=3600,
+                     int global_budget=64):
         """Budgets for packets marked for deep dissection (classify's `samples` array).
 
         Marked: the first `per_flow` packets of each flow (handshakes, first requests),
@@ -574,11 +574,15 @@ cdef class Classifier:
             self.devices[f.dev[1 - role]].bytes_rx += length
         if k.proto == 6 and (k.tcp_flags & 0x05):
             self._tcp_close(f, k.tcp_flags, role, ts)
-        if sample != NULL and (f.sampled < self.sample_per_flow or discovery_port(k)):
+        if sample != NULL and (f.sampled[role] < self.sample_per_flow or discovery_port(k)):
             if self._take_sample(f.dev[role], ts):
                 sample[0] = 1
-                if f.sampled < 255:
-                    f.sampled += 1
+                if f.sampled[role] < self.sample_per_flow:
+                    f.sampled[role] += 1
+            elif f.sampled[role] < self.sample_per_flow:
+                # Over budget: this direction of this flow stops asking, so a device past
+                # its budget costs one check per flow, not one per packet.
+                f.sampled[role] = 255
         if k.frag == FRAG_FIRST:
             fh = frag_hash(k, self.seed)
             self.frag_keys[fh & self.frag_mask] = fh
