@@ -229,6 +229,8 @@ def _run_policy(args: argparse.Namespace) -> int:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="daemon configuration (TOML)")
+    p.add_argument("--leds", action="store_true",
+                   help="print the LED states as they change (the default on a terminal)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--dissect", action="store_true",
                    help="identify devices (tshark on sampled packets) into the inventory")
@@ -248,7 +250,9 @@ def _run_run(args: argparse.Namespace) -> int:
         from appliance.dissect import DissectConfig
 
         dissect = DissectConfig(tshark=args.tshark)
-    return Daemon(load_config(args.config), dissect=dissect).run()
+    daemon = Daemon(load_config(args.config), dissect=dissect)
+    daemon.show_leds = sys.stderr.isatty() or args.leds
+    return daemon.run()
 
 
 def _add_socket(p: argparse.ArgumentParser) -> None:
@@ -303,6 +307,10 @@ def _run_status(args: argparse.Namespace) -> int:
     print(f"packets {c['packets']:,}  allowed {c['allowed']:,}  denied {c['denied']:,}  "
           f"malformed {c['malformed']:,}  flows {c['flows_active']:,} active  "
           f"devices {c['devices']:,}")
+    if answer.get("leds"):
+        from rich.console import Console
+
+        Console(highlight=False).print(f"LEDs  {answer['leds']['line']}")
     return 0
 
 

@@ -77,6 +77,7 @@ class Config:
     devices: int = 4096
     learn_output: str | None = None
     learn_interval: int = 0
+    panel: bool = True            # LEDs, button, relay heartbeat (simulated off a Pi)
     # [broker]: validated options for appliance.outputs.mqtt (paths made absolute)
     broker: dict[str, Any] | None = None
 
@@ -91,6 +92,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "control": {"socket": str},
     "tables": {"flows": int, "devices": int},
     "learn": {"output": str, "interval": int},
+    "panel": {"enabled": bool},
     "broker": {"url": str, "site": str, "appliance": str, "ca": str, "cert": str, "key": str,
                "username": str, "password_file": str, "fleet_key": str, "spool": str,
                "keepalive": int, "reconnect_max": (int, float),
@@ -172,6 +174,7 @@ def load_config(path: str) -> Config:
         control_socket=rel(get("control", "socket", DEFAULT_CONTROL)),
         flows=get("tables", "flows", 65536), devices=get("tables", "devices", 4096),
         learn_output=rel(get("learn", "output")), learn_interval=get("learn", "interval", 0),
+        panel=get("panel", "enabled", True),
     )
 
 

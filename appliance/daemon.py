@@ -30,6 +30,7 @@ from fastpath import Classifier
 if TYPE_CHECKING:
     from appliance.dissect import DissectConfig
     from appliance.inventory import Identification
+    from appliance.panel import FrontPanel
 
 log = logging.getLogger("wardtap")
 
@@ -37,6 +38,10 @@ BATCH_MAX = 1 << 16
 
 SNAPSHOT_INTERVAL = 10.0
 EVENT_DRAIN = 8192
+PANEL_INTERVAL = 1.0
+# Repeated failure: this many failed batches within the window put the appliance in bypass.
+FAILURES_FOR_BYPASS = 3
+FAILURE_WINDOW = 60.0
 
 
 class Daemon:
@@ -63,6 +68,9 @@ class Daemon:
         self.commands = daemon_commands(self)
         # called with a duration in seconds by the "identify" command (LEDs hook it here)
         self.on_identify: Callable[[float], object] | None = None
+        self.panel: FrontPanel | None = None
+        self.show_leds = False             # print the (simulated) LEDs: `run` in a terminal
+        self.failures: list[float] = []    # monotonic times of recent batch failures
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -98,6 +106,13 @@ class Daemon:
                 self.identify.start(self.classifier, BATCH_MAX)
             self.source = make_source(cfg.datapath, **cfg.datapath_options)
             self.source.open()
+            if cfg.panel:
+                from appliance.panel import FrontPanel
+
+                self.panel = FrontPanel(self.requests, inline=self.source.inline,
+                                        show=self.show_leds)
+                self.on_identify = self.panel.identify
+                self._refresh_panel()
             if cfg.control_socket:
                 control = ControlServer(cfg.control_socket, self.requests, self.stop)
                 control.start()
@@ -114,6 +129,8 @@ class Daemon:
             self._snapshot()
             if control is not None:
                 control.close()
+            if self.panel is not None:
+                self.panel.close()
             if self.source is not None:
                 self.source.close()
             if self.identify is not None:
@@ -141,21 +158,31 @@ class Daemon:
         next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
         interval = self.config.learn_interval
         next_proposal = time.monotonic() + interval if interval else float("inf")
+        next_panel = 0.0
         for batch in self.source.batches(self.stop):
             n = batch.count
-            if n:
-                if n > n_max:
-                    raise WardtapError(f"datapath batch of {n} packets exceeds {n_max}")
-                clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
-                             batch.linktypes, verdicts, reasons, rules, samples)
-                if ident is not None:
-                    ident.offer(batch, n)   # copies the marked packets out, never waits
-                if self.source.inline:
-                    self.source.verdict(batch, verdicts[:n], self.mode)
-            else:
-                clf.sweep(time.time_ns())
+            try:
+                if n:
+                    if n > n_max:
+                        raise WardtapError(f"datapath batch of {n} packets exceeds {n_max}")
+                    clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
+                                 batch.linktypes, verdicts, reasons, rules, samples)
+                    if ident is not None:
+                        ident.offer(batch, n)   # copies the marked packets out, never waits
+                    if self.source.inline:
+                        self.source.verdict(batch, verdicts[:n], self.mode)
+                else:
+                    clf.sweep(time.time_ns())
+            except Exception as exc:  # noqa: BLE001  (first, do no harm: fail open, go on)
+                self._batch_failed(exc)
+                continue
             self.batches += 1
             self.last_batch = time.monotonic()
+            if self.panel is not None:
+                self.panel.feed()
+                if self.last_batch >= next_panel:
+                    self._refresh_panel()
+                    next_panel = self.last_batch + PANEL_INTERVAL
             if clf.pending_events:
                 self._flush_events()
             if ident is not None:
@@ -174,6 +201,30 @@ class Daemon:
                 next_proposal = time.monotonic() + interval
             if self.stop.is_set():
                 break
+
+    def _batch_failed(self, exc: Exception) -> None:
+        """A batch could not be processed: log it; repeated failures enter bypass."""
+        now = time.monotonic()
+        self.failures = [t for t in self.failures if now - t < FAILURE_WINDOW] + [now]
+        log.error("batch failed (%d in %.0f s): %s: %s", len(self.failures), FAILURE_WINDOW,
+                  type(exc).__name__, exc)
+        if len(self.failures) >= FAILURES_FOR_BYPASS and self.mode != "bypass":
+            log.error("repeated failures: entering bypass, ward traffic is not inspected")
+            self.set_mode("bypass")
+            self._emit({"type": "bypass_entered", "reason": "repeated failure",
+                        "error": f"{type(exc).__name__}: {exc}"})
+
+    def _refresh_panel(self) -> None:
+        if self.panel is None:
+            return
+        mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)
+        connected = getattr(mqtt, "connected", None)
+        self.panel.refresh(
+            mode=self.mode, healthy=not self.failures or
+            time.monotonic() - self.failures[-1] > FAILURE_WINDOW,
+            datapath_running=time.monotonic() - self.last_batch < 2.0,
+            broker_configured=mqtt is not None,
+            broker_connected=bool(connected is not None and connected.is_set()))
 
     # -- policy and mode -------------------------------------------------------------------
 
@@ -220,6 +271,7 @@ class Daemon:
         if self.source is not None and hasattr(self.source, "set_bypass"):
             self.source.set_bypass(mode == "bypass")
         self._emit({"type": "mode_changed", "previous": previous, "mode": mode})
+        self._refresh_panel()
         log.info("mode %s -> %s", previous, mode)
         return {"ok": True, "mode": mode, "previous": previous}
 
@@ -298,6 +350,9 @@ class Daemon:
             "reasons": stats["reasons"],
             "source": self.source.stats() if self.source is not None else {},
             "memory_bytes": self.classifier.memory_bytes,
+            "leds": (None if self.panel is None else
+                     {"patterns": self.panel.leds.display.as_dict(),
+                      "line": self.panel.render(), "backend": self.panel.leds.backend}),
             **({"dissect": self.identify.stats()} if self.identify is not None else {}),
         }
 
@@ -338,6 +393,8 @@ class Daemon:
     def _publish(self, events: list[dict[str, Any]]) -> None:
         if self.baseline is not None and self.mode == "learn":
             self.baseline.observe(events)
+        if self.panel is not None and any(e["type"] == "violation" for e in events):
+            self.panel.violation()
         for output in self.outputs:
             try:
                 output.publish(events)

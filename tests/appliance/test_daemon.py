@@ -172,3 +172,33 @@ def test_learn_mode_proposes_a_policy_on_command(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+def test_status_shows_the_leds_and_violations_light_red(daemon) -> None:  # type: ignore[no-untyped-def]
+    _, sock, _ = daemon
+    leds = request(sock, {"cmd": "status"})["leds"]
+    assert leds["backend"] == "mock"
+    # The demo ward has violations, seen within the last seconds: red blinks fast.
+    assert leds["patterns"]["violation"] == "fast blink"
+    assert leds["patterns"]["health"] == "steady"          # enforcing, healthy
+    assert leds["patterns"]["bypass"] == "off"
+    run_wardtap("mode", "bypass", "--socket", sock)
+    leds = request(sock, {"cmd": "status"})["leds"]
+    assert leds["patterns"]["bypass"] == "steady" and leds["patterns"]["health"] == "off"
+    result = run_wardtap("status", "--socket", sock)
+    assert "LEDs" in result.stdout and "bypass" in result.stdout
+
+
+def test_repeated_batch_failures_enter_bypass(ward_dir: Path) -> None:
+    from appliance.config import load_config
+    from appliance.daemon import FAILURES_FOR_BYPASS, Daemon
+
+    daemon = Daemon(load_config(str(ward_dir / "wardtap.toml")))
+    daemon.mode = "enforce"
+    seen: list[dict] = []
+    daemon._publish = seen.extend  # type: ignore[method-assign]  (capture emitted events)
+    for n in range(FAILURES_FOR_BYPASS):
+        assert daemon.mode == "enforce"
+        daemon._batch_failed(RuntimeError(f"boom {n}"))
+    assert daemon.mode == "bypass"
+    assert [e["reason"] for e in seen if e["type"] == "bypass_entered"] == ["repeated failure"]
