@@ -63,7 +63,9 @@ def _reporter(args: argparse.Namespace, mode: str, policy: Any) -> Any:
     return MqttOutput(settings, mode=mode, policy=_policy_info(policy), datapath="replay")
 
 
-def _run_replay(args: argparse.Namespace) -> int:
+def _run_replay(args: argparse.Namespace,
+                on_events: Callable[[list[dict[str, Any]]], object] | None = None) -> int:
+    """`wardtap replay`; `on_events` also sees every event batch (the demo's LEDs)."""
     from appliance.policy import load_policy
     from appliance.replay import Replayer
     from appliance.summary import render
@@ -92,9 +94,11 @@ def _run_replay(args: argparse.Namespace) -> int:
             ident = Identification(DissectConfig(tshark=args.tshark, block=True), store)
             replayer.enable_identification(ident)
         if reporter is not None:
-            replayer.on_events = reporter.publish
             reporter.publish([{"type": "started", "mode": mode, "datapath": "replay",
                                "captures": args.captures}])
+        hooks = [h for h in (reporter.publish if reporter else None, on_events) if h]
+        if hooks:
+            replayer.on_events = lambda events: [hook(events) for hook in hooks]
         with _progress(args.captures, enabled=sys.stderr.isatty() and not args.json) as tick:
             summary = replayer.run(args.captures, store=store, packets_out=out, progress=tick)
         if ident is not None:
@@ -182,26 +186,9 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from appliance.demo import write_demo_policy, write_demo_ward
-    from appliance.policy import load_policy
-    from appliance.replay import Replayer
-    from appliance.store import Store
-    from appliance.summary import render
+    from appliance.demorun import run_demo
 
-    os.makedirs(args.dir, exist_ok=True)
-    capture = os.path.join(args.dir, "ward.pcap")
-    policy_path = os.path.join(args.dir, "ward-policy.toml")
-    db = os.path.join(args.dir, "wardtap.db")
-    write_demo_ward(capture, packets=args.packets)
-    write_demo_policy(policy_path)
-    policy = load_policy(policy_path)
-    if not args.json:
-        print(f"demo ward: {capture} ({args.packets} packets), policy {policy_path}, "
-              f"store {db}\n")
-    with Store(db) as store:
-        summary = Replayer(policy, "monitor").run([capture], store=store)
-    print(json.dumps(summary.as_dict(), indent=2) if args.json else render(summary))
-    return 2 if summary.errors else 0
+    return run_demo(args.dir, args.packets, args.json)
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:

@@ -95,7 +95,7 @@ class FrontPanel:
             self._shown = line
             from rich.console import Console
 
-            Console(file=sys.stderr, highlight=False).print(f"LEDs  {line}")
+            Console(file=sys.stderr, highlight=False, soft_wrap=True).print(f"LEDs  {line}")
 
     def close(self) -> None:
         for part in (self.button, self.heartbeat, self.relay, self.leds):

@@ -1,0 +1,23 @@
+"""The README's first command: `wardtap demo` on built-in defaults, as a real process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlite_utils
+from conftest import run_wardtap
+
+
+def test_demo_runs_the_ward_through_everything(tmp_path: Path) -> None:
+    result = run_wardtap("demo", "--dir", str(tmp_path), "--packets", "5000", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out, err = result.stdout, result.stderr
+    assert "violations by reason" in out and "no_rule" in out
+    assert "inventory (" in out and "infusion pump" in out and "patient monitor" in out
+    assert "LEDs" in err and "violation (fast blink)" in err          # simulated LEDs
+    assert "messages acknowledged" in err and "still in the spool" not in err
+    fleet = [line for line in out.splitlines() if line.startswith("st-marys/ward-4b")]
+    assert fleet and "monitor" in fleet[0] and "demo-ward-4b v1" in fleet[0]
+    db = sqlite_utils.Database(tmp_path / "wardtap.db")
+    assert db.table("violations").count > 0 and db.table("devices").count > 10
+    assert "Traceback" not in err
