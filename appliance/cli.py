@@ -98,7 +98,10 @@ def _run_replay(args: argparse.Namespace,
                                "captures": args.captures}])
         hooks = [h for h in (reporter.publish if reporter else None, on_events) if h]
         if hooks:
-            replayer.on_events = lambda events: [hook(events) for hook in hooks]
+            def each_hook(events: list[dict[str, Any]]) -> None:
+                for hook in hooks:
+                    hook(events)
+            replayer.on_events = each_hook
         with _progress(args.captures, enabled=sys.stderr.isatty() and not args.json) as tick:
             summary = replayer.run(args.captures, store=store, packets_out=out, progress=tick)
         if ident is not None:

@@ -120,7 +120,7 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
 
         code = _run_replay(args, on_events=light)
         panel.refresh(datapath_running=False, **state)
-        if collector is not None:
+        if collector is not None and broker is not None:
             collector.close()
             collector = None
             if not as_json:
