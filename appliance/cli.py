@@ -111,6 +111,10 @@ def _run_replay(args: argparse.Namespace,
             inventory = ident.inventory.as_list()
         if reporter is not None:
             devices = replayer.devices()
+            if ident is not None:
+                from appliance.inventory import annotate
+
+                devices = annotate(devices, inventory)
             reporter.snapshot(replayer.classifier.stats(), devices)
             reporter.send_stats(replayer.classifier.stats(), devices)
     finally:

@@ -405,6 +405,10 @@ class Daemon:
         stats = self.classifier.stats()
         devices = [device_dict(rec) for rec in self.classifier.device_list()]
         if self.identify is not None:
+            from appliance.inventory import annotate
+
+            devices = annotate(devices, self.identify.inventory.as_list())
+        if self.identify is not None:
             try:
                 found = self.identify.snapshot(devices)   # merges, classifies, saves
             except WardtapError as exc:

@@ -529,6 +529,22 @@ def _device_dict(dev: Device) -> dict[str, Any]:
     }
 
 
+def annotate(devices: list[dict[str, Any]],
+             inventory: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The classifier's device records with what identification found (class, confidence,
+    names), for the retained MQTT inventory message."""
+    found = {d["mac"]: d for d in inventory if d.get("mac")}
+    out = []
+    for device in devices:
+        ident = found.get(device.get("mac") or "")
+        if ident is not None:
+            device = {**device, "class": ident.get("class"),
+                      "class_confidence": ident.get("confidence"),
+                      "names": ident.get("names") or [], "vendor": ident.get("vendor")}
+        out.append(device)
+    return out
+
+
 def inventory_list(store: Store, brief: bool = False) -> list[dict[str, Any]]:
     """The stored inventory as JSON-ready dicts, oldest device first.
 

@@ -21,3 +21,14 @@ def test_demo_runs_the_ward_through_everything(tmp_path: Path) -> None:
     db = sqlite_utils.Database(tmp_path / "wardtap.db")
     assert db.table("violations").count > 0 and db.table("devices").count > 10
     assert "Traceback" not in err
+
+
+def test_demo_fleet_gets_the_identified_inventory(tmp_path: Path) -> None:
+    import json
+
+    result = run_wardtap("demo", "--dir", str(tmp_path), "--packets", "5000", timeout=300)
+    assert result.returncode == 0, result.stderr
+    fleet = sqlite_utils.Database(tmp_path / "fleet.db")
+    payload = json.loads(next(iter(fleet.table("inventory").rows))["payload"])
+    classes = {d.get("class") for d in payload["devices"]}
+    assert {"infusion pump", "patient monitor", "workstation"} <= classes

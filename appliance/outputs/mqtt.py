@@ -466,7 +466,11 @@ class MqttOutput(Output):
                                            "first_seen", "last_seen", "packets_sent",
                                            "bytes_sent", "packets_received", "bytes_received",
                                            "flows", "violations")}
-            entry["vendor"] = self._vendors.get((d.get("mac") or "")[:8]) or None
+            entry["vendor"] = (d.get("vendor")
+                               or self._vendors.get((d.get("mac") or "")[:8]) or None)
+            for key in ("class", "class_confidence", "names"):   # from identification
+                if key in d:
+                    entry[key] = d[key]
             listed.append(entry)
         body = {"v": PAYLOAD_VERSION, "site": self.settings.site,
                 "appliance": self.settings.appliance, "ts": self._inventory_sent,

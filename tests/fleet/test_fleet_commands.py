@@ -192,7 +192,7 @@ def test_policy_push_is_validated_and_never_rolled_back_silently(fleet: Any) -> 
 
 def test_identify_and_inventory_need_no_signature(fleet: Any) -> None:
     answer = ask(fleet, unsigned_request("identify", {"seconds": 5}))
-    assert answer["ok"] and answer["seconds"] == 5 and answer["leds"] is False
+    assert answer["ok"] and answer["seconds"] == 5 and answer["leds"] is True
     answer = ask(fleet, unsigned_request("inventory", {}))
     assert answer["ok"] and answer["devices"] == 22
     found = fleet.fc.retained([topic(SITE, NAME, "inventory")])
