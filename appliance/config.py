@@ -9,6 +9,8 @@ type = "inline"             # replay | tap | inline
 interface = "eth1"          # tap: the mirror-port interface
 bridge = "br0"              # inline: the bridge joining the ward and uplink ports
 queue = 0                   # inline: NFQUEUE number
+max_len = 4096              # inline: queue length; a full queue fails open
+stall_ms = 500              # inline: no answer this long -> stop queueing (fail open)
 files = ["ward.pcap"]       # replay: capture files
 stay = false                # replay: keep running after the files (demo, tests)
 
@@ -36,6 +38,10 @@ ca = "ca.pem"
 cert = "ward4b-01.pem"
 key = "ward4b-01.key"
 fleet_key = "fleet.pub"     # Ed25519 public key that signs enforcement commands
+
+[integrity]                 # optional: verify SHA-256 manifests (appliance.integrity)
+manifests = ["/usr/share/wardtap/install.manifest.json", "integrity.json"]
+interval = 900              # seconds between checks (the first one at start)
 ```
 """
 
@@ -80,12 +86,21 @@ class Config:
     panel: bool = True            # LEDs, button, relay heartbeat (simulated off a Pi)
     # [broker]: validated options for appliance.outputs.mqtt (paths made absolute)
     broker: dict[str, Any] | None = None
+    # [integrity]: {"manifests": [absolute paths], "interval": seconds}
+    integrity: dict[str, Any] | None = None
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "appliance": {"mode": str, "name": str},
+    # Datapath options go to the source as they are (appliance/sources/*.py document them).
     "datapath": {"type": str, "interface": str, "bridge": str, "queue": int,
-                 "files": list, "batch_size": int, "stay": bool},
+                 "files": list, "batch_size": int, "stay": bool,
+                 # tap (AF_PACKET ring)
+                 "block_size": int, "block_count": int, "frame_size": int, "snaplen": int,
+                 "timeout_ms": int, "fanout": int, "fanout_mode": str, "promiscuous": bool,
+                 # inline (NFQUEUE)
+                 "max_len": int, "idle_interval": (int, float), "mark_mask": int,
+                 "stall_ms": (int, float), "watchdog": bool},
     "policy": {"file": str},
     "store": {"path": str},
     "events": {"log": str},
@@ -101,8 +116,18 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                "batch": int, "linger": (int, float), "min_interval": (int, float),
                "spool_max_rows": int, "spool_max_bytes": int, "min_free_bytes": int,
                "max_command_bytes": int, "require_subscriber": bool},
+    "integrity": {"manifests": list, "interval": (int, float)},
 }
 _BROKER_PATHS = ("ca", "cert", "key", "password_file", "fleet_key", "spool")
+
+
+_DATAPATH_OPTIONS = {
+    "replay": {"files", "batch_size", "stay"},
+    "tap": {"interface", "block_size", "block_count", "frame_size", "snaplen", "timeout_ms",
+            "fanout", "fanout_mode", "promiscuous"},
+    "inline": {"bridge", "queue", "max_len", "snaplen", "batch_size", "idle_interval",
+               "mark_mask", "stall_ms", "watchdog"},
+}
 
 
 def load_config(path: str) -> Config:
@@ -151,6 +176,11 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, f"must be one of {', '.join(DATAPATHS)}",
                           lines.key("[datapath]", "type"), "datapath.type")
     options = {k: v for k, v in doc.get("datapath", {}).items() if k != "type"}
+    for key in options:
+        if key not in _DATAPATH_OPTIONS[datapath]:
+            raise ConfigError(path, f"not an option of the {datapath} datapath (its options: "
+                              f"{', '.join(sorted(_DATAPATH_OPTIONS[datapath]))})",
+                              lines.key("[datapath]", key), f"datapath.{key}")
     if datapath == "replay":
         files = options.get("files") or []
         if not files or not all(isinstance(f, str) for f in files):
@@ -167,6 +197,17 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, f"mode {mode} needs a policy: [policy] file = \"...\"",
                           lines.key("[appliance]", "mode"), "policy.file")
     broker = _broker(path, lines, doc, rel, get("store", "path"))
+    integrity = None
+    if "integrity" in doc:
+        manifests = get("integrity", "manifests") or []
+        if not manifests or not all(isinstance(m, str) for m in manifests):
+            raise ConfigError(path, "needs manifests = [\"install.manifest.json\", ...]",
+                              lines.table("[integrity]"), "integrity.manifests")
+        interval = get("integrity", "interval", 900)
+        if not interval > 0:
+            raise ConfigError(path, "must be above 0 seconds",
+                              lines.key("[integrity]", "interval"), "integrity.interval")
+        integrity = {"manifests": [rel(m) for m in manifests], "interval": float(interval)}
     return Config(
         path=path, mode=mode, datapath=datapath, datapath_options=options, broker=broker,
         policy=rel(get("policy", "file")), store=rel(get("store", "path")),
@@ -174,7 +215,7 @@ def load_config(path: str) -> Config:
         control_socket=rel(get("control", "socket", DEFAULT_CONTROL)),
         flows=get("tables", "flows", 65536), devices=get("tables", "devices", 4096),
         learn_output=rel(get("learn", "output")), learn_interval=get("learn", "interval", 0),
-        panel=get("panel", "enabled", True),
+        panel=get("panel", "enabled", True), integrity=integrity,
     )
 
 

@@ -202,3 +202,17 @@ def test_repeated_batch_failures_enter_bypass(ward_dir: Path) -> None:
         daemon._batch_failed(RuntimeError(f"boom {n}"))
     assert daemon.mode == "bypass"
     assert [e["reason"] for e in seen if e["type"] == "bypass_entered"] == ["repeated failure"]
+
+
+def test_datapath_options_are_checked_per_datapath(tmp_path: Path) -> None:
+    from appliance.config import load_config
+
+    config = tmp_path / "wardtap.toml"
+    config.write_text('[datapath]\ntype = "inline"\nbridge = "br0"\nmax_len = 64\n'
+                      'stall_ms = 250\n[appliance]\nmode = "learn"\n')
+    assert load_config(str(config)).datapath_options == {"bridge": "br0", "max_len": 64,
+                                                         "stall_ms": 250}
+    config.write_text('[datapath]\ntype = "tap"\ninterface = "eth1"\nmax_len = 64\n')
+    result = run_wardtap("run", "--config", str(config))
+    assert result.returncode == 2
+    assert ":4 [datapath.max_len]: not an option of the tap datapath" in result.stderr
