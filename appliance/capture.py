@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from appliance.errors import CaptureError
+from appliance.files import reason
 from fastpath import CaptureScanner
 
 DEFAULT_BATCH = 4096
@@ -62,14 +63,8 @@ class CaptureFile:
         self.batch_size = batch_size
         try:
             self._file = open(path, "rb")  # noqa: SIM115  (closed in close())
-        except FileNotFoundError:
-            raise CaptureError(path, "no such file") from None
-        except IsADirectoryError:
-            raise CaptureError(path, "is a directory, not a capture file") from None
-        except PermissionError:
-            raise CaptureError(path, "permission denied") from None
         except OSError as exc:
-            raise CaptureError(path, exc.strerror or str(exc)) from None
+            raise CaptureError(path, reason(exc, "a capture file")) from None
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             self._map: mmap.mmap | None = None

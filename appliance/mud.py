@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from appliance.errors import WardtapError
+from appliance.files import read_bytes
 from appliance.policywriter import GroupSpec, PolicyDraft, RuleSpec, safe_name, unique
 
 LOCAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10"]
@@ -483,14 +484,9 @@ def _describe(rule: MudRule) -> str:
 def load_mud(path: str) -> MudProfile:
     """Read and check a MUD file; MudError (one line, JSON path) when it cannot be used."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise MudError(path, "no such file") from None
-    except IsADirectoryError:
-        raise MudError(path, "is a directory, not a MUD file") from None
-    except OSError as exc:
-        raise MudError(path, exc.strerror or str(exc)) from None
+        raw = read_bytes(path, "a MUD file")
+    except ValueError as exc:
+        raise MudError(path, str(exc)) from None
     try:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import PolicyError
+from appliance.files import read_bytes
 from appliance.tomlfile import TomlLines as _Lines
 from fastpath import CompiledPolicy
 
@@ -91,16 +92,9 @@ def load_policy(path: str, classes: ClassMembers | None = None) -> Policy:
     .class_members over the store), once, now; without it they select no device.
     """
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise PolicyError(path, "no such file") from None
-    except IsADirectoryError:
-        raise PolicyError(path, "is a directory, not a policy file") from None
-    except PermissionError:
-        raise PolicyError(path, "permission denied") from None
-    except OSError as exc:
-        raise PolicyError(path, exc.strerror or str(exc)) from None
+        raw = read_bytes(path, "a policy file")
+    except ValueError as exc:
+        raise PolicyError(path, str(exc)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
