@@ -282,30 +282,27 @@ def _run_propose(args: argparse.Namespace) -> int:
 
 
 def _add_status(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object with stable keys (docs/console.md)")
     _add_socket(p)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from appliance.control import request
+    from appliance.console import run_status
 
-    answer = request(args.socket, {"cmd": "status"})
-    if args.json or not answer.get("ok"):
-        print(json.dumps(answer, indent=2))
-        return 0 if answer.get("ok") else 1
-    c = answer["counters"]
-    policy = answer["policy"]
-    print(f"mode {answer['mode']}  datapath {answer['datapath']}  policy "
-          f"{policy['name'] + ' v' + str(policy['version']) if policy else 'none'}  "
-          f"up {answer['uptime_s']} s")
-    print(f"packets {c['packets']:,}  allowed {c['allowed']:,}  denied {c['denied']:,}  "
-          f"malformed {c['malformed']:,}  flows {c['flows_active']:,} active  "
-          f"devices {c['devices']:,}")
-    if answer.get("leds"):
-        from rich.console import Console
+    return run_status(args.socket, args.json)
 
-        Console(highlight=False).print(f"LEDs  {answer['leds']['line']}")
-    return 0
+
+def _add_top(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true",
+                   help="print one frame at the terminal's size and exit (scripts, tests)")
+    _add_socket(p)
+
+
+def _run_top(args: argparse.Namespace) -> int:
+    from appliance.console import run_top
+
+    return run_top(args.socket, once=args.once)
 
 
 def _add_learn(p: argparse.ArgumentParser) -> None:
@@ -365,12 +362,22 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
               _run_learn),
     "run": ("run the appliance daemon", _add_run, _run_run),
     "status": ("show the running daemon's state", _add_status, _run_status),
+    "top": ("live dashboard of the running daemon (q quits)", _add_top, _run_top),
     "mode": ("set the running daemon's mode", _add_mode, _run_mode),
     "reload": ("reload the running daemon's policy", _add_socket, _run_reload),
     "propose": ("write the policy the daemon has learned so far", _add_socket, _run_propose),
+    "integrity": ("SHA-256 manifests of installed files, configuration and policy: "
+                  "write, verify, accept", lambda p: _integrity().add_arguments(p),
+                  lambda a: _integrity().run(a)),
     "fleet": ("fleet side over MQTT: list, watch, inventory, push-policy, command, collect",
               lambda p: _fleet().add_fleet(p), lambda a: int(_fleet().run_fleet(a))),
 }
+
+
+def _integrity() -> Any:
+    from appliance import integrity
+
+    return integrity
 
 
 def _fleet() -> Any:

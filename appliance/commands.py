@@ -22,6 +22,7 @@ Every request and its outcome is written to the `audit` table of the store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -376,8 +377,11 @@ def push_policy(daemon: Any, body: dict[str, Any]) -> dict[str, Any]:
                         f"{running.version} to {new.version} (sign allow_rollback to do it "
                         "on purpose)"}
             rollback = True
+    # A change made through wardtap: the integrity manifest listing the policy follows it.
+    monitor = getattr(daemon, "integrity", None)
     try:
-        _write_atomically(path, text.encode("utf-8"))
+        with monitor.updating(path) if monitor is not None else contextlib.nullcontext():
+            _write_atomically(path, text.encode("utf-8"))
     except OSError as exc:
         return {"ok": False, "error": f"cannot write {path}: {exc.strerror}; nothing changed"}
     result = dict(daemon.reload())

@@ -125,6 +125,11 @@ def request(path: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, 
         raise WardtapError(f"wardtap is not running (nothing listens on {path})") from None
     except TimeoutError:
         raise WardtapError(f"wardtap did not answer on {path} within {timeout} s") from None
+    except PermissionError:
+        raise WardtapError(f"{path}: permission denied (the control socket is for root and "
+                           f"its group)") from None
+    except OSError as exc:
+        raise WardtapError(f"{path}: {exc.strerror or exc}") from None
     try:
         return dict(json.loads(data))
     except ValueError:

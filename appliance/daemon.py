@@ -7,6 +7,8 @@ control requests and reloads are applied between batches, never during one.
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import queue
@@ -21,6 +23,7 @@ from appliance.config import Config
 from appliance.control import ControlServer, Request
 from appliance.errors import PolicyError, WardtapError
 from appliance.learn import Baseline
+from appliance.notify import ServiceNotifier
 from appliance.outputs import EventLogOutput, Output, StoreOutput
 from appliance.policy import Policy, compile_policy, load_policy
 from appliance.records import device_dict, event_dict
@@ -28,7 +31,9 @@ from appliance.sources import Source, make_source
 from fastpath import Classifier
 
 if TYPE_CHECKING:
+    from appliance.commands import AuditLog
     from appliance.dissect import DissectConfig
+    from appliance.integrity import IntegrityMonitor
     from appliance.inventory import Identification
     from appliance.panel import FrontPanel
 
@@ -42,6 +47,14 @@ PANEL_INTERVAL = 1.0
 # Repeated failure: this many failed batches within the window put the appliance in bypass.
 FAILURES_FOR_BYPASS = 3
 FAILURE_WINDOW = 60.0
+# The console (wardtap status/top): counters sampled once a second for packets/s (the last
+# minute kept, the rate averaged over the last few samples) and the last violations.
+RATE_INTERVAL = 1.0
+RATE_SAMPLES = 61
+RATE_WINDOW = 5
+RECENT_VIOLATIONS = 20
+VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", "vlan",
+                    "reason", "verdict", "rule", "smac")
 
 
 class Daemon:
@@ -71,6 +84,17 @@ class Daemon:
         self.panel: FrontPanel | None = None
         self.show_leds = False             # print the (simulated) LEDs: `run` in a terminal
         self.failures: list[float] = []    # monotonic times of recent batch failures
+        self.audit: AuditLog | None = None  # local commands' audit log, opened on first use
+        # systemd (Type=notify): READY, STATUS, WATCHDOG only while the loop makes progress
+        # and the output threads live, STOPPING (appliance.notify); a no-op elsewhere
+        self.notify = ServiceNotifier(alive=lambda: all(o.alive() for o in self.outputs))
+        self.integrity: IntegrityMonitor | None = None   # [integrity] manifests, checked
+        # for the console: (monotonic time, packets, bytes) once a second; recent violations
+        self.rate_samples: collections.deque[tuple[float, int, int]] = collections.deque(
+            maxlen=RATE_SAMPLES)
+        self.recent_violations: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=RECENT_VIOLATIONS)
+        self.violations_seen = 0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -104,6 +128,11 @@ class Daemon:
 
                 self.identify = Identification(self.dissect, store)
                 self.identify.start(self.classifier, BATCH_MAX)
+            if cfg.integrity:
+                from appliance.integrity import IntegrityMonitor
+
+                self.integrity = IntegrityMonitor.from_config(cfg.integrity)
+                self.integrity.start()          # first check now, then every interval
             self.source = make_source(cfg.datapath, **cfg.datapath_options)
             self.source.open()
             if cfg.panel:
@@ -121,14 +150,18 @@ class Daemon:
                         "policy": self._policy_info()})
             log.info("running: datapath %s, mode %s, policy %s", cfg.datapath, self.mode,
                      self._policy_info() or "none")
+            self.notify.ready(self._status_line())
             self._loop()
             return 0
         finally:
+            self.notify.stopping()
             self._emit({"type": "stopping", "mode": self.mode})
             self._flush_events()
             self._snapshot()
             if control is not None:
                 control.close()
+            if self.integrity is not None:
+                self.integrity.close()
             if self.panel is not None:
                 self.panel.close()
             if self.source is not None:
@@ -139,6 +172,8 @@ class Daemon:
                 output.close()
             if store is not None:
                 store.close()
+            if self.audit is not None:
+                self.audit.close()
             log.info("stopped")
 
     def _install_signals(self) -> None:
@@ -159,6 +194,8 @@ class Daemon:
         interval = self.config.learn_interval
         next_proposal = time.monotonic() + interval if interval else float("inf")
         next_panel = 0.0
+        self._sample_rate()
+        next_rate = time.monotonic() + RATE_INTERVAL
         for batch in self.source.batches(self.stop):
             n = batch.count
             try:
@@ -183,6 +220,12 @@ class Daemon:
                 if self.last_batch >= next_panel:
                     self._refresh_panel()
                     next_panel = self.last_batch + PANEL_INTERVAL
+            self.notify.tick(self.last_batch, self._status_line)
+            if self.integrity is not None and self.integrity.pending.is_set():
+                self.integrity.deliver(self)
+            if self.last_batch >= next_rate:
+                self._sample_rate()
+                next_rate = self.last_batch + RATE_INTERVAL
             if clf.pending_events:
                 self._flush_events()
             if ident is not None:
@@ -191,7 +234,7 @@ class Daemon:
                     self._publish(found)
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self.reload()
+                self._audit_local({"cmd": "reload", "source": "signal"}, self.reload())
             self._serve_requests()
             if time.monotonic() >= next_snapshot:
                 self._snapshot()
@@ -220,11 +263,18 @@ class Daemon:
         mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)
         connected = getattr(mqtt, "connected", None)
         self.panel.refresh(
-            mode=self.mode, healthy=not self.failures or
-            time.monotonic() - self.failures[-1] > FAILURE_WINDOW,
+            mode=self.mode, healthy=self._healthy(),
             datapath_running=time.monotonic() - self.last_batch < 2.0,
             broker_configured=mqtt is not None,
             broker_connected=bool(connected is not None and connected.is_set()))
+
+    def _status_line(self) -> str:
+        """One line for systemd's STATUS= (systemctl status wardtap)."""
+        c = self.classifier.stats()
+        policy = self.policy
+        return (f"{self.mode}, {self.config.datapath}, policy "
+                f"{f'{policy.name} v{policy.version}' if policy else 'none'}: "
+                f"{c['packets']} packets, {c['denied']} denied, {c['devices']} devices")
 
     # -- policy and mode -------------------------------------------------------------------
 
@@ -310,7 +360,29 @@ class Daemon:
                 request = self.requests.get_nowait()
             except queue.Empty:
                 return
-            request.respond(self._handle(request.body))
+            answer = self._handle(request.body)
+            self._audit_local(request.body, answer)
+            request.respond(answer)
+
+    def _audit_local(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Local commands that change the appliance (control socket, button) go to the same
+        audit log as the fleet's; MQTT commands are audited where they are verified."""
+        source = str(body.get("source", "control"))
+        if source == "mqtt" or body.get("cmd") == "status" or not self.config.store:
+            return
+        try:
+            if self.audit is None:
+                from appliance.commands import AuditLog
+
+                self.audit = AuditLog(self.config.store)
+            detail = json.dumps({k: v for k, v in body.items() if k not in ("cmd", "source")},
+                                default=str)[:1024]
+            row = self.audit.record(source, None, "ok" if answer.get("ok") else "rejected",
+                                    reason=answer.get("error"), detail=detail,
+                                    name=str(body.get("cmd"))[:64])
+            self.audit.finish(row, "ok" if answer.get("ok") else "rejected", answer)
+        except WardtapError as exc:
+            log.error("audit log: %s", exc)
 
     def _submit(self, body: dict[str, Any],
                 reply: Callable[[dict[str, Any]], None]) -> bool:
@@ -352,9 +424,59 @@ class Daemon:
             "memory_bytes": self.classifier.memory_bytes,
             "leds": (None if self.panel is None else
                      {"patterns": self.panel.leds.display.as_dict(),
-                      "line": self.panel.render(), "backend": self.panel.leds.backend}),
+                      "line": self.panel.render(), "backend": self.panel.leds.backend,
+                      "colours": {led.name: led.colour for led in self.panel.leds.pinmap.leds}}),
             **({"dissect": self.identify.stats()} if self.identify is not None else {}),
+            **({"integrity": self.integrity.status()} if self.integrity is not None else {}),
+            "health": self._health(), "rate": self._rate(stats),
+            "violations": {"seen": self.violations_seen,
+                           "recent": list(reversed(self.recent_violations))},
+            "broker": self._broker_status(),
         }
+
+    # -- status details for the console (wardtap status / top) -------------------------------
+
+    def _healthy(self) -> bool:
+        """No batch failed within the failure window."""
+        return not self.failures or time.monotonic() - self.failures[-1] > FAILURE_WINDOW
+
+    def _health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        healthy = self._healthy()
+        running = now - self.last_batch < 2.0
+        state = ("bypass" if self.mode == "bypass" else "fault" if not healthy
+                 else "stalled" if not running else "ok")
+        return {"state": state, "healthy": healthy, "datapath_running": running,
+                "batch_failures": sum(now - t < FAILURE_WINDOW for t in self.failures)}
+
+    def _sample_rate(self) -> None:
+        stats = self.classifier.stats()
+        self.rate_samples.append((time.monotonic(), int(stats["packets"]),
+                                  int(stats["bytes"])))
+
+    def _rate(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Packets and bytes per second from the sample about RATE_WINDOW seconds old to the
+        counters now, and packets per second for each second of the last minute."""
+        samples = list(self.rate_samples)
+        history = [round((b[1] - a[1]) / (b[0] - a[0]), 1)
+                   for a, b in zip(samples, samples[1:], strict=False) if b[0] > a[0]]
+        now = time.monotonic()
+        t0, p0, b0 = samples[-RATE_WINDOW] if len(samples) >= RATE_WINDOW else (
+            samples[0] if samples else (now, 0, 0))
+        if now - t0 < 0.1:
+            return {"packets_per_s": None, "bytes_per_s": None, "window_s": None,
+                    "history": history}
+        return {"packets_per_s": round((int(stats["packets"]) - p0) / (now - t0), 1),
+                "bytes_per_s": round((int(stats["bytes"]) - b0) / (now - t0), 1),
+                "window_s": round(now - t0, 1), "history": history}
+
+    def _broker_status(self) -> dict[str, Any]:
+        mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)
+        status = getattr(mqtt, "status", None)
+        if mqtt is None or status is None:
+            return {"configured": False, "connected": False, "url": None,
+                    "spool_depth": None, "spool_overflow": None, "spool_dropped": None}
+        return {"configured": True, **status()}
 
     def _class_members(self) -> Callable[[str], list[str]] | None:
         """Policy `class = [...]` selectors: MACs the stored inventory classified, read at
@@ -393,8 +515,13 @@ class Daemon:
     def _publish(self, events: list[dict[str, Any]]) -> None:
         if self.baseline is not None and self.mode == "learn":
             self.baseline.observe(events)
-        if self.panel is not None and any(e["type"] == "violation" for e in events):
-            self.panel.violation()
+        violations = [e for e in events if e["type"] == "violation"]
+        if violations:
+            self.violations_seen += len(violations)
+            self.recent_violations.extend({k: e[k] for k in VIOLATION_FIELDS if k in e}
+                                          for e in violations[-RECENT_VIOLATIONS:])
+            if self.panel is not None:
+                self.panel.violation()
         for output in self.outputs:
             try:
                 output.publish(events)

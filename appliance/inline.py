@@ -195,7 +195,14 @@ class InlineRules:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a") as fh:
+        # Opened read-only and created only when missing: the unprivileged daemon and the
+        # image's wardtap-bypass (root) share the file, and fs.protected_regular refuses an
+        # O_CREAT open of another user's file in a sticky directory such as /run/lock.
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd) as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -272,6 +279,8 @@ class InlineRules:
             raise InlineError("br_netfilter is not available: modprobe br_netfilter "
                               "(CONFIG_BRIDGE_NETFILTER) for inline enforcement")
         for option in ("nf_call_iptables", "nf_call_ip6tables"):
+            if _read_int(os.path.join(sysfs, option)) == 1:
+                continue     # already on (the image's wardtap-prepare, run as root, did it)
             try:
                 with open(os.path.join(sysfs, option), "w") as fh:
                     fh.write("1")

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libnetfilter-queue1 libnetfilter-queue-dev         # NFQUEUE (inline enforcement)
   iputils-ping netcat-openbsd                        # end-to-end tests: real traffic
   iperf3 valgrind                                    # bench: throughput, instruction counts
+  shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
 )
 
 sudo_cmd=()

@@ -18,5 +18,10 @@ class Output:
     def snapshot(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
         """Take the periodic counters and device table."""
 
+    def alive(self) -> bool:
+        """False when a thread this output depends on has died (the systemd watchdog
+        stops being fed, so the service is restarted)."""
+        return True
+
     def close(self) -> None:
         """Flush and release; safe to call twice."""

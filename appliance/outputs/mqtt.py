@@ -52,7 +52,8 @@ log = logging.getLogger("wardtap.mqtt")
 SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 # Alerts are never evicted from the spool (see appliance.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
-                         "policy_rejected", "bypass", "spool_overflow"})
+                         "policy_rejected", "bypass", "spool_overflow",
+                         "integrity_alarm", "integrity_restored"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -288,6 +289,10 @@ class MqttOutput(Output):
 
     # -- Output interface (daemon main loop) -------------------------------------------------
 
+    def alive(self) -> bool:
+        """The sender thread runs (it moves the spool to the broker); True once closed."""
+        return self._closed or self._sender.is_alive()
+
     def publish(self, events: list[dict[str, Any]]) -> None:
         if self._closed:
             return
@@ -334,6 +339,14 @@ class MqttOutput(Output):
     def send_stats(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
         """Spool a stats message now (end of a replay), whatever the interval."""
         self._enqueue_stats(stats, devices, self.clock())
+
+    def status(self) -> dict[str, Any]:
+        """For `wardtap status`/`top`: the connection and the spool, as the console shows it."""
+        spool = self.spool.status()
+        return {"connected": self.connected.is_set(), "url": self.settings.broker.url,
+                "spool_depth": spool["depth"], "spool_overflow": spool["overflow"],
+                "spool_dropped": spool["dropped"], "disk_full": spool["disk_full"],
+                "acknowledged": self.counters["acknowledged"]}
 
     def close(self) -> None:
         if self._closed:

@@ -103,6 +103,10 @@ def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-u
     assert db.table("violations").count == sum(k == "violation" for k in kinds)
     devices = list(db.table("devices").rows)
     assert sum(d["packets_sent"] for d in devices) <= 5000 and devices
+    # Local commands are audited like the fleet's: who, what, outcome.
+    audit = [(a["source"], a["command"], a["outcome"]) for a in db.table("audit").rows]
+    assert audit == [("signal", "reload", "ok"), ("signal", "reload", "rejected"),
+                     ("control", "mode", "ok"), ("control", "mode", "ok")]
 
 
 def test_control_rejects_hostile_requests(daemon) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,98 @@
+#!/bin/bash
+# bench/image-chroot.sh: build image/stage-wardtap in a Debian bookworm chroot made with
+# debootstrap, the way pi-gen runs it (NN-packages, NN-run.sh on the host, NN-run-chroot.sh
+# in the chroot), then check the result: the venv imports, the integrity manifest verifies,
+# the installed units pass systemd-analyze verify and their exposure score.
+#
+# Optional, not a test: it downloads Debian packages and PyPI wheels, and builds for this
+# machine's architecture (a stand-in for the Pi's arm64: pi-gen runs the same steps under
+# qemu). What pi-gen's stage0-2 provide is stood in for: the first user, the gpio group,
+# pi-gen's fstab and the boot partition's cmdline.txt/config.txt. Raspberry Pi OS-only
+# packages (python3-lgpio, python3-rpi-lgpio) are left out. About 2 minutes here.
+#
+#   bench/image-chroot.sh [ROOT]        # default /tmp/wardtap-chroot (removed first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+ROOT=${1:-/tmp/wardtap-chroot}
+STAGE=$REPO/image/stage-wardtap
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+RPI_ONLY="python3-lgpio python3-rpi-lgpio"
+start=$(date +%s)
+step() { echo "== $(($(date +%s) - start)) s: $*"; }
+
+command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
+cleanup() {
+	for m in dev/pts dev sys proc; do umount -l "$ROOT/$m" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$ROOT"
+
+step "debootstrap bookworm into $ROOT"
+debootstrap --variant=minbase --include=systemd,systemd-sysv,openssh-server,sudo,passwd,ca-certificates,udev \
+	bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1
+mount -t proc proc "$ROOT/proc"
+mount --bind /sys "$ROOT/sys"
+mount --bind /dev "$ROOT/dev"
+mount --bind /dev/pts "$ROOT/dev/pts"
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# A build host behind a TLS-inspecting proxy: its extra CA certificates and pip settings.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+	cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+	chroot "$ROOT" update-ca-certificates >/dev/null 2>&1
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
+
+step "stand-ins for pi-gen stage0-2"
+export ROOTFS_DIR=$ROOT FIRST_USER_NAME=wardadmin
+chroot "$ROOT" /bin/bash -e <<'IN'
+groupadd --system gpio
+useradd --create-home --shell /bin/bash wardadmin
+IN
+printf 'proc /proc proc defaults 0 0\nBOOTDEV /boot/firmware vfat defaults 0 2\nROOTDEV / ext4 defaults,noatime 0 1\n' >"$ROOT/etc/fstab"
+mkdir -p "$ROOT/boot/firmware"
+echo "console=serial0,115200 console=tty1 root=ROOTDEV rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot" >"$ROOT/boot/firmware/cmdline.txt"
+echo "arm_64bit=1" >"$ROOT/boot/firmware/config.txt"
+
+step "sdist"
+make -s -C image dist >/dev/null
+
+on_chroot() { chroot "$ROOT" /usr/bin/env FIRST_USER_NAME="$FIRST_USER_NAME" /bin/bash -e; }
+for sub in "$STAGE"/[0-9][0-9]-*/; do
+	for i in $(seq -w 0 99); do
+		if [ -f "$sub/$i-debconf" ]; then
+			step "$(basename "$sub")/$i-debconf"
+			{ echo "debconf-set-selections <<'SEL'"; cat "$sub/$i-debconf"; echo "SEL"; } | on_chroot
+		fi
+		if [ -f "$sub/$i-packages" ]; then
+			step "$(basename "$sub")/$i-packages"
+			packages=$(sed -e 's/#.*//' "$sub/$i-packages" | tr -s ' \n' ' ')
+			for skip in $RPI_ONLY; do packages=${packages//$skip/}; done
+			echo "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null" | on_chroot
+		fi
+		if [ -x "$sub/$i-run.sh" ]; then
+			step "$(basename "$sub")/$i-run.sh"
+			(cd "$sub" && "./$i-run.sh")
+		fi
+		if [ -f "$sub/$i-run-chroot.sh" ]; then
+			step "$(basename "$sub")/$i-run-chroot.sh"
+			on_chroot <"$sub/$i-run-chroot.sh" >"$ROOT.$(basename "$sub")-$i.log" 2>&1 ||
+				{ tail -30 "$ROOT.$(basename "$sub")-$i.log"; exit 1; }
+		fi
+	done
+done
+
+step "checks"
+chroot "$ROOT" /opt/wardtap/bin/wardtap --version
+chroot "$ROOT" /opt/wardtap/bin/python -c "import fastpath, appliance.provision, appliance.integrity"
+chroot "$ROOT" /opt/wardtap/bin/wardtap integrity verify /usr/share/wardtap/install.manifest.json
+grep -E '^ROOTDEV' "$ROOT/etc/fstab"
+cat "$ROOT/boot/firmware/cmdline.txt"
+ls -l "$ROOT/etc/wardtap"
+cleanup
+systemd-analyze verify --root="$ROOT" wardtap.service wardtap-bypass.service \
+	wardtap-provision.service wardtap-provision-fault.service wardtap-datapart.service \
+	wardtap-network.service
+systemd-analyze security --offline=yes --root="$ROOT" --no-pager wardtap.service | tail -1
+step "done"
