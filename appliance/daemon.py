@@ -28,7 +28,7 @@ from appliance.outputs import EventLogOutput, Output, StoreOutput
 from appliance.policy import Policy, compile_policy, load_policy
 from appliance.records import device_dict, event_dict
 from appliance.sources import Source, make_source
-from fastpath import Classifier
+from fastpath import Classifier, CompiledPolicy
 
 if TYPE_CHECKING:
     from appliance.commands import AuditLog
@@ -278,8 +278,10 @@ class Daemon:
 
     # -- policy and mode -------------------------------------------------------------------
 
-    def _apply_policy(self, policy: Policy) -> list[tuple[Any, ...]]:
-        compiled = compile_policy(policy, generation=self.generation + 1)
+    def _apply_policy(self, policy: Policy,
+                      compiled: CompiledPolicy | None = None) -> list[tuple[Any, ...]]:
+        if compiled is None:
+            compiled = compile_policy(policy, generation=self.generation + 1)
         self.generation += 1
         self.policy = policy
         self.classifier.set_policy(compiled)
@@ -291,14 +293,15 @@ class Daemon:
             return {"ok": False, "error": "no policy file configured"}
         try:
             policy = load_policy(self.config.policy, classes=self._class_members())
-            compile_policy(policy)   # validate fully before touching the running one
+            # Compiled (so fully validated) before anything running is touched.
+            compiled = compile_policy(policy, generation=self.generation + 1)
         except PolicyError as exc:
             log.error("policy reload rejected, keeping the running policy: %s", exc)
             self._emit({"type": "policy_rejected", "error": str(exc),
                         "running": self._policy_info()})
             return {"ok": False, "error": str(exc)}
         old = self._policy_info()
-        changed = self._apply_policy(policy)
+        changed = self._apply_policy(policy, compiled)
         changed_events = [event_dict(rec, self._rule_name) for rec in changed]
         if self.source is not None and hasattr(self.source, "flows_changed"):
             self.source.flows_changed(changed_events)
