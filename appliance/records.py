@@ -79,7 +79,13 @@ def event_dict(rec: Sequence[Any], rule_name: Callable[[int], str | None] | None
     else:
         out.update(sport=rec[_SPORT], dport=rec[_DPORT])
     rule = rec[_RULE]
-    out["rule"] = None if rule == NO_RULE_INDEX or rule_name is None else rule_name(rule)
+    name = None if rule == NO_RULE_INDEX or rule_name is None else rule_name(rule)
+    if kind == "violation":
+        # No rule matched; this is the one that came closest ("reason" says how it failed).
+        out["rule"] = None
+        out["nearest_rule"] = name
+    else:
+        out["rule"] = name
     if kind == "flow_end":
         out.update(end=FLOW_END_NAMES.get(rec[_REASON], "unknown"), first=rec[_FIRST] / 1e9,
                    packets=rec[_PKTS], bytes=rec[_BYTES])

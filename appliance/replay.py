@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from appliance.store import Store
 
 EVENT_DRAIN = 8192
+NO_NEAREST_RULE = "(no rule joins these endpoints)"
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ReplaySummary:
     devices: int = 0
     violations: int = 0
     violations_by_reason: dict[str, int] = field(default_factory=dict)
+    violations_by_rule: dict[str, int] = field(default_factory=dict)   # the nearest rule
     violations_by_device: list[dict[str, Any]] = field(default_factory=list)
     malformed_by_reason: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -160,6 +162,8 @@ class Replayer:
         summary.devices = len(devices)
         summary.violations = len(self.violations)
         summary.violations_by_reason = dict(Counter(v["reason"] for v in self.violations))
+        summary.violations_by_rule = dict(Counter(
+            v.get("nearest_rule") or NO_NEAREST_RULE for v in self.violations))
         summary.violations_by_device = _by_device(self.violations, devices)
         summary.malformed_by_reason = {
             name: count for name, count in stats["reasons"].items()

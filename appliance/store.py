@@ -90,7 +90,13 @@ def _v3_inventory(db: sqlite_utils.Database) -> None:
 
 
 # Numbered migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_spool_audit, _v3_inventory]
+def _v4_nearest_rule(db: sqlite_utils.Database) -> None:
+    """Violations name the rule that came closest to allowing them."""
+    db.table("violations").add_column("nearest_rule", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",
@@ -226,4 +232,5 @@ def _violation_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
     return {"run": run, "ts": e["ts"], "flow": e["flow"], "src": e["src"], "dst": e["dst"],
             "proto": e["proto"], "sport": e.get("sport"), "dport": e.get("dport"),
             "icmp_type": e.get("icmp_type"), "vlan": e["vlan"], "reason": e["reason"],
-            "smac": e.get("smac"), "dmac": e.get("dmac")}
+            "nearest_rule": e.get("nearest_rule"), "smac": e.get("smac"),
+            "dmac": e.get("dmac")}

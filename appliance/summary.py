@@ -28,6 +28,10 @@ def render(s: ReplaySummary, top: int = 10) -> str:
         lines.append("violations by reason")
         for reason, count in sorted(s.violations_by_reason.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {count:>8,}  {reason}")
+    if s.violations_by_rule:
+        lines.append("violations by nearest rule")
+        for rule, count in sorted(s.violations_by_rule.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {count:>8,}  {rule}")
     if s.violations_by_device:
         lines.append("violations by device")
         for d in s.violations_by_device[:top]:

@@ -168,7 +168,8 @@ ctypedef struct flow_t:
     uint8_t fin              # bit 0: FIN from initiator, bit 1: from responder
     uint8_t timeout_class
     uint8_t sampled[2]       # per direction: packets marked for dissection (255: gave up)
-    uint8_t pad[8]
+    uint16_t nearest         # denied: the rule that came closest (see `reason`), else NO_RULE
+    uint8_t pad[6]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:

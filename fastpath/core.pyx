@@ -297,11 +297,12 @@ cdef class Classifier:
             f.verdict = VERDICT_ALLOW
             f.reason = R_NO_POLICY
             f.rule = NO_RULE
+            f.nearest = NO_RULE
             return
         f.policy_gen = pol.generation
         groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
         groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
-        f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule)
+        f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule, &f.nearest)
         f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
 
     def set_mode(self, str mode):
@@ -624,6 +625,7 @@ cdef class Classifier:
         f.dev[1 if sender_first else 0] = peer
         if peer != NO_DEVICE:
             self.devices[peer].flows += 1
+        f.nearest = NO_RULE
         if pol == NULL or self.mode == MODE_LEARN:
             f.verdict = VERDICT_ALLOW
             f.reason = R_NO_POLICY
@@ -637,7 +639,7 @@ cdef class Classifier:
             else:
                 groups_of(pol, k.dst_mac, k.has_mac == 2, k.dst, 1, k.vlan, gi)
                 groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gr)
-            f.reason = evaluate(pol, gi, gr, k.proto, f.dport, &f.rule)
+            f.reason = evaluate(pol, gi, gr, k.proto, f.dport, &f.rule, &f.nearest)
             f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
         e = event_slot(self)
         if e != NULL:

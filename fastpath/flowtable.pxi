@@ -252,7 +252,8 @@ cdef inline void fill_flow_event(event_t* e, uint8_t type, const flow_t* f,
     e.vlan = f.key.vlan
     e.proto = f.key.proto
     e.l3 = f.key.l3
-    e.rule = f.rule
+    # A violation names the rule that came closest; other events the rule that matched.
+    e.rule = f.nearest if type == EV_VIOLATION else f.rule
     e.verdict = f.verdict
     e.device = f.dev[0]
     e.peer_device = f.dev[1]

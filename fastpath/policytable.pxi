@@ -51,15 +51,18 @@ cdef inline bint intersects(const uint64_t* a, const uint64_t* b) noexcept nogil
 
 
 cdef inline uint8_t evaluate(const policy_t* pol, const uint64_t* gi, const uint64_t* gr,
-                             uint8_t proto, uint16_t port, uint16_t* rule_out) noexcept nogil:
+                             uint8_t proto, uint16_t port, uint16_t* rule_out,
+                             uint16_t* nearest_out) noexcept nogil:
     """Verdict reason for a flow whose initiator is in groups `gi` and responder in `gr`.
 
     `port` is the responder's port (for ICMP the request's type). Returns R_RULE with
-    *rule_out set, or the most specific reason no rule matched.
+    *rule_out set, or the most specific reason no rule matched, with *nearest_out the rule
+    that came closest (NO_RULE when no rule joins the two endpoints at all).
     """
     cdef uint32_t i
     cdef const rule_t* r
     cdef uint8_t best = R_NO_RULE
+    cdef uint16_t nearest = NO_RULE
     cdef bint forward, reverse
     for i in range(pol.n_rules):
         r = &pol.rules[i]
@@ -68,18 +71,23 @@ cdef inline uint8_t evaluate(const policy_t* pol, const uint64_t* gi, const uint
         if not forward and not (reverse and r.either):
             if reverse and (r.proto == 0 or r.proto == proto) and best < R_WRONG_INITIATOR:
                 best = R_WRONG_INITIATOR
+                nearest = r.rule
             continue
         if r.proto != 0 and r.proto != proto:
             if best < R_PROTO_NOT_ALLOWED:
                 best = R_PROTO_NOT_ALLOWED
+                nearest = r.rule
             continue
         if port < r.port_lo or port > r.port_hi:
             if best < R_PORT_NOT_ALLOWED:
                 best = R_PORT_NOT_ALLOWED
+                nearest = r.rule
             continue
         rule_out[0] = r.rule
+        nearest_out[0] = NO_RULE
         return R_RULE
     rule_out[0] = NO_RULE
+    nearest_out[0] = nearest
     return best
 
 

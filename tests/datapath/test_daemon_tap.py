@@ -75,10 +75,11 @@ def test_tap_daemon_reports_violations_by_device_and_rule(tmp_path: Path) -> Non
                 return [e for e in events(log) if e["type"] == "violation" and e["proto"] == 17]
 
             wait_for(lambda: len(violations()) >= 2, timeout=10, what="two UDP violations")
-            found = {(v["src"], v["dst"], v["dport"], v["reason"], v.get("smac"))
-                     for v in violations()}
-            assert found == {(WARD_IP, UPLINK_IP, 445, "port_not_allowed", ward_mac),
-                             (WARD_IP, UPLINK_IP, 161, "port_not_allowed", ward_mac)}
+            found = {(v["src"], v["dst"], v["dport"], v["reason"], v["nearest_rule"],
+                      v.get("smac")) for v in violations()}
+            assert found == {
+                (WARD_IP, UPLINK_IP, 445, "port_not_allowed", "ward-dns", ward_mac),
+                (WARD_IP, UPLINK_IP, 161, "port_not_allowed", "ward-dns", ward_mac)}
             flows = [e for e in events(log) if e["type"] == "new_flow" and e["src"] == WARD_IP]
             assert {(f["proto"], f["rule"]) for f in flows} >= {(17, "ward-dns"),
                                                                 (1, "ward-ping")}
