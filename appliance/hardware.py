@@ -34,8 +34,9 @@ from appliance.tomlfile import TomlLines
 
 log = logging.getLogger("wardtap.hardware")
 
-REPO_PINMAP = Path(__file__).resolve().parent.parent / "hardware" / "pinmap.toml"
-SYSTEM_PINMAP = Path("/etc/wardtap/pinmap.toml")
+# hardware/pinmap.toml, shipped in the package (appliance/data/pinmap.toml links to it)
+PACKAGED_PINMAP = Path(__file__).resolve().parent / "data" / "pinmap.toml"
+SITE_PINMAP = Path("/etc/wardtap/pinmap.toml")       # a site's board wired differently
 
 # ---- the 40-pin header (identical on the Pi 4 and Pi 5) ----------------------------------
 
@@ -321,13 +322,14 @@ class _Checker:
 
 
 def default_pinmap_path(env: Mapping[str, str] | None = None) -> Path:
-    """$WARDTAP_PINMAP, else the repository's hardware/pinmap.toml, else /etc/wardtap/."""
+    """$WARDTAP_PINMAP, else /etc/wardtap/pinmap.toml if there is one, else the pin map
+    shipped with wardtap (hardware/pinmap.toml)."""
     env = os.environ if env is None else env
     if env.get("WARDTAP_PINMAP"):
         return Path(env["WARDTAP_PINMAP"])
-    if REPO_PINMAP.exists():
-        return REPO_PINMAP
-    return SYSTEM_PINMAP
+    if SITE_PINMAP.exists():
+        return SITE_PINMAP
+    return PACKAGED_PINMAP
 
 
 def load_pinmap(path: str | os.PathLike[str] | None = None) -> PinMap:

@@ -46,6 +46,7 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -392,47 +393,46 @@ def _read_int(path: str) -> int | None:
 
 # -- the watchdog ------------------------------------------------------------------------
 
-def watchdog(rules: InlineRules, parent: int, stall: float = 0.5, interval: float = 0.05,
+def watchdog(rules: InlineRules, heartbeat: int, stall: float = 0.5, interval: float = 0.05,
              log: Any = None) -> None:
-    """Fail open while the classifier (process `parent`) stops answering its queue.
+    """Fail open while the classifier stops turning its packet loop.
 
     Runs in its own process, so it keeps running when the classifier is stopped (SIGSTOP),
-    hung in a system call, or spinning in the GIL. Every `interval` it reads the kernel's
-    queue counters: packets waiting (`queued`) while none was answered for `stall` seconds
-    means nobody is taking them, so the queue rule becomes ACCEPT ("failopen"); flows
-    already decided stay decided. When the waiting packets are answered (the classifier
-    came back), the queue rule returns. Without this a quiet ward would wait for the queue
-    to fill (max_len packets) before the kernel's own fail-open flag took over.
-    It exits when its parent is gone: the kernel's --queue-bypass covers that case.
+    hung in a system call, or spinning in the GIL. The classifier writes a byte to the pipe
+    `heartbeat` (this end: its read side) at every turn of its loop, at least every 100 ms
+    while idle. Silence for `stall` seconds means nobody is taking the queue's packets, so
+    the queue rule becomes ACCEPT ("failopen"); flows already decided stay decided. When the
+    beats come back, the queue rule returns. Without this a quiet ward would wait for the
+    queue to fill (max_len packets) before the kernel's own fail-open flag took over.
+    A pipe, not the kernel's queue counters: /proc/net/netfilter/nfnetlink_queue is
+    readable by root only, and the daemon runs as its own user.
+    It exits when the pipe closes (the classifier is gone): --queue-bypass covers that.
     """
     say = log or (lambda msg: print(f"wardtap-watchdog: {msg}", file=sys.stderr, flush=True))
     failed_open = False
-    last_done = -1
-    stalled_since: float | None = None
-    while os.getppid() == parent:
-        q = queue_stats(rules.queue)
+    last_beat = time.monotonic()
+    while True:
+        ready, _, _ = select.select([heartbeat], [], [], interval)
         now = time.monotonic()
-        if q is not None and q.queued > 0 and q.done == last_done:
-            stalled_since = stalled_since if stalled_since is not None else now
-            if not failed_open and now - stalled_since >= stall:
-                try:
-                    failed_open = rules.fail_open()
-                except InlineError as exc:
-                    say(f"cannot fail open: {exc}")
-                if failed_open:
-                    say(f"classifier answered nothing for {now - stalled_since:.2f} s with "
-                        f"{q.queued} packets waiting: failing open (queue {rules.queue})")
-        else:
-            stalled_since = None
-            if failed_open and (q is None or q.queued == 0):
-                try:
-                    rules.resume()
-                    failed_open = False
-                    say(f"classifier answering again: enforcing (queue {rules.queue})")
-                except InlineError as exc:
-                    say(f"cannot resume: {exc}")
-        last_done = q.done if q is not None else -1
-        time.sleep(interval)
+        if ready:
+            if not os.read(heartbeat, 4096):
+                return
+            last_beat = now
+        silent = now - last_beat
+        if silent >= stall and not failed_open:
+            try:
+                failed_open = rules.fail_open()
+            except InlineError as exc:
+                say(f"cannot fail open: {exc}")
+            if failed_open:
+                say(f"classifier silent for {silent:.2f} s: failing open (queue {rules.queue})")
+        elif silent < stall and failed_open:
+            try:
+                rules.resume()
+                failed_open = False
+                say(f"classifier turning again: enforcing (queue {rules.queue})")
+            except InlineError as exc:
+                say(f"cannot resume: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridge", default="br0")
     parser.add_argument("--queue", type=int, default=0)
     parser.add_argument("--mask", type=lambda s: int(s, 0), default=DEFAULT_MASK)
-    parser.add_argument("--parent", type=int, default=0, help="watchdog: classifier's pid")
+    parser.add_argument("--heartbeat-fd", type=int, default=-1,
+                        help="watchdog: the read end of the classifier's heartbeat pipe")
     parser.add_argument("--stall-ms", type=float, default=500.0)
     args = parser.parse_args(argv)
     rules = InlineRules(args.bridge, args.queue, args.mask)
@@ -458,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
             import json
 
             print(json.dumps(rules.status(), indent=2))
+        elif args.heartbeat_fd < 0:
+            parser.error("watchdog needs --heartbeat-fd (the classifier starts it)")
         else:
-            watchdog(rules, args.parent or os.getppid(), args.stall_ms / 1000)
+            watchdog(rules, args.heartbeat_fd, args.stall_ms / 1000)
     except InlineError as exc:
         print(f"wardtap: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,14 @@ APT_PACKAGES=(
   iputils-ping netcat-openbsd                        # end-to-end tests: real traffic
   iperf3 valgrind                                    # bench: throughput, instruction counts
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
+  debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
+  openssh-client                                     # image tests: into the booted image
 )
+# image tests: the built image booted (qemu for this machine's architecture)
+case "$(dpkg --print-architecture)" in
+  arm64) APT_PACKAGES+=(qemu-system-arm) ;;
+  *) APT_PACKAGES+=(qemu-system-x86) ;;
+esac
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi

@@ -19,8 +19,9 @@ Failure cases, and what keeps the ward's traffic flowing in each:
 - queue full (max_len packets waiting) or the netlink socket full: the queue's
   NFQA_CFG_F_FAIL_OPEN flag accepts the packet instead of dropping it.
 - classifier alive but not answering (SIGSTOP, hung in I/O, stuck): the watchdog process
-  (appliance.inline.watchdog) turns the queue rule into ACCEPT after `stall_ms`, and back
-  when the waiting packets are answered; without it, fail-open waits for a full queue.
+  (appliance.inline.watchdog) turns the queue rule into ACCEPT when the packet loop's
+  heartbeat (a byte down a pipe every turn) has been silent for `stall_ms`, and back when
+  it beats again; without it, fail-open waits for a full queue.
 - a batch the daemon never gave verdicts for: accepted (unmarked) before the next batch.
 """
 
@@ -171,6 +172,7 @@ class NfqueueSource(Source):
         self._sock: socket.socket | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._watchdog_started = 0.0
+        self._heartbeat = -1          # write end of the watchdog's pipe
         self._mode: str | None = None
         self._rule_state = "absent"
         self._pending = 0
@@ -276,13 +278,34 @@ class NfqueueSource(Source):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "appliance.inline", "watchdog", "--bridge", self.bridge,
-             "--queue", str(self.queue), "--mask", hex(self.marks.mask),
-             "--parent", str(os.getpid()), "--stall-ms", str(self.stall_ms)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            start_new_session=True)   # terminal job control must not stop it with us
+        self._close_heartbeat()
+        beat_r, beat_w = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-m", "appliance.inline", "watchdog", "--bridge", self.bridge,
+                 "--queue", str(self.queue), "--mask", hex(self.marks.mask),
+                 "--heartbeat-fd", str(beat_r), "--stall-ms", str(self.stall_ms)],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(beat_r,),
+                start_new_session=True)   # terminal job control must not stop it with us
+        except BaseException:
+            os.close(beat_w)
+            raise
+        finally:
+            os.close(beat_r)
+        os.set_blocking(beat_w, False)
+        self._heartbeat = beat_w
         self._watchdog_started = time.monotonic()
+
+    def _beat(self) -> None:
+        """Tell the watchdog the loop turns (a full pipe means it has not read yet: fine)."""
+        if self._heartbeat >= 0:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self._heartbeat, b".")
+
+    def _close_heartbeat(self) -> None:
+        if self._heartbeat >= 0:
+            os.close(self._heartbeat)
+            self._heartbeat = -1
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -360,6 +383,7 @@ class NfqueueSource(Source):
         while not stop.is_set():
             self._settle_pending()
             self._check_watchdog()
+            self._beat()
             self._count = self._used = 0
             if poller.poll(timeout_ms):
                 self._drain()
@@ -507,6 +531,7 @@ class NfqueueSource(Source):
         new flows and decided flows keep their verdicts, so a restart is seamless. Use
         appliance.inline.InlineRules.bypass()/remove() to change that."""
         wd, self._watchdog = self._watchdog, None
+        self._close_heartbeat()
         if wd is not None:
             wd.terminate()
             try:

@@ -68,8 +68,10 @@ class TestCA:
         self.ca_path = self.dir / "ca.pem"
         self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, server: bool = False) -> tuple[str, str]:
-        """A certificate and key for `cn`; returns (cert path, key path)."""
+    def issue(self, cn: str, server: bool = False,
+              ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[str, str]:
+        """A certificate and key for `cn` (a server's names: localhost and `ips`); returns
+        (cert path, key path)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -83,7 +85,8 @@ class TestCA:
                 critical=False))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                [x509.DNSName("localhost"),
+                 *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]),
                 critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = self.dir / f"{cn}.pem", self.dir / f"{cn}.key"
@@ -112,13 +115,17 @@ class Broker:
     proc: subprocess.Popen[bytes] | None = None
     ca: TestCA | None = None
     starts: int = 0
+    # the addresses clients reach it at (a VM's slirp sees this machine's loopback as
+    # 10.0.2.2)
+    server_ips: tuple[str, ...] = ("127.0.0.1",)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "data").mkdir(exist_ok=True)
         if self.tls:
             self.ca = TestCA(self.directory / "pki")
-            self.server_cert, self.server_key = self.ca.issue("localhost", server=True)
+            self.server_cert, self.server_key = self.ca.issue("localhost", server=True,
+                                                                  ips=self.server_ips)
             # username/password listener (TLS, no client certificates), same ACL on %u
             pwfile = self.directory / "passwords"
             for user in ("ward4b-01", "fleet"):

@@ -43,7 +43,7 @@ def shell_scripts() -> list[Path]:
 def test_every_script_is_found() -> None:
     names = {p.name for p in shell_scripts()}
     assert {*SCRIPTS, "prerun.sh", "01-run.sh", "02-run-chroot.sh", "config",
-            "EXPORT_IMAGE"} <= names
+            "EXPORT_IMAGE", "build-chroot.sh", "make-vm-disk.sh"} <= names
     for name in SCRIPTS:
         assert os.access(FILES / name, os.X_OK), f"{name} is not executable"
 

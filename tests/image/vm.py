@@ -1,0 +1,394 @@
+"""The built image booted in qemu: the stage's own systemd, units, bridge and first boot.
+
+    ward ns 10.77.0.10 --tap-- eth1 [ br0 ] eth0 --tap-- uplink ns 10.77.0.20
+                                  the VM
+                                eth2 (slirp: DHCP; 10.0.2.2 is this machine's loopback;
+                                      ssh forwarded from 127.0.0.1:<port>)
+
+qemu creates its tap devices in this namespace; they are then moved into the ward and
+uplink namespaces and addressed there, so each tap is the far end of one of the
+appliance's bridged ports. The disk is a copy of image/make-vm-disk.sh's, with the given
+files written to its boot partition: every boot is a first boot.
+
+No pytest here: bench/bench_watchdog.py drives the same VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+import certs  # noqa: E402
+from netns import UPLINK_IP, WARD_IP, sh, wait_for  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BOOT_OFFSET = "@@1M"              # p1 starts at 1 MiB (image/make-vm-disk.sh)
+# qemu's KVM on this kind of machine starts guests that never get past the kernel's
+# decompression (the nested CPU lacks most CPUID features), so emulation is the default.
+ACCEL = os.environ.get("WARDTAP_VM_ACCEL", "tcg,thread=multi")
+# qemu for the machine the image was built on (image/build-chroot.sh builds natively): the
+# binary, its machine options and the serial console's name. Only x86_64 has been run here.
+QEMU = {
+    "x86_64": (["qemu-system-x86_64"], "ttyS0"),
+    "aarch64": (["qemu-system-aarch64", "-M", "virt", "-cpu", "max"], "ttyAMA0"),
+}[platform.machine()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_image(out: Path) -> Path:
+    """Build the stage in a chroot and make the VM disk in `out` (about 3 minutes), with an
+    SSH key for the admin account baked in, as pi-gen's PUBKEY_SSH_FIRST_USER would."""
+    out.mkdir(parents=True, exist_ok=True)
+    key = out / "admin_key"
+    if not key.exists():
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wardtap-test", "-f", str(key)])
+    root = out / "root"
+    env = {**os.environ, "PUBKEY_SSH_FIRST_USER": (out / "admin_key.pub").read_text().strip()}
+    for cmd in ([str(REPO / "image/build-chroot.sh"), str(root)],
+                [str(REPO / "image/make-vm-disk.sh"), str(root), str(out)]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+        if result.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed ({result.returncode}):\n"
+                               f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return out
+
+
+class ApplianceVM:
+    """One boot of the image. `boot_files` go onto the boot partition before it starts."""
+
+    def __init__(self, build: Path, work: Path, boot_files: dict[str, bytes] | None = None,
+                 memory_mib: int = 1024) -> None:
+        self.build = build
+        self.work = work
+        self.boot_files = boot_files or {}
+        self.memory_mib = memory_mib
+        tag = uuid.uuid4().hex[:6]
+        self.ward_ns, self.uplink_ns = f"wtv{tag}-ward", f"wtv{tag}-up"
+        self.taps = {"uplink": f"wtv{tag}a", "ward": f"wtv{tag}b"}   # eth0, eth1
+        self.ssh_port = free_port()
+        self.console = work / "console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> ApplianceVM:
+        self.work.mkdir(parents=True, exist_ok=True)
+        disk = self.work / "disk.img"
+        sh(["cp", "--sparse=always", str(self.build / "disk.img"), str(disk)], timeout=300)
+        for name, data in self.boot_files.items():
+            (self.work / name).write_bytes(data)
+            sh(["mcopy", "-o", "-i", f"{disk}{BOOT_OFFSET}", str(self.work / name), f"::/{name}"])
+        qemu, console = QEMU
+        cmdline = (self.build / "cmdline").read_text().strip().replace(
+            "console=ttyS0", f"console={console}") + " systemd.show_status=1"
+        nics = []
+        for letter, (_, tap) in zip("ab", self.taps.items(), strict=True):
+            nics += ["-netdev", f"tap,id={letter},ifname={tap},script=no,downscript=no",
+                     "-device", f"virtio-net-pci,netdev={letter},mac=52:54:00:77:00:0{letter}"]
+        cmd = [*qemu, "-accel", ACCEL, "-smp", "2", "-m", str(self.memory_mib),
+               "-nographic", "-no-reboot", "-monitor", "none",
+               "-kernel", str(self.build / "vmlinuz"), "-initrd", str(self.build / "initrd"),
+               "-append", cmdline,
+               "-drive", f"file={disk},format=raw,if=virtio",
+               *nics,
+               "-netdev", f"user,id=m,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+               "-device", "virtio-net-pci,netdev=m,mac=52:54:00:77:00:0c",
+               "-device", "i6300esb",
+               "-serial", f"file:{self.console}"]
+        log = open(self.work / "qemu.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        log.close()
+        try:
+            self._wire()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _wire(self) -> None:
+        """Move the taps into the ward and uplink namespaces, as those hosts' interfaces."""
+        wait_for(lambda: all(Path(f"/sys/class/net/{t}").exists() for t in self.taps.values())
+                 or self._exited(), timeout=30, what="qemu's tap devices")
+        hosts = {"uplink": (self.uplink_ns, UPLINK_IP), "ward": (self.ward_ns, WARD_IP)}
+        for side, tap in self.taps.items():
+            ns, ip = hosts[side]
+            sh(["ip", "netns", "add", ns])
+            sh(["ip", "link", "set", tap, "netns", ns])
+            for cmd in ("ip link set lo up", f"ip link set {tap} name eth0",
+                        f"ip addr add {ip}/24 dev eth0", "ip link set eth0 up"):
+                sh(["ip", "netns", "exec", ns, *shlex.split(cmd)])
+
+    def _exited(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"qemu exited ({self.proc.returncode}): "
+                                 f"{(self.work / 'qemu.log').read_text()[-2000:]}")
+        return False
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for ns in (self.ward_ns, self.uplink_ns):
+            sh(["ip", "netns", "del", ns], check=False)
+        disk = self.work / "disk.img"
+        if disk.exists():
+            disk.unlink()
+
+    def __enter__(self) -> ApplianceVM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- looking in ------------------------------------------------------------------------
+
+    def console_text(self) -> str:
+        return self.console.read_text(errors="replace") if self.console.exists() else ""
+
+    def wait_console(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first console line matching `pattern` (a regex), within `timeout` s."""
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            self._exited()
+            match = re.search(pattern, self.console_text())
+            if match:
+                found.append(match)
+            return match is not None
+        wait_for(seen, timeout=timeout, interval=0.5, what=f"console: {pattern}")
+        return found[0]
+
+    def ssh(self, command: str, key: Path, user: str = "wardadmin", check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        args = ["ssh", "-i", str(key), "-p", str(self.ssh_port), "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1",
+                command]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"ssh {command!r} failed ({result.returncode}): "
+                               f"{result.stdout}{result.stderr}")
+        return result
+
+    def wait_ssh(self, key: Path, timeout: float) -> None:
+        def answers() -> bool:
+            self._exited()
+            try:
+                return self.ssh("true", key, check=False, timeout=20).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
+        wait_for(answers, timeout=timeout, interval=2, what="ssh into the VM")
+
+    def unit(self, key: Path, name: str) -> dict[str, str]:
+        """A few `systemctl show` properties of a unit in the VM."""
+        out = self.ssh(f"systemctl show {shlex.quote(name)} -p ActiveState -p SubState "
+                       "-p MainPID -p NRestarts -p Result -p ConditionResult "
+                       "-p ExecMainStartTimestampMonotonic -p WatchdogUSec", key).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def run_in(self, side: str, cmd: str | list[str], check: bool = True,
+               timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """A command on the ward or uplink host."""
+        ns = self.ward_ns if side == "ward" else self.uplink_ns
+        args = shlex.split(cmd) if isinstance(cmd, str) else cmd
+        return sh(["ip", "netns", "exec", ns, *args], check=check, timeout=timeout)
+
+    def popen_in(self, side: str, args: list[str]) -> subprocess.Popen[str]:
+        ns = self.ward_ns if side == "ward" else self.uplink_ns
+        return subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+
+# -- the provisioned ward ---------------------------------------------------------------------
+
+SITE, APPLIANCE = "st-marys", "ward4b-01"
+STREAM_PORT, PROBE_PORT, DENIED_PORT = 5000, 5001, 7000
+UDPSTREAM = str(Path(__file__).resolve().with_name("udpstream.py"))
+POLICY = f"""\
+[policy]
+name = "vm-ward"
+version = 1
+
+[groups.ward-host]
+ip = ["{WARD_IP}"]
+
+[groups.uplink-host]
+ip = ["{UPLINK_IP}"]
+
+[[rules]]
+name = "ward-udp"
+from = "ward-host"
+to = "uplink-host"
+proto = "udp"
+ports = [{STREAM_PORT}, {PROBE_PORT}]
+
+[[rules]]
+name = "ward-ping"
+from = "ward-host"
+to = "uplink-host"
+proto = "icmp"
+"""
+
+
+def provisioning(broker_url: str, ssh_key: str, *, client: tuple[bytes, bytes, bytes] | None
+                 = None, expired: bool = False) -> dict[str, bytes]:
+    """The files a technician puts on the boot partition: wardtap-provision.toml (enforce,
+    POLICY) and what it names. `client` is (CA, certificate, key) in PEM; without it a
+    throw-away CA issues one, expired if asked."""
+    if client is None:
+        ca_key, ca_cert = certs.ca()
+        k, c = certs.client(ca_key, ca_cert, APPLIANCE, start=certs.NOW - 400 * certs.DAY,
+                            end=certs.NOW - 30 * certs.DAY if expired else certs.NOW + certs.DAY)
+        client = certs.pem_cert(ca_cert), certs.pem_cert(c), certs.pem_key(k)
+    text = f"""\
+[appliance]
+site = "{SITE}"
+id = "{APPLIANCE}"
+mode = "enforce"
+
+[broker]
+url = "{broker_url}"
+ca = "ca.pem"
+cert = "client.pem"
+key = "client.key"
+fleet_key = "fleet.pub"
+
+[policy]
+file = "ward.policy.toml"
+
+[ssh]
+authorized_keys = ["{ssh_key}"]
+"""
+    ca, cert, key = client
+    return {"wardtap-provision.toml": text.encode(), "ca.pem": ca, "client.pem": cert,
+            "client.key": key, "fleet.pub": certs.fleet_pub(),
+            "ward.policy.toml": POLICY.encode()}
+
+
+def wait_active(vm: ApplianceVM, key: Path, timeout: float,
+                not_pid: str | None = None) -> dict[str, str]:
+    """wardtap.service active (READY=1 sent), with a main process other than `not_pid`."""
+    found: list[dict[str, str]] = []
+
+    def active() -> bool:
+        unit = vm.unit(key, "wardtap.service")
+        found.append(unit)
+        if unit["ActiveState"] == "failed":
+            raise AssertionError(vm.ssh("journalctl -b -u wardtap.service --no-pager | "
+                                        "tail -40", key).stdout)
+        return unit["ActiveState"] == "active" and unit["MainPID"] != not_pid
+    wait_for(active, timeout=timeout, interval=1, what="wardtap.service active")
+    return found[-1]
+
+
+def _blackout(arrivals: list[list[float]], sent: int, prompt: float = 0.25) -> tuple[float, int]:
+    """From a new-flow probe's arrivals: the longest time (s) between the sending of a probe
+    that did not arrive within `prompt` s (late or lost) and the sending of the next one
+    that did, and how many were lost."""
+    by_seq = {int(seq): (t_sent, t_got) for seq, t_sent, t_got in arrivals}
+    lost = sum(1 for seq in range(sent) if seq not in by_seq)
+    if not by_seq:
+        return float("inf"), lost
+    # sending times of the lost ones, from their neighbours' (the rate is steady)
+    first, last = min(by_seq), max(by_seq)
+    rate = (by_seq[last][0] - by_seq[first][0]) / max(1, last - first)
+    t0 = by_seq[first][0] - first * rate
+    longest, bad_since = 0.0, None
+    for seq in range(sent):
+        t_sent = by_seq[seq][0] if seq in by_seq else t0 + seq * rate
+        ok = seq in by_seq and by_seq[seq][1] - by_seq[seq][0] <= prompt
+        if not ok and bad_since is None:
+            bad_since = t_sent
+        elif ok and bad_since is not None:
+            longest, bad_since = max(longest, t_sent - bad_since), None
+    return longest, lost
+
+
+def stall_and_restart(vm: ApplianceVM, key: Path, rate: float = 200,
+                      probe_rate: float = 20) -> dict[str, Any]:
+    """Hang the daemon (SIGSTOP) while a ward stream and new-flow probes run; wait for
+    systemd's watchdog to kill it and start it again. The figures: seconds from the stall
+    to the kill and to the new start (the VM's clock, from its journal), the stream's
+    longest gap and losses, new flows' longest blackout and losses."""
+    first = wait_active(vm, key, timeout=240)
+    py = sys.executable
+    receivers = [vm.popen_in("uplink", [py, UDPSTREAM, "recv", str(port)])
+                 for port in (STREAM_PORT, PROBE_PORT)]
+    senders: list[subprocess.Popen[str]] = []
+    try:
+        for rx in receivers:
+            assert rx.stdout is not None and rx.stdout.readline().strip() == "listening"
+        senders.append(vm.popen_in("ward", [py, UDPSTREAM, "send", UPLINK_IP, str(STREAM_PORT),
+                                            str(rate)]))
+        senders.append(vm.popen_in("ward", [py, UDPSTREAM, "send", UPLINK_IP, str(PROBE_PORT),
+                                            str(probe_rate), "new-flows"]))
+        time.sleep(2)     # both flowing before the stall
+        stalled_at = float(vm.ssh(f"cat /proc/uptime; sudo kill -STOP {first['MainPID']}",
+                                  key).stdout.split()[0])
+        second = wait_active(vm, key, timeout=120, not_pid=first["MainPID"])
+        time.sleep(3)     # and after the restart
+    finally:
+        outs = []
+        for proc in senders + receivers:
+            proc.send_signal(signal.SIGINT)
+        for proc in senders + receivers:
+            out, err = proc.communicate(timeout=30)
+            outs.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+    journal = vm.ssh("journalctl -b -o short-monotonic --no-pager _PID=1", key).stdout
+    kill = re.search(r"\[\s*([0-9.]+)\] \S+ systemd\[1\]: wardtap.service: Watchdog timeout",
+                     journal)
+    started = [float(m.group(1)) for m in re.finditer(
+        r"\[\s*([0-9.]+)\] \S+ systemd\[1\]: Started wardtap.service", journal)]
+    if kill is None or not started:
+        raise AssertionError(f"no watchdog kill and restart in the journal:\n{journal[-3000:]}")
+    killed = float(kill.group(1))
+    blackout, probes_lost = _blackout(outs[3].get("arrivals", []), outs[1].get("sent", 0))
+    stream = outs[2]
+    return {
+        "watchdog_sec": 15.0 if first["WatchdogUSec"] == "15s" else first["WatchdogUSec"],
+        "stall_to_kill_s": round(killed - stalled_at, 2),
+        "stall_to_started_s": round(min(t for t in started if t > killed) - stalled_at, 2),
+        "restarts": int(second["NRestarts"]) - int(first["NRestarts"]),
+        "stream_sent": outs[0].get("sent", 0), "stream_missing": stream.get("missing"),
+        "stream_longest_gap_ms": stream.get("longest_gap_ms"),
+        "new_flows_sent": outs[1].get("sent", 0), "new_flows_lost": probes_lost,
+        "new_flow_blackout_ms": round(blackout * 1000),
+    }
+
+
+def have_tools() -> list[str]:
+    """The host tools the VM tests need that are missing."""
+    return [t for t in (QEMU[0][0], "mcopy", "mkfs.vfat", "sfdisk", "debootstrap",
+                        "ssh") if shutil.which(t) is None]
+
+
+def elapsed(start: float) -> float:
+    return time.monotonic() - start
+
+
+if __name__ == "__main__":
+    # python tests/image/vm.py DIR: build once, then WARDTAP_IMAGE_BUILD=DIR pytest ...
+    print(build_image(Path(sys.argv[1])))
