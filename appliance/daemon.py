@@ -134,7 +134,6 @@ class Daemon:
                 self.integrity = IntegrityMonitor.from_config(cfg.integrity)
                 self.integrity.start()          # first check now, then every interval
             self.source = make_source(cfg.datapath, **cfg.datapath_options)
-            self.source.open()
             if cfg.panel:
                 from appliance.panel import FrontPanel
 
@@ -145,6 +144,10 @@ class Daemon:
             if cfg.control_socket:
                 control = ControlServer(cfg.control_socket, self.requests, self.stop)
                 control.start()
+            # Last before the loop: inline, opening installs the rules that queue new flows
+            # to us, and nothing may keep the loop from serving them (a slow start would
+            # hold the ward's new flows until the inline watchdog fails open).
+            self.source.open()
             self._install_signals()
             self._emit({"type": "started", "mode": self.mode, "datapath": cfg.datapath,
                         "policy": self._policy_info()})

@@ -4,8 +4,9 @@
 # in the chroot). tests/image/test_image_boot.py checks the result and boots it
 # (image/make-vm-disk.sh, qemu); `make -C image chroot` runs it on its own.
 #
-# It builds for this machine's architecture, a stand-in for the Pi's arm64 (pi-gen runs
-# the same steps under qemu-user). What pi-gen's stage0-2 provide is stood in for: the
+# It builds for ARCH (default: this machine's; ARCH=arm64 on an x86_64 host runs the
+# chroot under qemu-user through binfmt_misc, as pi-gen does, and takes about 30 minutes).
+# What pi-gen's stage0-2 provide is stood in for: the
 # first user (sudo without a password, like pi-gen's 010_pi-nopasswd), the gpio group,
 # pi-gen's fstab, the boot partition's cmdline.txt/config.txt and, for the VM, a kernel
 # (Debian's linux-image for this architecture instead of Raspberry Pi OS's). Raspberry Pi
@@ -19,6 +20,7 @@ REPO=$PWD
 ROOT=${1:?usage: image/build-chroot.sh ROOT}
 STAGE=$REPO/image/stage-wardtap
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
+ARCH=${ARCH:-$(dpkg --print-architecture)}
 RPI_ONLY="python3-lgpio python3-rpi-lgpio"
 start=$(date +%s)
 step() { echo "== $(($(date +%s) - start)) s: $*"; }
@@ -32,7 +34,17 @@ cleanup
 rm -rf "$ROOT"
 
 step "debootstrap bookworm into $ROOT"
-debootstrap --variant=minbase --include=systemd,systemd-sysv,openssh-server,sudo,passwd,ca-certificates,udev \
+if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
+	# a foreign architecture: its binaries run under qemu-user (qemu-user-static)
+	case "$ARCH" in arm64) qemu=aarch64 ;; armhf) qemu=arm ;; amd64) qemu=x86_64 ;; *) qemu=$ARCH ;; esac
+	[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	update-binfmts --enable "qemu-$qemu" >/dev/null 2>&1 || true
+	if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$qemu" ]; then
+		echo "build-chroot: cannot run $ARCH programs here: install qemu-user-static and binfmt-support" >&2
+		exit 1
+	fi
+fi
+debootstrap --arch="$ARCH" --variant=minbase --include=systemd,systemd-sysv,openssh-server,sudo,passwd,ca-certificates,udev \
 	bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1
 mount -t proc proc "$ROOT/proc"
 mount --bind /sys "$ROOT/sys"
@@ -61,7 +73,7 @@ if [ -n "${PUBKEY_SSH_FIRST_USER:-}" ]; then
 	chroot "$ROOT" chown -R wardadmin:wardadmin /home/wardadmin/.ssh
 fi
 chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	--no-install-recommends "linux-image-$(dpkg --print-architecture)" initramfs-tools >/dev/null
+	--no-install-recommends "linux-image-$ARCH" initramfs-tools >/dev/null
 printf 'proc /proc proc defaults 0 0\nBOOTDEV /boot/firmware vfat defaults 0 2\nROOTDEV / ext4 defaults,noatime 0 1\n' >"$ROOT/etc/fstab"
 mkdir -p "$ROOT/boot/firmware"
 echo "console=serial0,115200 console=tty1 root=ROOTDEV rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot" >"$ROOT/boot/firmware/cmdline.txt"

@@ -9,7 +9,7 @@
 # sfdisk; no loop devices or mounts. Files go onto the boot partition of a copy with
 # `mcopy -i disk.img@@1M FILE ::/` (p1 starts at 1 MiB).
 #
-#   OUT/disk.img  OUT/vmlinuz  OUT/initrd  OUT/cmdline
+#   OUT/disk.img  OUT/vmlinuz  OUT/initrd  OUT/cmdline  OUT/arch (Debian's name: amd64, arm64)
 set -euo pipefail
 ROOT=${1:?usage: image/make-vm-disk.sh ROOT OUT}
 OUT=${2:?usage: image/make-vm-disk.sh ROOT OUT}
@@ -29,6 +29,7 @@ if [ -z "$kernel" ] || [ -z "$initrd" ]; then
 	echo "make-vm-disk: no kernel or initrd in $ROOT/boot" >&2
 	exit 1
 fi
+chroot "$ROOT" dpkg --print-architecture >"$OUT/arch"
 cp "$kernel" "$OUT/vmlinuz"
 cp "$initrd" "$OUT/initrd"
 # Serial console instead of the Pi's serial0/tty1; classic NIC names (eth0, eth1, eth2 in

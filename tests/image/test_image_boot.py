@@ -104,6 +104,10 @@ def test_bad_provisioning_says_why_and_stays_in_bypass(booted: Any, image: Path,
     assert vm.ssh("true", tech_key, check=False).returncode != 0
     assert vm.unit(admin, "wardtap.service")["ActiveState"] == "inactive"
     assert vm.unit(admin, "wardtap-provision.service")["Result"] == "exit-code"
+    # the front panel's fault pattern runs (simulated pins: no GPIO in the VM)
+    fault = vm.unit(admin, "wardtap-provision-fault.service")
+    assert fault["ActiveState"] == "active", vm.ssh(
+        "journalctl -b -u wardtap-provision-fault.service --no-pager | tail -20", admin).stdout
     state = vm.ssh("ls -A /var/lib/wardtap; ls /boot/firmware", admin).stdout.split()
     assert "config" not in state and "wardtap-provision.toml" in state
     # bypass: the bridge forwards, nothing filters
@@ -132,6 +136,12 @@ def test_provisioned_appliance_enforces_and_its_watchdog_restarts_it(
         left = vm.ssh("ls /boot/firmware; readlink /etc/wardtap", tech_key).stdout
         assert "wardtap-provision.toml" not in left, left    # it held a private key
         assert "/var/lib/wardtap/config" in left, left
+        # the image's and the configuration's manifests verify (no alarm on a clean boot)
+        vmkit.wait_for(lambda: re.search(r"integrity: [2-9] manifests, \d+ files verified", vm.ssh(
+            "journalctl -b -u wardtap.service --no-pager", tech_key).stdout), timeout=120,
+            interval=2, what="the integrity check at start")
+        assert "integrity alarm" not in vm.ssh("journalctl -b -u wardtap.service --no-pager",
+                                               tech_key).stdout
         live = vm.ssh("systemd-analyze security --no-pager wardtap.service | tail -1",
                       tech_key).stdout
         assert float(re.search(r"level for wardtap.service: ([0-9.]+)", live).group(1)) < 3.0
