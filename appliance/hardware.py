@@ -36,7 +36,7 @@ log = logging.getLogger("wardtap.hardware")
 
 # hardware/pinmap.toml, shipped in the package (appliance/data/pinmap.toml links to it)
 PACKAGED_PINMAP = Path(__file__).resolve().parent / "data" / "pinmap.toml"
-SITE_PINMAP = Path("/etc/wardtap/pinmap.toml")       # a site's board wired differently
+SITE_PINMAP = Path("/etc/wardtap/pinmap.toml")       # if present: a board wired differently
 
 # ---- the 40-pin header (identical on the Pi 4 and Pi 5) ----------------------------------
 

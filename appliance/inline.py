@@ -409,7 +409,7 @@ def watchdog(rules: InlineRules, heartbeat: int, stall: float = 0.5, interval: f
     It exits when the pipe closes (the classifier is gone): --queue-bypass covers that.
     """
     say = log or (lambda msg: print(f"wardtap-watchdog: {msg}", file=sys.stderr, flush=True))
-    failed_open = False
+    failed_open = tried = False
     last_beat = time.monotonic()
     while True:
         ready, _, _ = select.select([heartbeat], [], [], interval)
@@ -419,14 +419,18 @@ def watchdog(rules: InlineRules, heartbeat: int, stall: float = 0.5, interval: f
                 return
             last_beat = now
         silent = now - last_beat
-        if silent >= stall and not failed_open:
+        if silent >= stall and not tried:
+            # once per silence: not enforcing (bypass) or a failing iptables is not retried
+            tried = True
             try:
                 failed_open = rules.fail_open()
             except InlineError as exc:
                 say(f"cannot fail open: {exc}")
             if failed_open:
                 say(f"classifier silent for {silent:.2f} s: failing open (queue {rules.queue})")
-        elif silent < stall and failed_open:
+        elif silent < stall:
+            tried = False
+        if silent < stall and failed_open:
             try:
                 rules.resume()
                 failed_open = False

@@ -2,7 +2,7 @@
 """The image's watchdog bar: a stalled fast path is restarted within WatchdogSec, the ward's
 traffic flowing meanwhile.
 
-Builds the image (image/build-chroot.sh + image/make-vm-disk.sh, about 4 minutes; or
+Builds the image (image/build-chroot.sh + image/make-vm-disk.sh, about 5 minutes; or
 --build DIR reuses one), boots it in qemu with a provisioning file (enforce, a policy
 allowing the ward's UDP), the ward and uplink hosts on its bridged ports and a TLS broker
 on loopback, then hangs the daemon with SIGSTOP --stalls times. Each time: systemd's
@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "image"), str(REPO / "tests")]
 
 import vm as vmkit  # noqa: E402
+import ward  # noqa: E402
 from fleet.brokerkit import Broker  # noqa: E402
 
 
@@ -57,8 +58,8 @@ def main() -> int:
     results = []
     try:
         assert broker.ca is not None
-        cert, private = broker.ca.issue(vmkit.APPLIANCE)
-        files = vmkit.provisioning(
+        cert, private = broker.ca.issue(ward.APPLIANCE)
+        files = ward.provisioning(
             f"mqtts://10.0.2.2:{broker.tls_port}", key.with_suffix(".pub").read_text().strip(),
             client=(broker.ca.ca_path.read_bytes(), Path(cert).read_bytes(),
                     Path(private).read_bytes()))
@@ -66,12 +67,12 @@ def main() -> int:
             booted = time.monotonic()
             vm.wait_ssh(key, timeout=300)
             ssh_s = time.monotonic() - booted
-            vmkit.wait_active(vm, key, timeout=240)
+            ward.wait_active(vm, key, timeout=240)
             active_s = time.monotonic() - booted
             print(f"first boot: provisioned and reachable over SSH after {ssh_s:.0f} s, "
                   f"daemon enforcing after {active_s:.0f} s", flush=True)
             for n in range(args.stalls):
-                figures = vmkit.stall_and_restart(vm, key)
+                figures = ward.stall_and_restart(vm, key)
                 results.append(figures)
                 print(f"stall {n + 1}: {json.dumps(figures)}", flush=True)
     finally:
@@ -82,7 +83,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for n, r in enumerate(results, 1):
         print(f"| {n} | {r['stall_to_kill_s']} s | {r['stall_to_started_s']} s | "
-              f"{r['stream_missing']}/{r['stream_sent']} | {r['stream_longest_gap_ms']} ms | "
+              f"{r['stream_lost']}/{r['stream_sent']} | {r['stream_longest_gap_ms']} ms | "
               f"{r['new_flows_lost']}/{r['new_flows_sent']} | {r['new_flow_blackout_ms']} ms |")
     kills = [r["stall_to_kill_s"] for r in results]
     print(f"\nWatchdogSec {results[0]['watchdog_sec']} s; kill after the stall: median "
@@ -91,8 +92,13 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"first_boot_ssh_s": ssh_s, "first_boot_active_s": active_s,
                                     "stalls": results}, indent=2))
-    ok = all(r["restarts"] == 1 and r["stall_to_kill_s"] <= r["watchdog_sec"] + 1
+    # the bar: killed within WatchdogSec (0.5 s for systemd's timer and the journal) and
+    # restarted, the ward's traffic flowing: the stream under 1% lost, new flows through
+    # within 5 s (the inline watchdog's 0.5 s plus emulation)
+    ok = all(r["restarts"] == 1 and r["stall_to_kill_s"] <= r["watchdog_sec"] + 0.5
+             and r["stream_lost"] <= r["stream_sent"] // 100 and r["new_flow_blackout_ms"] < 5000
              for r in results)
+    print(f"bar met: {ok}")
     return 0 if ok else 1
 
 

@@ -2,7 +2,7 @@
 # image/build-chroot.sh: build image/stage-wardtap in a Debian bookworm chroot made with
 # debootstrap, the way pi-gen runs it (NN-packages, NN-run.sh on the host, NN-run-chroot.sh
 # in the chroot). tests/image/test_image_boot.py checks the result and boots it
-# (image/make-vm-disk.sh, qemu); `make -C image chroot` runs it on its own.
+# (image/make-vm-disk.sh, qemu); `make -C image vm` runs both on their own.
 #
 # It builds for ARCH (default: this machine's; ARCH=arm64 on an x86_64 host runs the
 # chroot under qemu-user through binfmt_misc, as pi-gen does, and takes about 30 minutes).
@@ -11,7 +11,7 @@
 # pi-gen's fstab, the boot partition's cmdline.txt/config.txt and, for the VM, a kernel
 # (Debian's linux-image for this architecture instead of Raspberry Pi OS's). Raspberry Pi
 # OS-only packages (python3-lgpio, python3-rpi-lgpio) are left out. It downloads Debian
-# packages and PyPI wheels: about 2.5 minutes here.
+# packages and PyPI wheels: about 4 minutes here.
 #
 #   image/build-chroot.sh ROOT        # ROOT is removed first
 set -euo pipefail
@@ -31,12 +31,19 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
-rm -rf "$ROOT"
+if [ -e "$ROOT" ] && findmnt -R -n -o TARGET "$ROOT" >/dev/null 2>&1; then
+	echo "build-chroot: something is still mounted under $ROOT; not removing it" >&2
+	exit 1
+fi
+rm -rf --one-file-system "$ROOT"
 
 step "debootstrap bookworm into $ROOT"
 if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
 	# a foreign architecture: its binaries run under qemu-user (qemu-user-static)
-	case "$ARCH" in arm64) qemu=aarch64 ;; armhf) qemu=arm ;; amd64) qemu=x86_64 ;; *) qemu=$ARCH ;; esac
+	case "$ARCH" in arm64) qemu=aarch64 ;; amd64) qemu=x86_64 ;; *)
+		echo "build-chroot: ARCH must be arm64 or amd64 (Raspberry Pi OS Lite 64-bit)" >&2
+		exit 1 ;;
+	esac
 	[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 	update-binfmts --enable "qemu-$qemu" >/dev/null 2>&1 || true
 	if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$qemu" ]; then

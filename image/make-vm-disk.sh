@@ -6,7 +6,8 @@
 # fstab and cmdline.txt become PARTUUIDs. For qemu, the kernel and initrd are copied out
 # (the Pi's firmware reads them from p1 instead) and OUT/cmdline holds the kernel command
 # line: cmdline.txt with the serial console of a PC. Needs mkfs.ext4, mkfs.vfat, mtools,
-# sfdisk; no loop devices or mounts. Files go onto the boot partition of a copy with
+# sfdisk; no loop devices or mounts. ROOT itself is edited (fstab, cmdline.txt), as
+# pi-gen's export edits its copy. Files go onto the boot partition of a copy with
 # `mcopy -i disk.img@@1M FILE ::/` (p1 starts at 1 MiB).
 #
 #   OUT/disk.img  OUT/vmlinuz  OUT/initrd  OUT/cmdline  OUT/arch (Debian's name: amd64, arm64)
@@ -37,7 +38,7 @@ cp "$initrd" "$OUT/initrd"
 sed -E -e 's/console=[^ ]+ ?//g' "$ROOT/boot/firmware/cmdline.txt" |
 	awk '{ print "console=ttyS0,115200 net.ifnames=0 panic=-1 " $0 }' >"$OUT/cmdline"
 
-root_mib=$(( $(du -sm --exclude=./proc --exclude=./sys --exclude=./dev "$ROOT" | cut -f1) * 5 / 4 + 200 ))
+root_mib=$(( $(du -smx "$ROOT" | cut -f1) * 5 / 4 + 200 ))
 mkfs.ext4 -q -F -L rootfs -d "$ROOT" "$OUT/root.img" "${root_mib}M"
 truncate -s 64M "$OUT/boot.img"
 mkfs.vfat -n BOOTFS "$OUT/boot.img" >/dev/null

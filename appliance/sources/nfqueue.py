@@ -20,8 +20,8 @@ Failure cases, and what keeps the ward's traffic flowing in each:
   NFQA_CFG_F_FAIL_OPEN flag accepts the packet instead of dropping it.
 - classifier alive but not answering (SIGSTOP, hung in I/O, stuck): the watchdog process
   (appliance.inline.watchdog) turns the queue rule into ACCEPT when the packet loop's
-  heartbeat (a byte down a pipe every turn) has been silent for `stall_ms`, and back when
-  it beats again; without it, fail-open waits for a full queue.
+  heartbeat (a byte down a pipe, every stall_ms/5 at most) has been silent for `stall_ms`,
+  and back when it beats again; without it, fail-open waits for a full queue.
 - a batch the daemon never gave verdicts for: accepted (unmarked) before the next batch.
 """
 
@@ -379,16 +379,20 @@ class NfqueueSource(Source):
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
         timeout_ms = max(1, int(min(self.idle_interval, 0.1) * 1000))
-        last_yield = time.monotonic()
+        # the watchdog's heartbeat, a few times per stall time, not per batch
+        beat_every = min(0.1, self.stall_ms / 5000)
+        last_yield = last_beat = time.monotonic()
         while not stop.is_set():
             self._settle_pending()
             self._check_watchdog()
-            self._beat()
             self._count = self._used = 0
             if poller.poll(timeout_ms):
                 self._drain()
             n = self._count
             now = time.monotonic()
+            if now - last_beat >= beat_every:
+                self._beat()
+                last_beat = now
             if n == 0 and now - last_yield < self.idle_interval:
                 continue
             self._pending = n

@@ -7,7 +7,7 @@ the image is built for x86_64 with Debian's kernel standing in for Raspberry Pi 
 the rest is the image's own: systemd, the units, the read-only root, the first-boot data
 partition, provisioning, networkd's bridge, sshd, the daemon inline on br0.
 
-The build takes about 3 minutes (packages and wheels from the registries) and each boot
+The build takes about 4 minutes (packages and wheels from the registries) and each boot
 about a minute under emulation. WARDTAP_IMAGE_BUILD=DIR reuses a build made earlier with
 `python tests/image/vm.py DIR`.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import vm as vmkit
+import ward
 from fleet.brokerkit import Broker
 
 from appliance.inline import CHAIN
@@ -74,7 +75,7 @@ def test_stage_builds_in_a_chroot(image: Path) -> None:
               "/usr/share/wardtap/install.manifest.json")
     assert out.returncode == 0 and ": ok," in out.stdout, out.stdout + out.stderr
     fstab = (root / "etc/fstab").read_text()
-    assert re.search(r"^\S+\s+/\s+ext4\s+\S*\bro\b", fstab, re.M), fstab
+    assert re.search(r"^\S+\s+/\s+ext4\s+(\S+,)?ro(,\S+)?\s", fstab, re.M), fstab
     assert "LABEL=wardtap-data" in fstab
     assert "init=" not in (root / "boot/firmware/cmdline.txt").read_text()
     units = ["wardtap.service", "wardtap-bypass.service", "wardtap-provision.service",
@@ -93,7 +94,7 @@ def test_bad_provisioning_says_why_and_stays_in_bypass(booted: Any, image: Path,
                                                        tech_key: Path) -> None:
     """An expired client certificate: the console says so, nothing is configured, the
     daemon does not start, and the bridge forwards the ward's traffic untouched."""
-    vm = booted(vmkit.provisioning("mqtts://broker.hosp.example:8883",
+    vm = booted(ward.provisioning("mqtts://broker.hosp.example:8883",
                                    tech_key.with_suffix(".pub").read_text().strip(),
                                    expired=True))
     vm.wait_console(r"PROVISIONING FAILED", timeout=300)
@@ -124,14 +125,14 @@ def test_provisioned_appliance_enforces_and_its_watchdog_restarts_it(
     broker.start()
     try:
         assert broker.ca is not None
-        cert, key = broker.ca.issue(vmkit.APPLIANCE)
+        cert, key = broker.ca.issue(ward.APPLIANCE)
         client = (broker.ca.ca_path.read_bytes(), Path(cert).read_bytes(),
                   Path(key).read_bytes())
-        vm = booted(vmkit.provisioning(f"mqtts://10.0.2.2:{broker.tls_port}",
+        vm = booted(ward.provisioning(f"mqtts://10.0.2.2:{broker.tls_port}",
                                        tech_key.with_suffix(".pub").read_text().strip(),
                                        client=client))
         vm.wait_ssh(tech_key, timeout=300)            # the provisioned key works
-        unit = vmkit.wait_active(vm, tech_key, timeout=240)
+        unit = ward.wait_active(vm, tech_key, timeout=240)
         assert unit["WatchdogUSec"] == "15s"
         left = vm.ssh("ls /boot/firmware; readlink /etc/wardtap", tech_key).stdout
         assert "wardtap-provision.toml" not in left, left    # it held a private key
@@ -148,9 +149,13 @@ def test_provisioned_appliance_enforces_and_its_watchdog_restarts_it(
 
         # enforcing: the policy's flows pass, others are dropped
         vm.run_in("ward", f"ping -c 2 -W 5 {vmkit.UPLINK_IP}")
-        listener = vm.popen_in("uplink", ["nc", "-l", "-k", str(vmkit.DENIED_PORT)])
+        listener = vm.popen_in("uplink", ["nc", "-l", "-k", str(ward.DENIED_PORT)])
         try:
-            denied = vm.run_in("ward", f"nc -z -w 3 {vmkit.UPLINK_IP} {vmkit.DENIED_PORT}",
+            # the listener answers on the uplink host itself: a refusal below is the policy
+            vmkit.wait_for(lambda: vm.run_in("uplink", f"nc -z -w 2 {vmkit.UPLINK_IP} "
+                                             f"{ward.DENIED_PORT}", check=False).returncode == 0,
+                           timeout=20, interval=0.2, what="the uplink host's listener")
+            denied = vm.run_in("ward", f"nc -z -w 3 {vmkit.UPLINK_IP} {ward.DENIED_PORT}",
                                check=False)
             assert denied.returncode != 0, "a flow outside the policy got through"
         finally:
@@ -159,20 +164,25 @@ def test_provisioned_appliance_enforces_and_its_watchdog_restarts_it(
 
         # reporting: the appliance on the broker, with its certificate's name
         def connections() -> int:
-            return broker.log().count(f"u'{vmkit.APPLIANCE}')")
+            return broker.log().count(f"u'{ward.APPLIANCE}')")
         vmkit.wait_for(connections, timeout=120, interval=1, what="the appliance on the broker")
 
-        figures = vmkit.stall_and_restart(vm, tech_key)
+        before = connections()
+        figures = ward.stall_and_restart(vm, tech_key)
         print(f"\nwatchdog: {figures}")
-        vmkit.wait_for(lambda: connections() >= 2, timeout=120, interval=1,
+        vmkit.wait_for(lambda: connections() > before, timeout=120, interval=1,
                        what="the restarted daemon on the broker")
     finally:
         broker.stop(kill=True)
 
     assert figures["restarts"] == 1
-    assert figures["stall_to_kill_s"] <= figures["watchdog_sec"] + 1, figures
-    # the stream is a decided flow: the kernel forwards it whatever the daemon does
-    assert figures["stream_missing"] <= figures["stream_sent"] // 100, figures
-    # new flows: the inline watchdog fails open within its stall time (0.5 s) plus the
-    # emulated VM's slowness, not after systemd's WatchdogSec
+    # systemd kills at WatchdogSec after the last ping, which came before the stall (0.5 s:
+    # its timer's and the journal's granularity)
+    assert figures["stall_to_kill_s"] <= figures["watchdog_sec"] + 0.5, figures
+    # the stream: forwarded by the kernel while the daemon hangs, queued again for the new
+    # daemon's first loop turns after the restart (a new epoch), not lost
+    assert figures["stream_lost"] <= figures["stream_sent"] // 100, figures
+    # new flows: the inline watchdog fails open 0.5 s into the stall; those already waiting
+    # in the hung daemon's queue are lost with it (TCP retransmits them)
     assert figures["new_flow_blackout_ms"] < 5000, figures
+    assert figures["new_flows_lost"] <= figures["new_flows_sent"] // 10, figures

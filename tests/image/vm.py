@@ -10,12 +10,12 @@ uplink namespaces and addressed there, so each tap is the far end of one of the
 appliance's bridged ports. The disk is a copy of image/make-vm-disk.sh's, with the given
 files written to its boot partition: every boot is a first boot.
 
-No pytest here: bench/bench_watchdog.py drives the same VM.
+No pytest here: bench/bench_watchdog.py drives the same VM. ward.py has what the tests
+put on the boot partition and the stall measurement.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -25,13 +25,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-import certs  # noqa: E402
 from netns import UPLINK_IP, WARD_IP, sh, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,12 +62,25 @@ def build_image(out: Path, arch: str | None = None) -> Path:
     root = out / "root"
     env = {**os.environ, "PUBKEY_SSH_FIRST_USER": (out / "admin_key.pub").read_text().strip(),
            **({"ARCH": arch} if arch else {})}
-    for cmd in ([str(REPO / "image/build-chroot.sh"), str(root)],
-                [str(REPO / "image/make-vm-disk.sh"), str(root), str(out)]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
-        if result.returncode != 0:
-            raise RuntimeError(f"{cmd[0]} failed ({result.returncode}):\n"
-                               f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    try:
+        for cmd in ([str(REPO / "image/build-chroot.sh"), str(root)],
+                    [str(REPO / "image/make-vm-disk.sh"), str(root), str(out)]):
+            # its own process group: on a timeout the whole build is killed, not just bash
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            try:
+                output, _ = proc.communicate(timeout=7200)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{output[-5000:]}")
+    finally:
+        # build-chroot.sh unmounts on exit; after a kill its trap never ran, and a later
+        # rm -r of the temporary directory must not walk into this machine's /dev or /sys
+        for mount in ("dev/pts", "dev", "sys", "proc"):
+            sh(["umount", "-l", str(root / mount)], check=False)
     return out
 
 
@@ -116,10 +126,9 @@ class ApplianceVM:
                "-netdev", f"user,id=m,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
                "-device", "virtio-net-pci,netdev=m,mac=52:54:00:77:00:0c",
                "-serial", f"file:{self.console}"]
-        log = open(self.work / "qemu.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        log.close()
+        with open(self.work / "qemu.log", "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
         try:
             self._wire()
         except BaseException:
@@ -147,18 +156,18 @@ class ApplianceVM:
         return False
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for ns in (self.ward_ns, self.uplink_ns):
-            sh(["ip", "netns", "del", ns], check=False)
-        disk = self.work / "disk.img"
-        if disk.exists():
-            disk.unlink()
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+        finally:
+            for ns in (self.ward_ns, self.uplink_ns):
+                sh(["ip", "netns", "del", ns], check=False)
+            (self.work / "disk.img").unlink(missing_ok=True)
 
     def __enter__(self) -> ApplianceVM:
         return self.start()
@@ -225,174 +234,11 @@ class ApplianceVM:
                                 stderr=subprocess.PIPE, text=True)
 
 
-# -- the provisioned ward ---------------------------------------------------------------------
-
-SITE, APPLIANCE = "st-marys", "ward4b-01"
-STREAM_PORT, PROBE_PORT, DENIED_PORT = 5000, 5001, 7000
-UDPSTREAM = str(Path(__file__).resolve().with_name("udpstream.py"))
-POLICY = f"""\
-[policy]
-name = "vm-ward"
-version = 1
-
-[groups.ward-host]
-ip = ["{WARD_IP}"]
-
-[groups.uplink-host]
-ip = ["{UPLINK_IP}"]
-
-[[rules]]
-name = "ward-udp"
-from = "ward-host"
-to = "uplink-host"
-proto = "udp"
-ports = [{STREAM_PORT}, {PROBE_PORT}]
-
-[[rules]]
-name = "ward-ping"
-from = "ward-host"
-to = "uplink-host"
-proto = "icmp"
-"""
-
-
-def provisioning(broker_url: str, ssh_key: str, *, client: tuple[bytes, bytes, bytes] | None
-                 = None, expired: bool = False) -> dict[str, bytes]:
-    """The files a technician puts on the boot partition: wardtap-provision.toml (enforce,
-    POLICY) and what it names. `client` is (CA, certificate, key) in PEM; without it a
-    throw-away CA issues one, expired if asked."""
-    if client is None:
-        ca_key, ca_cert = certs.ca()
-        k, c = certs.client(ca_key, ca_cert, APPLIANCE, start=certs.NOW - 400 * certs.DAY,
-                            end=certs.NOW - 30 * certs.DAY if expired else certs.NOW + certs.DAY)
-        client = certs.pem_cert(ca_cert), certs.pem_cert(c), certs.pem_key(k)
-    text = f"""\
-[appliance]
-site = "{SITE}"
-id = "{APPLIANCE}"
-mode = "enforce"
-
-[broker]
-url = "{broker_url}"
-ca = "ca.pem"
-cert = "client.pem"
-key = "client.key"
-fleet_key = "fleet.pub"
-
-[policy]
-file = "ward.policy.toml"
-
-[ssh]
-authorized_keys = ["{ssh_key}"]
-"""
-    ca, cert, key = client
-    return {"wardtap-provision.toml": text.encode(), "ca.pem": ca, "client.pem": cert,
-            "client.key": key, "fleet.pub": certs.fleet_pub(),
-            "ward.policy.toml": POLICY.encode()}
-
-
-def wait_active(vm: ApplianceVM, key: Path, timeout: float,
-                not_pid: str | None = None) -> dict[str, str]:
-    """wardtap.service active (READY=1 sent), with a main process other than `not_pid`."""
-    found: list[dict[str, str]] = []
-
-    def active() -> bool:
-        unit = vm.unit(key, "wardtap.service")
-        found.append(unit)
-        if unit["ActiveState"] == "failed":
-            raise AssertionError(vm.ssh("journalctl -b -u wardtap.service --no-pager | "
-                                        "tail -40", key).stdout)
-        return unit["ActiveState"] == "active" and unit["MainPID"] != not_pid
-    wait_for(active, timeout=timeout, interval=1, what="wardtap.service active")
-    return found[-1]
-
-
-def _blackout(arrivals: list[list[float]], sent: int, prompt: float = 0.25) -> tuple[float, int]:
-    """From a new-flow probe's arrivals: the longest time (s) between the sending of a probe
-    that did not arrive within `prompt` s (late or lost) and the sending of the next one
-    that did, and how many were lost."""
-    by_seq = {int(seq): (t_sent, t_got) for seq, t_sent, t_got in arrivals}
-    lost = sum(1 for seq in range(sent) if seq not in by_seq)
-    if not by_seq:
-        return float("inf"), lost
-    # sending times of the lost ones, from their neighbours' (the rate is steady)
-    first, last = min(by_seq), max(by_seq)
-    rate = (by_seq[last][0] - by_seq[first][0]) / max(1, last - first)
-    t0 = by_seq[first][0] - first * rate
-    longest, bad_since = 0.0, None
-    for seq in range(sent):
-        t_sent = by_seq[seq][0] if seq in by_seq else t0 + seq * rate
-        ok = seq in by_seq and by_seq[seq][1] - by_seq[seq][0] <= prompt
-        if not ok and bad_since is None:
-            bad_since = t_sent
-        elif ok and bad_since is not None:
-            longest, bad_since = max(longest, t_sent - bad_since), None
-    return longest, lost
-
-
-def stall_and_restart(vm: ApplianceVM, key: Path, rate: float = 200,
-                      probe_rate: float = 20) -> dict[str, Any]:
-    """Hang the daemon (SIGSTOP) while a ward stream and new-flow probes run; wait for
-    systemd's watchdog to kill it and start it again. The figures: seconds from the stall
-    to the kill and to the new start (the VM's clock, from its journal), the stream's
-    longest gap and losses, new flows' longest blackout and losses."""
-    first = wait_active(vm, key, timeout=240)
-    py = sys.executable
-    receivers = [vm.popen_in("uplink", [py, UDPSTREAM, "recv", str(port)])
-                 for port in (STREAM_PORT, PROBE_PORT)]
-    senders: list[subprocess.Popen[str]] = []
-    try:
-        for rx in receivers:
-            assert rx.stdout is not None and rx.stdout.readline().strip() == "listening"
-        senders.append(vm.popen_in("ward", [py, UDPSTREAM, "send", UPLINK_IP, str(STREAM_PORT),
-                                            str(rate)]))
-        senders.append(vm.popen_in("ward", [py, UDPSTREAM, "send", UPLINK_IP, str(PROBE_PORT),
-                                            str(probe_rate), "new-flows"]))
-        time.sleep(2)     # both flowing before the stall
-        stalled_at = float(vm.ssh(f"cat /proc/uptime; sudo kill -STOP {first['MainPID']}",
-                                  key).stdout.split()[0])
-        second = wait_active(vm, key, timeout=120, not_pid=first["MainPID"])
-        time.sleep(3)     # and after the restart
-    finally:
-        outs = []
-        for proc in senders + receivers:
-            proc.send_signal(signal.SIGINT)
-        for proc in senders + receivers:
-            out, _ = proc.communicate(timeout=30)
-            outs.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
-    journal = vm.ssh("journalctl -b -o short-monotonic --no-pager _PID=1", key).stdout
-
-    def after_stall(event: str) -> list[float]:
-        return [float(m.group(1)) for m in re.finditer(
-            rf"\[\s*([0-9.]+)\] \S+ systemd\[1\]: {event}", journal)
-            if float(m.group(1)) > stalled_at]
-    kills = after_stall("wardtap.service: Watchdog timeout")
-    if not kills or not [t for t in after_stall("Started wardtap.service") if t > kills[0]]:
-        raise AssertionError(f"no watchdog kill and restart in the journal:\n{journal[-3000:]}")
-    killed = kills[0]
-    started = min(t for t in after_stall("Started wardtap.service") if t > killed)
-    blackout, probes_lost = _blackout(outs[3].get("arrivals", []), outs[1].get("sent", 0))
-    stream = outs[2]
-    return {
-        "watchdog_sec": 15.0 if first["WatchdogUSec"] == "15s" else first["WatchdogUSec"],
-        "stall_to_kill_s": round(killed - stalled_at, 2),
-        "stall_to_started_s": round(started - stalled_at, 2),
-        "restarts": int(second["NRestarts"]) - int(first["NRestarts"]),
-        "stream_sent": outs[0].get("sent", 0), "stream_missing": stream.get("missing"),
-        "stream_longest_gap_ms": stream.get("longest_gap_ms"),
-        "new_flows_sent": outs[1].get("sent", 0), "new_flows_lost": probes_lost,
-        "new_flow_blackout_ms": round(blackout * 1000),
-    }
-
-
 def have_tools() -> list[str]:
     """The host tools the VM tests need that are missing."""
     return [t for t in (QEMU[HOST_ARCH][0][0], "mcopy", "mkfs.vfat", "sfdisk", "debootstrap",
                         "ssh") if shutil.which(t) is None]
 
-
-def elapsed(start: float) -> float:
-    return time.monotonic() - start
 
 
 if __name__ == "__main__":
