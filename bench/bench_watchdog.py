@@ -71,6 +71,8 @@ def main() -> int:
             active_s = time.monotonic() - booted
             print(f"first boot: provisioned and reachable over SSH after {ssh_s:.0f} s, "
                   f"daemon enforcing after {active_s:.0f} s", flush=True)
+            print("live: " + vm.ssh("systemd-analyze security --no-pager wardtap.service | "
+                                    "tail -1", key).stdout.strip(), flush=True)
             for n in range(args.stalls):
                 figures = ward.stall_and_restart(vm, key)
                 results.append(figures)

@@ -126,18 +126,22 @@ def _blackout(arrivals: list[list[float]], sent: int, prompt: float = 0.25) -> f
 
 
 def _finish(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
-    """SIGINT each, then its JSON summary (killed if it does not answer)."""
+    """SIGTERM each, then its JSON summary (killed if it does not answer)."""
     out: list[dict[str, Any]] = []
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
-            text, _ = proc.communicate(timeout=30)
+            text, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            text, _ = proc.communicate()
-        out.append(json.loads(text.strip().splitlines()[-1]) if text.strip() else {})
+            text, err = proc.communicate()
+        try:
+            out.append(json.loads(text.strip().splitlines()[-1]))
+        except (IndexError, ValueError):
+            raise AssertionError(f"{proc.args}: no summary (exit {proc.returncode}): "
+                                 f"{text[-500:]!r} {err[-2000:]!r}") from None
     return out
 
 
@@ -197,8 +201,13 @@ def stall_and_restart(vm: ApplianceVM, key: Path, rate: float = 200,
         "stream_sent": sent[0].get("sent", 0),
         "stream_lost": sent[0].get("sent", 0) - stream.get("received", 0),
         "stream_longest_gap_ms": stream.get("longest_gap_ms"),
+        "send_errors": {**sent[0].get("errors", {}), **sent[1].get("errors", {})},
         "new_flows_sent": sent[1].get("sent", 0),
         "new_flows_lost": sent[1].get("sent", 0) - probes.get("received", 0),
-        "new_flow_blackout_ms": round(_blackout(probes.get("arrivals", []),
-                                                sent[1].get("sent", 0)) * 1000),
+        "new_flow_blackout_ms": _ms(_blackout(probes.get("arrivals", []),
+                                              sent[1].get("sent", 0))),
     }
+
+
+def _ms(seconds: float) -> float:
+    return seconds if seconds == float("inf") else round(seconds * 1000)
