@@ -399,10 +399,11 @@ def watchdog(rules: InlineRules, heartbeat: int, stall: float = 0.5, interval: f
 
     Runs in its own process, so it keeps running when the classifier is stopped (SIGSTOP),
     hung in a system call, or spinning in the GIL. The classifier writes a byte to the pipe
-    `heartbeat` (this end: its read side) as its loop turns, every `stall`/5 (or 100 ms). Silence for `stall` seconds means nobody is taking the queue's packets, so
-    the queue rule becomes ACCEPT ("failopen"); flows already decided stay decided. When the
-    beats come back, the queue rule returns. Without this a quiet ward would wait for the
-    queue to fill (max_len packets) before the kernel's own fail-open flag took over.
+    `heartbeat` (this end: its read side) as its loop turns, every `stall`/5 (or 100 ms).
+    Silence for `stall` seconds means nobody is taking the queue's packets, so the queue
+    rule becomes ACCEPT ("failopen"); flows already decided stay decided. When the beats
+    come back, the queue rule returns. Without this a quiet ward would wait for the queue
+    to fill (max_len packets) before the kernel's own fail-open flag took over.
     A pipe, not the kernel's queue counters: /proc/net/netfilter/nfnetlink_queue is
     readable by root only, and the daemon runs as its own user.
     It exits when the pipe closes (the classifier is gone): --queue-bypass covers that.
