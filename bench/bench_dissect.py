@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/bench_dissect.py [--packets 200000] [--rounds 7] [--out bench/out]
 
-On the demo ward (appliance.demo.write_demo_ward; cached in --out while its generator is
+On the demo ward (demoward.ward.write_demo_ward; cached in --out while its generator is
 unchanged), in one process, alternating off/on rounds so both see the same machine state:
 
 1. **Fast path rate**: a fresh Classifier per round runs every batch of the capture;
    "off" calls classify() alone; "on" calls classify(..., samples) with the tuned budgets
-   (appliance.dissect.SAMPLING) and Dissector.offer() (find the marked indices with
+   (appliance.inventory.dissector.SAMPLING) and Dissector.offer() (find the marked indices with
    bytearray.find, copy those packets out, queue full chunks), with the real worker process
    dissecting concurrently. The timed region is the classify/offer loop (the capture is
    mapped and its pages warm). Bar: on >= 95% of off (median rounds).
@@ -38,11 +38,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.capture import CaptureFile  # noqa: E402
-from appliance.demo import write_demo_ward  # noqa: E402
-from appliance.dissect import SAMPLING, DissectConfig  # noqa: E402
-from appliance.inventory import Identification  # noqa: E402
-from appliance.replay import Replayer  # noqa: E402
+from appliance.inventory.dissector import SAMPLING, DissectConfig  # noqa: E402
+from appliance.inventory.identify import Identification  # noqa: E402
+from appliance.replay.runner import Replayer  # noqa: E402
+from appliance.sources.capture import CaptureFile  # noqa: E402
+from demoward.ward import write_demo_ward  # noqa: E402
 from fastpath import Classifier  # noqa: E402
 
 BATCH = 4096
@@ -53,7 +53,7 @@ DEFAULT_SAMPLING = {"per_flow": 8, "device_budget": 64, "device_window_s": 60.0,
 def ward(out: Path, packets: int) -> tuple[str, int, float]:
     """(path, packets, minutes) of the demo ward, regenerated when its generator changes."""
     digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in (
-        "appliance/demo.py", "appliance/packets.py", "appliance/capwriter.py"))).hexdigest()
+        "demoward/ward.py", "demoward/frames.py", "appliance/common/capwriter.py"))).hexdigest()
     path = out / f"demo-ward-{packets}.pcap"
     meta = out / f"demo-ward-{packets}.json"
     if path.exists() and meta.exists():
@@ -113,7 +113,7 @@ def cg_child(path: str, mode: str, client: str) -> int:
     """
     import ctypes
 
-    from appliance.dissect import Dissector
+    from appliance.inventory.dissector import Dissector
 
     lib = ctypes.CDLL(client)
     clf = Classifier()
@@ -300,7 +300,7 @@ def main() -> int:
           f"for the ward's {minutes:.0f} minutes = {cpu_per_hour:.2f} s per hour of ward")
 
     # 4. identification
-    from appliance.demo import DEVICES, UNKNOWN
+    from demoward.ward import DEVICES, UNKNOWN
 
     rows = []
     for d in list(DEVICES) + list(UNKNOWN):

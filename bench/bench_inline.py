@@ -54,7 +54,7 @@ for _path in (ROOT, ROOT / "tests"):
 
 from netns import UPLINK_IP, Ward, wait_for  # noqa: E402
 
-from appliance.control import request  # noqa: E402
+from appliance.common.control import request  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 CLONE_NEWNET = 0x40000000
@@ -228,7 +228,8 @@ class Bench:
 
     def rules_state(self) -> str:
         w = self.ward
-        out = w.exec(w.appliance, [sys.executable, "-m", "appliance.inline", "status"]).stdout
+        out = w.exec(w.appliance,
+                     [sys.executable, "-m", "appliance.sources.inlinectl", "status"]).stdout
         return str(json.loads(out)["state"])
 
     # -- measurements, alternating between the two bridges ----------------------------------

@@ -5,12 +5,12 @@
 1. throughput: events/s from the classifier's event ring (a capture of distinct denied
    flows replayed through the fast path) through the SQLite spool to the broker's PUBACK
    and the deletion from the spool. Bar: >= 5,000 events/s persisted and acknowledged.
-2. messages per packet on the demo ward (appliance.demo.write_demo_ward): every message
+2. messages per packet on the demo ward (demoward.ward.write_demo_ward): every message
    the broker received on the appliance's topics, divided by packets. Measured twice: a
    replay at full speed, and a paced replay at `--speed` times ward time with every interval
    (stats, summary window, linger) divided by the same factor, which is the ward's own
    message rate compressed. Bar: < 1/1000.
-3. loss and duplication: `--loss-events` events from appliance.fleet.loadgen at `--rate`
+3. loss and duplication: `--loss-events` events from demoward.loadgen at `--rate`
    across 10 broker restarts and 3 kill -9 of the appliance; the consumer is the real
    collector (de-duplicates by event id). Bar: zero lost, zero duplicated after de-dup.
 """
@@ -34,13 +34,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "fleet")]
 
 from brokerkit import Broker, spool_facts, wait_for  # noqa: E402
 
-from appliance.capwriter import PcapWriter  # noqa: E402
-from appliance.demo import DEMO_POLICY, write_demo_ward  # noqa: E402
+from appliance.common.capwriter import PcapWriter  # noqa: E402
+from appliance.contract.broker import BrokerSettings, topic  # noqa: E402
 from appliance.fleet.collector import Collector  # noqa: E402
-from appliance.fleet.contract import BrokerSettings, topic  # noqa: E402
 from appliance.outputs.mqtt import MqttOutput, ReporterSettings  # noqa: E402
-from appliance.policy import parse_policy  # noqa: E402
-from appliance.replay import Replayer  # noqa: E402
+from appliance.policy.model import parse_policy  # noqa: E402
+from appliance.replay.runner import Replayer  # noqa: E402
+from demoward.ward import DEMO_POLICY, write_demo_ward  # noqa: E402
 
 
 def _csum(data: bytes) -> int:
@@ -162,9 +162,9 @@ def bench_messages_ward_time(broker: Broker, work: Path, packets: int,
     """The demo ward paced at `speed` x ward time, every interval divided by `speed`."""
     from array import array
 
-    from appliance.capture import CaptureFile
-    from appliance.policy import compile_policy
-    from appliance.records import device_dict, event_dict
+    from appliance.common.records import device_dict, event_dict
+    from appliance.policy.model import compile_policy
+    from appliance.sources.capture import CaptureFile
     from fastpath import Classifier
 
     capture = str(work / "ward.pcap")
@@ -223,7 +223,7 @@ def bench_loss(broker: Broker, work: Path, events: int, rate: float, restarts: i
     collector = Collector(str(work / "fleet.db"), settings, collector_id="bench-collector")
     collector.start()
     wait_for(collector.subscribed.is_set, what="the collector")
-    args = [sys.executable, "-m", "appliance.fleet.loadgen", "--broker", broker.url,
+    args = [sys.executable, "-m", "demoward.loadgen", "--broker", broker.url,
             "--site", "bench", "--appliance", "gen-1", "--spool", str(spool), "--events",
             str(events), "--rate", str(rate), "--reconnect-max", "1"]
     procs: list[subprocess.Popen[bytes]] = []

@@ -4,8 +4,8 @@
                                            [--out bench/out] [--skip NAME,...]
 
 One run measures every contender on the same IMIX capture of the demo ward (generated once by
-appliance.demo.write_imix into --out, reused while its parameters and generator are unchanged)
-and the same allow-list (appliance.demo.DEMO_POLICY), prints a table of packets/s and ratios
+demoward.ward.write_imix into --out, reused while its parameters and generator are unchanged)
+and the same allow-list (demoward.ward.DEMO_POLICY), prints a table of packets/s and ratios
 and the issue's bars, and writes every figure to OUT/results.json. It asserts nothing: a
 script, not a test. bench/README.md explains each measurement.
 """
@@ -41,8 +41,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 import fastpath  # noqa: E402
-from appliance.capture import CaptureFile  # noqa: E402
-from appliance.policy import (  # noqa: E402
+from appliance.policy.model import (  # noqa: E402
     ICMP,
     PORTED,
     Group,
@@ -50,13 +49,14 @@ from appliance.policy import (  # noqa: E402
     compile_policy,
     load_policy,
 )
+from appliance.sources.capture import CaptureFile  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PY = sys.executable
 WARDTAP = str(Path(PY).with_name("wardtap"))
 BATCH = 4096                       # packets per classify() call, as in `wardtap replay`
-GENERATOR_FILES = ("appliance/demo.py", "appliance/packets.py", "appliance/capwriter.py")
+GENERATOR_FILES = ("demoward/ward.py", "demoward/frames.py", "appliance/common/capwriter.py")
 SKIPPABLE = ("replay", "classifier", "tcpdump", "dpkt", "struct", "scapy", "pyshark", "memory",
              "profile")
 REASON_NAMES = {0: "rule", 2: "no_rule", 3: "wrong_initiator", 4: "proto_not_allowed",
@@ -134,9 +134,8 @@ def _digest(paths: Sequence[Path]) -> str:
 
 
 def ensure_capture(out: Path, packets: int, flows: int, seed: int) -> dict[str, Any]:
-    """The IMIX capture in `out`, written by appliance.demo.write_imix unless already there."""
-    from appliance import demo
-
+    """The IMIX capture in `out`, written by demoward.ward.write_imix unless already there."""
+    from demoward import ward as demo
     path = out / f"imix-{packets}p-{flows}f-s{seed}.pcap"
     meta_path = path.with_suffix(".json")
     params = {"packets": packets, "flows": flows, "seed": seed,
@@ -163,8 +162,7 @@ def ensure_capture(out: Path, packets: int, flows: int, seed: int) -> dict[str, 
 
 
 def write_policy(out: Path) -> Path:
-    from appliance import demo
-
+    from demoward import ward as demo
     path = out / "demo-policy.toml"
     if not path.exists() or path.read_text() != demo.DEMO_POLICY:
         demo.write_demo_policy(path)
@@ -799,7 +797,7 @@ def m_replay(capture: Path, policy: Path, repeat: int, packets: int,
 def m_inprocess(capture: Path, policy: Policy, repeat: int) -> dict[str, Any]:
     """Replayer.run in this process (no interpreter start-up, no imports), and the capture
     scan alone (CaptureFile: mmap the file, index every packet, classify nothing)."""
-    from appliance.replay import Replayer
+    from appliance.replay.runner import Replayer
 
     runs, scans, packets = [], [], 0
     for i in range(repeat + 1):                              # the first of each: warm-up

@@ -27,8 +27,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 import fastpath  # noqa: E402
-from appliance.capture import CaptureFile  # noqa: E402
-from appliance.policy import compile_policy, load_policy  # noqa: E402
+from appliance.policy.model import compile_policy, load_policy  # noqa: E402
+from appliance.sources.capture import CaptureFile  # noqa: E402
 
 BATCH = 4096
 

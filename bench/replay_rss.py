@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 import appliance.cli  # first: it sets OPENBLAS_NUM_THREADS before numpy is imported
-from appliance import capture
+from appliance.sources import capture
 
 FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")
 snapshots: dict[str, dict[str, Any]] = {}

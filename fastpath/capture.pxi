@@ -11,7 +11,7 @@ cdef enum:
     CAP_MAX_CAPLEN = 262144
     CAP_PREFETCH = 4096
 
-# Scanner error codes; messages in appliance/capture.py.
+# Scanner error codes; messages in appliance/sources/capture.py.
 cdef enum:
     CAPERR_NONE = 0
     CAPERR_TRUNCATED = 1          # a record or block runs past the end of the file

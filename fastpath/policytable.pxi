@@ -92,7 +92,7 @@ cdef inline uint8_t evaluate(const policy_t* pol, const uint64_t* gi, const uint
 
 
 cdef class CompiledPolicy:
-    """A policy as C tables. Built by appliance.policy from a validated policy file.
+    """A policy as C tables. Built by appliance.policy.model from a validated policy file.
 
     selectors: [(kind, group, value: bytes(16), prefix)], rules: [(src_groups: int bitset,
     dst_groups: int bitset, proto, port_lo, port_hi, either, rule_index)],

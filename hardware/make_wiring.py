@@ -5,7 +5,7 @@
     .venv/bin/python hardware/make_wiring.py --check   # exit 1 if either is out of date
 
 The pin map is the single source of pin numbers; these two files are derived from it (and
-from the resistor and watchdog arithmetic in appliance/hardware.py), so never edit them by
+from the resistor and watchdog arithmetic in appliance/panel/pins.py), so never edit them by
 hand. The output is deterministic: the same pin map gives byte-identical files.
 """
 
@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:          # run from anywhere, installed or not
     sys.path.insert(0, str(HERE.parent))
 
-from appliance.hardware import (  # noqa: E402
+from appliance.panel.pins import (  # noqa: E402
     ALT_NAMES,
     GROUND,
     HEADER_GPIO,

@@ -1,4 +1,4 @@
-"""Capture writers (appliance.capwriter): read back with dpkt and with the real tshark."""
+"""Capture writers (appliance.common.capwriter): read back with dpkt and with the real tshark."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from collections.abc import Callable
 import dpkt
 import pytest
 
-from appliance import packets as p
-from appliance.capwriter import (
+from appliance.common.capwriter import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -21,6 +20,7 @@ from appliance.capwriter import (
     PcapngWriter,
     PcapWriter,
 )
+from demoward import frames as p
 
 T0 = 1_700_000_000_123_456_789  # ns; the last three digits only survive in ns files
 MAC_A, MAC_B = "00:12:21:5e:a0:11", "00:26:cb:4a:10:01"

@@ -7,7 +7,7 @@ source MAC must agree with tshark's first occurrence of each field (outer header
 tunnels; the end of the IPv6 extension chain for the protocol). For every packet wardtap
 calls malformed, tshark must also flag it (malformed, cut short, expert error) or fail to
 decode that layer. IP reassembly is off in tshark, as wardtap does not reassemble.
-The same comparison runs on the demo ward capture when `appliance.demo` provides it.
+The same comparison runs on the demo ward capture when `demoward.ward` provides it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import numpy as np
 from conftest import run_wardtap
 
 import fastpath
-from appliance import packets as P
-from appliance.capwriter import (
+from appliance.common.capwriter import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -35,6 +34,7 @@ from appliance.capwriter import (
     LINKTYPE_RAW,
     PcapngWriter,
 )
+from demoward import frames as P
 
 M1, M2, M3 = "02:00:5e:10:00:01", "02:00:5e:10:00:02", "00:1a:2b:00:00:07"
 A4, B4, C4 = "10.4.1.10", "10.20.0.15", "192.168.7.1"
@@ -497,10 +497,9 @@ def test_mixed_capture_agrees_with_tshark(tmp_path: Path, tshark: str) -> None:
 
 
 def _demo_writer() -> Callable[..., Any] | None:
-    if importlib.util.find_spec("appliance.demo") is None:
+    if importlib.util.find_spec("demoward.ward") is None:
         return None
-    from appliance import demo
-
+    from demoward import ward as demo
     return getattr(demo, "write_demo_ward", None)
 
 

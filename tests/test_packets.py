@@ -1,4 +1,4 @@
-"""Frame builders (appliance.packets): parsed back with dpkt and with the real tshark."""
+"""Frame builders (demoward.frames): parsed back with dpkt and with the real tshark."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance import packets as p
-from appliance.capwriter import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, PcapWriter
+from appliance.common.capwriter import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, PcapWriter
+from demoward import frames as p
 
 A4, B4 = "10.40.1.33", "10.20.0.15"
 A6, B6 = "fd00:40:1::33", "fd00:40:1::10"

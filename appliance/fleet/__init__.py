@@ -1,11 +1,10 @@
-"""The fleet side of wardtap and the MQTT contract shared with the appliances.
+"""The fleet side: the operator's view of many appliances over the shared contract.
 
-- contract: topic layout, broker URLs and credentials, paho client set-up (both sides).
-- client: the operator's view (list, watch, inventory, push-policy, command).
+- client: the operator's connection (list, watch, inventory, push-policy, command).
 - collector: keeps fleet state in SQLite; scales out with MQTT 5 shared subscriptions.
-- cli: the `wardtap fleet ...` commands.
-- loadgen: a synthetic event source driving a real reporter (soak tests, benchmarks).
+- listing: the fleet's appliances as rows and a table.
 
 paho-mqtt and cryptography are imported where they are used, so `import appliance.fleet`
-works without them.
+works without them. Imports: appliance.common, appliance.contract, appliance.policy,
+appliance.review (a policy change in words).
 """

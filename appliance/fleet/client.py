@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.errors import WardtapError
-from appliance.fleet.contract import (
+from appliance.contract.broker import (
     ROOT,
     BrokerSettings,
     connect_and_wait,
@@ -24,6 +23,7 @@ from appliance.fleet.contract import (
     split_topic,
     topic,
 )
+from appliance.errors import WardtapError
 
 DEFAULT_VALIDITY_S = 300.0
 
@@ -59,7 +59,7 @@ class SequenceCounter:
 def signed_request(private_key: Any, counter: SequenceCounter, site: str, appliance: str,
                    name: str, args: dict[str, Any], validity: float = DEFAULT_VALIDITY_S,
                    issuer: str | None = None) -> bytes:
-    from appliance.signing import sign
+    from appliance.contract.signing import sign
 
     now = time.time()
     body = {"v": 1, "cmd": name, "args": args, "target": f"{site}/{appliance}",

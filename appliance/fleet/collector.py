@@ -24,8 +24,8 @@ import threading
 import time
 from typing import Any
 
+from appliance.contract.broker import ROOT, BrokerSettings, make_client, split_topic, start
 from appliance.errors import WardtapError
-from appliance.fleet.contract import ROOT, BrokerSettings, make_client, split_topic, start
 
 log = logging.getLogger("wardtap.collector")
 

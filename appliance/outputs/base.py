@@ -13,7 +13,7 @@ class Output:
     name = ""
 
     def publish(self, events: list[dict[str, Any]]) -> None:
-        """Take a batch of events (dicts from appliance.records.event_dict)."""
+        """Take a batch of events (dicts from appliance.common.records.event_dict)."""
 
     def snapshot(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
         """Take the periodic counters and device table."""

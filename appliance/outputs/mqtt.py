@@ -1,23 +1,21 @@
 """MQTT reporter: the appliance's output to the fleet broker (docs/mqtt.md).
 
 Shape (the Frigate model): one output behind the small Output interface; paho-mqtt 2.x
-(callback API v2, MQTT 5) imported only here; a retained `state` topic with a retained last
-will; periodic work on intervals. What it adds for a hospital network:
+(callback API v2, MQTT 5) imported only under appliance.outputs; a retained `state` topic
+with a retained last will; periodic work on intervals. This module is the transport: the
+connection, the state, inventory and stats it reports, and the events it spools. Its parts:
 
-- Store and forward: events and stats go into the SQLite spool (appliance.spool) *before*
-  they are published and leave it only on a successful PUBACK. At most `inflight` messages
-  are handed to paho at a time, so paho's memory-only queue never holds the backlog; after
-  an outage or a restart everything unacknowledged is sent again.
-- Few messages: nothing per packet; counters once per `stats_interval`; events batched: the
-  first event after a quiet spell leaves after `linger` seconds, later ones share a message
-  at most every `min_interval` seconds unless `batch` events are ready; repeated violations
-  of one flow (same hosts, protocol and reason) in `summary_window` become one summary.
-- Commands (appliance.commands): verified on the network thread, applied by the daemon's
-  main loop, answered on the MQTT 5 response topic with the correlation data, audited.
+- appliance.outputs.spool: events and stats are committed to SQLite *before* they are
+  published, and leave only on a successful PUBACK (store and forward);
+- appliance.outputs.sender: the thread that moves spooled rows to the broker, a bounded
+  window at a time, batching events into few messages;
+- appliance.outputs.summarizer: repeated violations of one flow become one summary;
+- appliance.outputs.fleetcommands: commands from the fleet, checked on the network thread,
+  applied by the daemon's main loop, answered on the MQTT 5 response topic, audited.
 
 Threads: the daemon's main loop calls publish()/snapshot()/close(); paho's network thread
-runs the callbacks; one sender thread moves rows from the spool to paho and deletes them
-when acknowledged. The classifier is never touched from here.
+runs the callbacks; the sender thread moves rows from the spool to paho. The classifier is
+never touched from here.
 """
 
 from __future__ import annotations
@@ -29,13 +27,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from appliance import __version__
-from appliance.commands import AuditLog, Command, CommandProcessor, Rejected
-from appliance.errors import WardtapError
-from appliance.fleet.contract import (
+from appliance.contract.broker import (
     PAYLOAD_VERSION,
     BrokerSettings,
     check_id,
@@ -43,23 +39,34 @@ from appliance.fleet.contract import (
     start,
     topic,
 )
+from appliance.contract.commands import CommandProcessor
+from appliance.errors import WardtapError
+from appliance.outputs.audit import AuditLog
 from appliance.outputs.base import Output
-from appliance.spool import KIND_EVENT, KIND_STATS, PRIO_ALERT, PRIO_INFO, PRIO_STATS, Item, Spool
+from appliance.outputs.fleetcommands import FleetCommands, Submit
+from appliance.outputs.sender import SpoolSender
+from appliance.outputs.spool import (
+    KIND_EVENT,
+    KIND_STATS,
+    PRIO_ALERT,
+    PRIO_INFO,
+    PRIO_STATS,
+    Item,
+    Spool,
+)
+from appliance.outputs.summarizer import Summarizer
 
 log = logging.getLogger("wardtap.mqtt")
 
 # Flow events are the bulk of the event ring and are covered by the stats counters.
 SKIP_TYPES = frozenset({"new_flow", "flow_end"})
-# Alerts are never evicted from the spool (see appliance.spool); everything else is "info".
+# Alerts are never evicted from the spool (see appliance.outputs.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
                          "policy_rejected", "bypass", "spool_overflow",
                          "integrity_alarm", "integrity_restored"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
-MAX_MESSAGE_BYTES = 256 * 1024
 CONTROL_RESERVE = 16          # paho slots kept for state, inventory and command responses
-RETRY_BACKOFF = (1.0, 30.0)
-NO_MATCHING_SUBSCRIBERS = 0x10
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str).encode   # one encoder, reused
 
 
@@ -88,7 +95,7 @@ class ReporterSettings:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ReporterSettings:
-        """From a validated [broker] table (appliance.config) or command-line options."""
+        """From a validated [broker] table (appliance.system.config) or command-line options."""
         broker = BrokerSettings.from_options(
             options["url"], ca=options.get("ca"), cert=options.get("cert"),
             key=options.get("key"), username=options.get("username"),
@@ -108,114 +115,7 @@ class ReporterSettings:
         return settings
 
 
-# -- summaries -------------------------------------------------------------------------------
-
-@dataclass
-class _Window:
-    template: dict[str, Any]
-    start_ts: float
-    opened: float
-    sent: set[Any] = field(default_factory=set)
-    folded: int = 0
-    ports: set[Any] = field(default_factory=set)
-    first_ts: float | None = None
-    last_ts: float | None = None
-
-
-class Summarizer:
-    """Repeated violations of one flow become one summary per window.
-
-    Group: (type, src, dst, proto, vlan, reason) for violations; (type, reason, mac) for
-    malformed packets. In each window the first `per_group` distinct ports of a group are
-    sent one by one (count 1); everything else in the window is counted and sent as one
-    event with "summary": true, "count", first/last time and the ports seen. The number of
-    violations is the sum of "count". A window closes `window` seconds after it opened, by
-    the events' own clock or by the wall clock, whichever comes first.
-    """
-
-    def __init__(self, window: float, per_group: int = 5, max_groups: int = 10_000,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.window = window
-        self.per_group = per_group
-        self.max_groups = max_groups
-        self.clock = clock
-        # opened in order (wall clock), so the oldest windows are always at the front
-        self.groups: collections.OrderedDict[tuple[Any, ...], _Window] = (
-            collections.OrderedDict())
-
-    @staticmethod
-    def _key(event: dict[str, Any]) -> tuple[tuple[Any, ...], Any, int] | None:
-        kind = event.get("type")
-        if kind == "violation" and not event.get("summary"):
-            port = event.get("dport", event.get("icmp_type"))
-            return ((kind, event.get("src"), event.get("dst"), event.get("proto"),
-                     event.get("vlan"), event.get("reason")), port, 0)
-        if kind == "malformed":
-            return (kind, event.get("reason"), event.get("mac")), None, 1
-        return None
-
-    def add(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        keyed = self._key(event) if self.window > 0 else None
-        if keyed is None:
-            return [event]
-        key, port, limit_override = keyed
-        limit = limit_override or self.per_group
-        ts = float(event.get("ts") or self.clock())
-        out: list[dict[str, Any]] = []
-        win = self.groups.get(key)
-        if win is not None and ts >= win.start_ts + self.window:
-            out.extend(self._close(key))
-            win = None
-        if win is None:
-            if len(self.groups) >= self.max_groups:
-                out.extend(self._close(next(iter(self.groups))))
-            win = self.groups[key] = _Window(event, ts, self.clock())
-        if port not in win.sent and len(win.sent) < limit:
-            win.sent.add(port)
-            out.append({**event, "count": 1})
-        else:
-            win.folded += 1
-            if port is not None and len(win.ports) < 64:
-                win.ports.add(port)
-            win.first_ts = ts if win.first_ts is None else min(win.first_ts, ts)
-            win.last_ts = ts if win.last_ts is None else max(win.last_ts, ts)
-        return out
-
-    def _close(self, key: tuple[Any, ...]) -> list[dict[str, Any]]:
-        win = self.groups.pop(key)
-        if not win.folded:
-            return []
-        t = win.template
-        keep = ("type", "src", "dst", "proto", "vlan", "reason", "device", "smac", "mac",
-                "verdict", "rule")
-        summary: dict[str, Any] = {k: t[k] for k in keep if k in t}
-        summary.update(summary=True, count=win.folded, first_ts=win.first_ts, ts=win.last_ts,
-                       window_s=self.window)
-        if win.ports:
-            summary["ports"] = sorted(win.ports, key=lambda p: (p is None, p))
-        return [summary]
-
-    def expire(self, now: float | None = None) -> list[dict[str, Any]]:
-        now = self.clock() if now is None else now
-        out: list[dict[str, Any]] = []
-        while self.groups:
-            key, win = next(iter(self.groups.items()))
-            if now < win.opened + self.window:
-                break
-            out.extend(self._close(key))
-        return out
-
-    def flush(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for key in list(self.groups):
-            out.extend(self._close(key))
-        return out
-
-
 # -- the output ----------------------------------------------------------------------------
-
-Submit = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], bool]
-
 
 class MqttOutput(Output):
     name = "mqtt"
@@ -228,7 +128,6 @@ class MqttOutput(Output):
         self.mode = mode
         self.policy = policy
         self.datapath = datapath
-        self.submit = submit
         self.started = clock()
         self.topics = {leaf: topic(s.site, s.appliance, leaf)
                        for leaf in ("state", "events", "inventory", "stats", "cmd", "response")}
@@ -237,11 +136,12 @@ class MqttOutput(Output):
         self.audit = AuditLog(s.spool)
         verifier = None
         if s.fleet_key:
-            from appliance.signing import Verifier
+            from appliance.contract.signing import Verifier
 
             verifier = Verifier.from_file(s.fleet_key)
         self.processor = CommandProcessor(s.site, s.appliance, verifier, self.audit,
                                           s.max_command_bytes)
+        self.commands = FleetCommands(self, self.processor, self.audit, submit)
         self.summarizer = Summarizer(s.summary_window, s.per_group)
         status = self.spool.status()
         self._flags: tuple[Any, ...] = (status["overflow"], status["disk_full"],
@@ -259,14 +159,6 @@ class MqttOutput(Output):
         self._closed = False
         self.spool_left = 0
         self.connected = threading.Event()
-        self._acks: collections.deque[tuple[int, int, str]] = collections.deque()
-        self._wake = threading.Event()
-        self._stop_sending = threading.Event()
-        self._window = s.inflight
-        self.inflight: dict[int, tuple[str, list[int]]] = {}
-        self._probes: set[int] = set()      # mids of a retry round in flight
-        self._last_events = float("-inf")   # when the last events message left
-        self._stalled = False               # messages waiting for a retry (refused/no one)
         self.client = make_client(s.broker, f"wardtap-{s.site}-{s.appliance}")
         self.client.suppress_exceptions = True     # a failing callback must not end the loop
         self.client.max_inflight_messages_set(s.inflight + CONTROL_RESERVE)
@@ -276,9 +168,9 @@ class MqttOutput(Output):
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
-        self._sender = threading.Thread(target=self._send_loop, name="wardtap-mqtt-sender",
-                                        daemon=True)
-        self._sender.start()
+        self.sender = SpoolSender(s, self.spool, self.client, self.topics, self.counters,
+                                  self.connected, clock)
+        self.sender.start()
         start(self.client, s.broker)
         log.info("reporting to %s as %s/%s (spool %s: %d waiting)", s.broker.url, s.site,
                  s.appliance, s.spool, self.spool.depth())
@@ -291,7 +183,7 @@ class MqttOutput(Output):
 
     def alive(self) -> bool:
         """The sender thread runs (it moves the spool to the broker); True once closed."""
-        return self._closed or self._sender.is_alive()
+        return self._closed or self.sender.alive()
 
     def publish(self, events: list[dict[str, Any]]) -> None:
         if self._closed:
@@ -352,11 +244,12 @@ class MqttOutput(Output):
         if self._closed:
             return
         self._closed = True
+        self.sender.final = True
         self._enqueue(self.summarizer.flush(), closing=True)
         deadline = time.monotonic() + self.settings.drain_timeout
         while (self.connected.is_set() and time.monotonic() < deadline
-               and (self.spool.depth() or self.inflight) and not self._stalled):
-            self._wake.set()
+               and (self.spool.depth() or self.sender.inflight) and not self.sender.stalled):
+            self.sender.wake()
             time.sleep(0.02)
         if self.connected.is_set():
             info = self.client.publish(self.topics["state"],
@@ -366,9 +259,7 @@ class MqttOutput(Output):
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError):
                 pass
-        self._stop_sending.set()
-        self._wake.set()
-        self._sender.join(timeout=5)
+        self.sender.stop()
         self.client.disconnect()           # a normal DISCONNECT: the broker drops the will
         self.client.loop_stop()
         self.spool_left = left = self.spool.depth()
@@ -390,7 +281,7 @@ class MqttOutput(Output):
             log.error("mqtt: cannot spool %d events: %s", len(items), exc)
             return
         self.counters["events_spooled"] += len(items)
-        self._wake.set()
+        self.sender.wake()
         if not closing:
             self._check_flags()
 
@@ -417,7 +308,7 @@ class MqttOutput(Output):
                                  json.dumps(body, separators=(",", ":"), default=str))])
         except WardtapError as exc:
             log.error("mqtt: cannot spool stats: %s", exc)
-        self._wake.set()
+        self.sender.wake()
         self._check_flags()
 
     def _check_flags(self) -> None:
@@ -469,7 +360,7 @@ class MqttOutput(Output):
         self._inventory_sent = self.clock()
         missing = {d["mac"][:8] for d in devices if d.get("mac")} - set(self._vendors)
         if missing:
-            from appliance.oui import vendors
+            from appliance.common.oui import vendors
 
             found = vendors(m + ":00:00:00" for m in missing)
             self._vendors.update({m: found.get(m, "") for m in missing})
@@ -504,7 +395,7 @@ class MqttOutput(Output):
         if receive_max:
             # the broker's Receive Maximum bounds what we may have unacknowledged
             reserve = min(CONTROL_RESERVE, max(1, receive_max // 4))
-            self._window = max(1, min(self.settings.inflight, receive_max - reserve))
+            self.sender.window = max(1, min(self.settings.inflight, receive_max - reserve))
         self.counters["connections"] += 1
         self.connected.set()
         log.info("mqtt: connected to %s (%d messages waiting in the spool)",
@@ -512,9 +403,9 @@ class MqttOutput(Output):
         client.publish(self.topics["state"], self._state_payload("online"), qos=1, retain=True)
         if self._devices is not None:
             self.publish_inventory()
-        if self.submit is not None:
+        if self.commands.submit is not None:
             client.subscribe(self.topics["cmd"], qos=1)
-        self._wake.set()
+        self.sender.wake()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
@@ -525,251 +416,21 @@ class MqttOutput(Output):
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     props: Any) -> None:
-        self._acks.append((mid, int(getattr(reason, "value", 0)), str(reason)))
-        self._wake.set()
+        self.sender.acknowledged(mid, int(getattr(reason, "value", 0)), str(reason))
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic != self.topics["cmd"]:
             return
         try:
-            self._command(message)
+            self.commands.handle(message)
         except Exception:  # noqa: BLE001  (never let a request kill the network thread)
             log.exception("mqtt: command handling failed")
 
-    # -- commands --------------------------------------------------------------------------
-
-    def _reply_topic(self, requested: str | None) -> str | None:
-        base = self.topics["response"]
-        if not requested:
-            return base
-        if requested == base or requested.startswith(base + "/"):
-            return requested
-        return None
-
-    def _command(self, message: Any) -> None:
-        props = getattr(message, "properties", None)
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        requested = self._reply_topic(getattr(props, "ResponseTopic", None)
-                                      if props is not None else None)
-        reply_to = requested or self.topics["response"]
-        try:
-            if requested is None:
-                raise Rejected("malformed", "the response topic must be under "
-                               f"{self.topics['response']}/ (the ACL allows nothing else)")
-            command = self.processor.check(message.payload)
-        except Rejected as exc:
-            import hashlib
-
-            sha = hashlib.sha256(message.payload).hexdigest()
-            self.audit.record("mqtt", None, "rejected", exc.reason, exc.detail, sha,
-                              name=_peek_name(message.payload))
-            log.warning("mqtt: command rejected: %s: %s", exc.reason, exc.detail)
-            self._reply(reply_to, correlation, {"ok": False, "error": exc.reason,
-                                                "detail": exc.detail})
-            self._enqueue_direct({"type": "command_rejected", "ts": self.clock(),
-                                  "reason": exc.reason, "detail": exc.detail,
-                                  "request_sha256": sha})
-            return
-        command.audit_id = self.audit.record("mqtt", command, "accepted")
-        log.info("mqtt: command %s accepted (seq %s, %s)", command.name, command.seq,
-                 "signed" if command.signed else "unsigned")
-        if self.submit is None:
-            self._finish(command, {"ok": False, "error": "this process does not take "
-                                   "commands"}, reply_to, correlation)
-            return
-        if not self.submit(command.body(),
-                           lambda result: self._finish(command, result, reply_to, correlation)):
-            self._finish(command, {"ok": False, "error": "busy"}, reply_to, correlation)
-
-    def _finish(self, command: Command, result: dict[str, Any], reply_to: str,
-                correlation: bytes | None) -> None:
-        """Runs on the daemon's main loop once the command was applied (or refused)."""
-        result = dict(result)
-        if command.name == "inventory" and result.get("ok"):
-            devices = result.pop("devices", [])
-            self.publish_inventory(devices)
-            result["devices"] = len(devices)
-            result["topic"] = self.topics["inventory"]
-        if command.name == "policy" and result.get("ok") and not result.get("unchanged"):
-            self.audit.policy_applied("mqtt", result.get("policy") or {},
-                                      command.args.get("policy", ""))
-        ok = bool(result.get("ok"))
-        if command.audit_id is not None:
-            self.audit.finish(command.audit_id, "applied" if ok else "failed", result,
-                              None if ok else "failed", None if ok else result.get("error"))
-        self._reply(reply_to, correlation, result, command)
-
-    def _reply(self, reply_to: str, correlation: bytes | None, result: dict[str, Any],
-               command: Command | None = None) -> None:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        body = {"v": PAYLOAD_VERSION, "site": self.settings.site,
-                "appliance": self.settings.appliance, "ts": self.clock(), **result}
-        if command is not None:
-            body.update(cmd=command.name, seq=command.seq, request_id=command.request_id)
-        props = Properties(PacketTypes.PUBLISH)
-        if correlation:
-            props.CorrelationData = correlation
-        self.client.publish(reply_to, json.dumps(body, separators=(",", ":"), default=str),
-                            qos=1, properties=props)
-
-    def _enqueue_direct(self, event: dict[str, Any]) -> None:
+    def enqueue_direct(self, event: dict[str, Any]) -> None:
         """An event from the network thread (bypasses the summarizer, main-loop only)."""
         try:
             self.spool.put([Item(KIND_EVENT, PRIO_INFO, _JSON(event))])
         except WardtapError as exc:
             log.error("mqtt: cannot spool an event: %s", exc)
-        self._wake.set()
+        self.sender.wake()
 
-    # -- the sender thread ---------------------------------------------------------------------
-
-    def _delivered(self, kind: str, code: int) -> bool:
-        """A PUBACK reason code: did the message reach the broker and someone behind it?"""
-        if code >= 0x80:
-            return False
-        return not (code == NO_MATCHING_SUBSCRIBERS and kind == KIND_EVENT
-                    and self.settings.require_subscriber)
-
-    def _send_loop(self) -> None:
-        """Spool -> paho, at most `window` messages in flight; delete on a good PUBACK.
-
-        A message the broker refuses (reason >= 0x80), or events nobody is subscribed to
-        (0x10), stay in the spool: they are sent again after a backoff, and nothing newer
-        is sent until they get through (no busy loop, no reordering of a backlog).
-        """
-        cursor = 0
-        retry: list[int] = []
-        retry_at = 0.0
-        backoff = RETRY_BACKOFF[0]
-        timeout = 1.0
-        while True:
-            self._wake.wait(timeout)
-            self._wake.clear()
-            timeout = 1.0
-            try:
-                done: list[int] = []
-                refused: list[str] = []
-                while self._acks:
-                    mid, code, why = self._acks.popleft()
-                    entry = self.inflight.pop(mid, None)
-                    if entry is None:
-                        continue
-                    self._probes.discard(mid)
-                    kind, ids = entry
-                    if self._delivered(kind, code):
-                        done.extend(ids)
-                    else:
-                        retry.extend(ids)
-                        refused.append(why)
-                if refused:
-                    retry_at = time.monotonic() + backoff
-                    self.counters["refused_by_broker"] += len(refused)
-                    log.warning("mqtt: %d messages not delivered (%s); kept in the spool, "
-                                "sent again in %g s", len(refused), refused[0], backoff)
-                    backoff = min(backoff * 2, RETRY_BACKOFF[1])
-                if done:
-                    self.spool.ack(done)
-                    self.counters["acknowledged"] += len(done)
-                    if not refused and not retry:
-                        backoff = RETRY_BACKOFF[0]
-                self._stalled = bool(retry)
-                if self._stop_sending.is_set():
-                    return
-                if not self.connected.is_set():
-                    continue
-                room = self._window - len(self.inflight)
-                if room <= 0:
-                    continue
-                if retry:
-                    wait = retry_at - time.monotonic()
-                    if wait > 0 or self._probes:
-                        timeout = max(0.01, wait) if wait > 0 else 1.0
-                        continue
-                    retry.sort()
-                    before = set(self.inflight)
-                    n, last_retried, _ = self._send(
-                        self.spool.take_ids(retry[:room * self.settings.batch]), room,
-                        final=True)
-                    self._probes |= set(self.inflight) - before
-                    retry = [i for i in retry if i > last_retried] if n else []
-                    self.counters["resent"] += n
-                    continue
-                if self._probes:
-                    continue
-                rows = self.spool.take(cursor, room * self.settings.batch)
-                sent, last_id, wait_linger = self._send(rows, room, final=self._closed)
-                cursor = max(cursor, last_id)
-                if wait_linger is not None:
-                    timeout = wait_linger
-            except WardtapError as exc:
-                log.error("mqtt sender: %s", exc)
-                timeout = 1.0
-            except Exception:  # noqa: BLE001  (the sender must survive anything)
-                log.exception("mqtt sender failed; retrying")
-                timeout = 1.0
-
-    def _send(self, rows: list[Any], room: int, final: bool
-              ) -> tuple[int, int, float | None]:
-        """Publish rows as messages; return (messages, last row id sent, linger wait)."""
-        s = self.settings
-        now = self.clock()
-        sent = 0
-        last_id = 0
-        batch: list[Any] = []
-        size = 0
-        prefix = (f'{{"v":{PAYLOAD_VERSION},"site":"{s.site}","appliance":"{s.appliance}",')
-        epoch = self.spool.epoch
-
-        def flush_events() -> None:
-            nonlocal sent, last_id, batch, size
-            body = (prefix + '"events":['
-                    + ",".join(f'{{"id":"{epoch}-{r.id}",' + r.payload[1:] for r in batch)
-                    + "]}")
-            info = self.client.publish(self.topics["events"], body, qos=1)
-            self.inflight[info.mid] = (KIND_EVENT, [r.id for r in batch])
-            self._last_events = now
-            self.counters["messages"] += 1
-            sent += 1
-            last_id = batch[-1].id
-            batch, size = [], 0
-
-        for row in rows:
-            if sent >= room:
-                break
-            if row.kind == KIND_STATS:
-                if batch:
-                    flush_events()
-                    if sent >= room:
-                        break
-                body = prefix + f'"id":"{epoch}-{row.id}",' + row.payload[1:]
-                info = self.client.publish(self.topics["stats"], body, qos=1, retain=True)
-                self.inflight[info.mid] = (KIND_STATS, [row.id])
-                self.counters["messages"] += 1
-                sent += 1
-                last_id = row.id
-                continue
-            if batch and (len(batch) >= s.batch or size + len(row.payload) > MAX_MESSAGE_BYTES):
-                flush_events()
-                if sent >= room:
-                    break
-            batch.append(row)
-            size += len(row.payload) + 24
-        wait = None
-        if batch and sent < room:
-            due = max(batch[0].created + s.linger, self._last_events + s.min_interval)
-            if final or len(batch) >= s.batch or now >= due:
-                flush_events()
-            else:
-                wait = max(0.005, min(due - now, s.min_interval))
-        return sent, last_id, wait
-
-
-def _peek_name(payload: bytes) -> str | None:
-    """The command name of a request that was rejected, if it can be read at all."""
-    try:
-        body = json.loads(payload)
-        name = body.get("cmd") if isinstance(body, dict) else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return name[:64] if isinstance(name, str) else None

@@ -1,11 +1,241 @@
-"""Store output: flows and violations per event batch; device counters per interval."""
+"""The local store: one SQLite file (sqlite-utils) with devices, flows, violations and runs,
+and `StoreOutput`, the daemon's output that writes event batches and counters into it.
+
+One writer; each write is one transaction, so a failed write (a full disk) leaves what was
+stored before intact. The schema is versioned (PRAGMA user_version) and upgraded step by
+step, with a copy of the file taken before an upgrade.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import sqlite_utils
+
+from appliance.errors import StoreError
 from appliance.outputs.base import Output
-from appliance.store import Store
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.table("runs").create({
+        "id": int, "started": float, "finished": float, "kind": str, "sources": str,
+        "mode": str, "policy_name": str, "policy_version": int, "policy_digest": str,
+        "packets": int, "bytes": int, "allowed": int, "denied": int, "malformed": int,
+    }, pk="id")
+    db.table("devices").create({
+        "key": str, "mac": str, "ipv4": str, "ipv6": str, "vlan": int, "multi_ip": int,
+        "first_seen": float, "last_seen": float, "packets_sent": int, "bytes_sent": int,
+        "packets_received": int, "bytes_received": int, "flows": int, "violations": int,
+    }, pk="key")
+    db.table("flows").create({
+        "id": int, "run": int, "flow": int, "first": float, "last": float, "src": str,
+        "dst": str, "proto": int, "sport": int, "dport": int, "icmp_type": int, "vlan": int,
+        "packets": int, "bytes": int, "verdict": str, "rule": str, "end": str,
+    }, pk="id", foreign_keys=[("run", "runs", "id")])
+    db.table("violations").create({
+        "id": int, "run": int, "ts": float, "flow": int, "src": str, "dst": str, "proto": int,
+        "sport": int, "dport": int, "icmp_type": int, "vlan": int, "reason": str,
+        "smac": str, "dmac": str,
+    }, pk="id", foreign_keys=[("run", "runs", "id")])
+    db.table("violations").create_index(["ts"])
+    db.table("flows").create_index(["src", "dst"])
+
+
+def _v2_spool_audit(db: sqlite_utils.Database) -> None:
+    """MQTT reporting: the outbound spool, the command audit log, pushed policies.
+
+    spool: every event and stats message waits here until the broker acknowledges it
+    (appliance.outputs.spool); AUTOINCREMENT so an id is never reused (ids are the events' ids).
+    meta: small persistent values (spool epoch, drop counters, last command sequence).
+    """
+    db.execute("CREATE TABLE spool (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+               "priority INTEGER NOT NULL, created REAL NOT NULL, bytes INTEGER NOT NULL, "
+               "payload TEXT NOT NULL)")
+    db.execute("CREATE INDEX spool_priority ON spool (priority, id)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.table("audit").create({
+        "id": int, "ts": float, "source": str, "command": str, "request_id": str, "seq": int,
+        "signed": int, "key_id": str, "issuer": str, "target": str, "outcome": str,
+        "reason": str, "detail": str, "request_sha256": str, "response": str,
+        "finished": float,
+    }, pk="id")
+    db.table("audit").create_index(["ts"])
+    db.table("policy_history").create({
+        "id": int, "ts": float, "source": str, "name": str, "version": int, "sha256": str,
+        "text": str,
+    }, pk="id")
+
+
+def _v3_inventory(db: sqlite_utils.Database) -> None:
+    """Device inventory (appliance.inventory.devices): one row per MAC, its addresses over time, the
+    evidence behind its identity (source protocol/field, first and last seen) and a history
+    of new devices and class changes."""
+    db.execute("CREATE TABLE inventory (mac TEXT PRIMARY KEY, vendor TEXT, randomized INTEGER, "
+               "class TEXT, confidence REAL, reasons TEXT, names TEXT, vlan INTEGER, "
+               "router INTEGER, first_seen REAL, last_seen REAL, packets_sent INTEGER, "
+               "bytes_sent INTEGER, packets_received INTEGER, bytes_received INTEGER, "
+               "peers TEXT, updated REAL)")
+    db.execute("CREATE INDEX inventory_class ON inventory (class)")
+    db.execute("CREATE TABLE inventory_ips (mac TEXT NOT NULL, ip TEXT NOT NULL, source TEXT, "
+               "first_seen REAL, last_seen REAL, PRIMARY KEY (mac, ip))")
+    db.execute("CREATE TABLE evidence (mac TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+               "source TEXT, scope TEXT, first_seen REAL, last_seen REAL, count INTEGER, "
+               "PRIMARY KEY (mac, key, value))")
+    db.execute("CREATE TABLE inventory_history (id INTEGER PRIMARY KEY, ts REAL, mac TEXT, "
+               "event TEXT, class TEXT, confidence REAL, detail TEXT)")
+    db.execute("CREATE INDEX inventory_history_mac ON inventory_history (mac, ts)")
+
+
+# Numbered migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
+def _v4_nearest_rule(db: sqlite_utils.Database) -> None:
+    """Violations name the rule that came closest to allowing them."""
+    db.table("violations").add_column("nearest_rule", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",
+                   "packets_sent", "bytes_sent", "packets_received", "bytes_received", "flows",
+                   "violations")
+
+
+class Store:
+    """The appliance's SQLite store. A context manager; close() is idempotent."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"{path}: directory {directory} does not exist")
+        conn: sqlite3.Connection | None = None
+        try:
+            existed = os.path.exists(path) and os.path.getsize(path) > 0
+            conn = sqlite3.connect(path, timeout=10)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(existed)
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if conn is not None:
+                conn.close()          # a store that cannot be opened holds no file open
+            self.db = None  # type: ignore[assignment]
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+
+    def _migrate(self, existed: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema {version} is newer than this "
+                             f"wardtap ({SCHEMA_VERSION}); upgrade wardtap")
+        if version < SCHEMA_VERSION and existed:
+            shutil.copy2(self.path, f"{self.path}.schema{version}.bak")
+        while version < SCHEMA_VERSION:
+            with self.db.atomic():
+                MIGRATIONS[version](self.db)
+                version += 1
+                self.db.execute(f"PRAGMA user_version = {version}")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.conn.close()
+            self.db = None  # type: ignore[assignment]
+
+    def _write(self, work: Callable[[], Any]) -> Any:
+        """Run `work` in one transaction; a failure rolls it back and says why."""
+        try:
+            with self.db.atomic():
+                return work()
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StoreError(f"{self.path}: disk full; this write was rolled back, "
+                                 "earlier data is intact") from None
+            raise StoreError(f"{self.path}: write failed: {exc}") from None
+
+    def start_run(self, kind: str, sources: Iterable[str], mode: str,
+                  policy: Any = None) -> int:
+        row = {"started": time.time(), "kind": kind, "sources": "\n".join(sources),
+               "mode": mode, "policy_name": getattr(policy, "name", None),
+               "policy_version": getattr(policy, "version", None),
+               "policy_digest": getattr(policy, "digest", None)}
+        return int(self._write(lambda: self.db.table("runs").insert(row).last_pk))
+
+    def finish_run(self, run: int, counts: dict[str, int]) -> None:
+        row: dict[str, float] = {k: counts.get(k, 0) for k in ("packets", "bytes", "allowed",
+                                                                "denied", "malformed")}
+        row["finished"] = time.time()
+        self._write(lambda: self.db.table("runs").update(run, row))
+
+    def add_events(self, run: int, events: list[dict[str, Any]]) -> None:
+        """Store flow ends and violations from one drain, in one transaction."""
+        flows = [_flow_row(run, e) for e in events if e["type"] == "flow_end"]
+        violations = [_violation_row(run, e) for e in events if e["type"] == "violation"]
+
+        def work() -> None:
+            if flows:
+                self.db.table("flows").insert_all(flows, batch_size=500)
+            if violations:
+                self.db.table("violations").insert_all(violations, batch_size=500)
+        if flows or violations:
+            self._write(work)
+
+    def merge_devices(self, devices: list[dict[str, Any]]) -> None:
+        """Add a run's device counters to the stored ones (first/last seen widened)."""
+        rows = [[_device_key(d)] + [d.get(c) for c in _DEVICE_COLUMNS[1:]] for d in devices]
+        sql = (
+            f"INSERT INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_DEVICE_COLUMNS))}) ON CONFLICT(key) DO UPDATE SET "
+            "ipv4 = coalesce(devices.ipv4, excluded.ipv4), "
+            "ipv6 = coalesce(devices.ipv6, excluded.ipv6), "
+            "multi_ip = max(devices.multi_ip, excluded.multi_ip), "
+            "first_seen = min(devices.first_seen, excluded.first_seen), "
+            "last_seen = max(devices.last_seen, excluded.last_seen), "
+            + ", ".join(f"{c} = devices.{c} + excluded.{c}" for c in _DEVICE_COLUMNS[8:])
+        )
+        self._write(lambda: self.db.conn.executemany(sql, rows))
+
+    def devices(self) -> list[dict[str, Any]]:
+        return list(self.db.table("devices").rows_where(order_by="first_seen"))
+
+    def violations(self, run: int | None = None) -> list[dict[str, Any]]:
+        where = "run = ?" if run is not None else None
+        args = [run] if run is not None else None
+        return list(self.db.table("violations").rows_where(where, args, order_by="ts"))
+
+
+def _device_key(d: dict[str, Any]) -> str:
+    return d["mac"] or d["ipv4"] or d["ipv6"] or f"device-{d['index']}"
+
+
+def _flow_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
+    return {"run": run, "flow": e["flow"], "first": e["first"], "last": e["ts"],
+            "src": e["src"], "dst": e["dst"], "proto": e["proto"], "sport": e.get("sport"),
+            "dport": e.get("dport"), "icmp_type": e.get("icmp_type"), "vlan": e["vlan"],
+            "packets": e["packets"], "bytes": e["bytes"], "verdict": e["verdict"],
+            "rule": e["rule"], "end": e["end"]}
+
+
+def _violation_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
+    return {"run": run, "ts": e["ts"], "flow": e["flow"], "src": e["src"], "dst": e["dst"],
+            "proto": e["proto"], "sport": e.get("sport"), "dport": e.get("dport"),
+            "icmp_type": e.get("icmp_type"), "vlan": e["vlan"], "reason": e["reason"],
+            "nearest_rule": e.get("nearest_rule"), "smac": e.get("smac"),
+            "dmac": e.get("dmac")}
 
 
 class StoreOutput(Output):

@@ -1,7 +1,11 @@
 """Packet sources behind one interface (appliance.sources.base.Source).
 
 Adding a source is one module plus one entry here. Modules are imported only when their
-source is used, so system bindings (NFQUEUE) are needed only where they run.
+source is used, so system bindings (NFQUEUE) are needed only where they run. Also here: the
+capture file reader (capture), the inline datapath's netfilter rules (netfilter) and its
+out-of-process watchdog and maintenance commands (inlinectl).
+
+Imports: appliance.common.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from appliance.capture import Batch
 from appliance.sources.base import Source, SourceError
+from appliance.sources.capture import Batch
 from fastpath.core import (
     RING_COUNTER_NAMES,
     ring_block_batch,

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from appliance.capture import Batch
 from appliance.errors import WardtapError
+from appliance.sources.capture import Batch
 
 
 class SourceError(WardtapError):

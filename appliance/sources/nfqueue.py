@@ -1,10 +1,10 @@
 """Inline source: a bridge's undecided packets over NFQUEUE, verdicts back with a flow mark.
 
-The kernel bridge forwards; appliance.inline installs the rules that send each flow's first
-packet (IPv4 and IPv6) to queue N and remember the verdict in the flow's conntrack mark, so
-later packets never reach userspace. This module binds libnetfilter_queue through ctypes:
-the PyPI `netfilterqueue` binding cannot set NFQA_CFG_F_FAIL_OPEN, and fail-open is the
-point (DESIGN.md: a security device on a ward must not take the ward down).
+The kernel bridge forwards; appliance.sources.netfilter installs the rules that send each
+flow's first packet (IPv4 and IPv6) to queue N and remember the verdict in the flow's
+conntrack mark, so later packets never reach userspace. This module binds libnetfilter_queue
+through ctypes: the PyPI `netfilterqueue` binding cannot set NFQA_CFG_F_FAIL_OPEN, and
+fail-open is the point (a security device on a ward must not take the ward down).
 
 Per batch: poll the netlink socket, receive every pending message; the library calls back
 once per packet and the callback copies the packet into one preallocated buffer behind a
@@ -19,7 +19,7 @@ Failure cases, and what keeps the ward's traffic flowing in each:
 - queue full (max_len packets waiting) or the netlink socket full: the queue's
   NFQA_CFG_F_FAIL_OPEN flag accepts the packet instead of dropping it.
 - classifier alive but not answering (SIGSTOP, hung in I/O, stuck): the watchdog process
-  (appliance.inline.watchdog) turns the queue rule into ACCEPT when the packet loop's
+  (appliance.sources.netfilter.watchdog) turns the queue rule into ACCEPT when the packet loop's
   heartbeat (a byte down a pipe, every stall_ms/5 at most) has been silent for `stall_ms`,
   and back when it beats again; without it, fail-open waits for a full queue.
 - a batch the daemon never gave verdicts for: accepted (unmarked) before the next batch.
@@ -43,9 +43,10 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from appliance.capture import Batch
-from appliance.inline import DEFAULT_MASK, InlineError, InlineRules, queue_stats
+from appliance.common.child import child_env
 from appliance.sources.base import Source, SourceError
+from appliance.sources.capture import Batch
+from appliance.sources.netfilter import DEFAULT_MASK, InlineError, InlineRules, queue_stats
 
 log = logging.getLogger("wardtap")
 
@@ -275,14 +276,13 @@ class NfqueueSource(Source):
         self._bufview = memoryview(self._buf)
 
     def _start_watchdog(self) -> None:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        env = child_env()
         self._close_heartbeat()
         beat_r, beat_w = os.pipe()
         try:
             self._watchdog = subprocess.Popen(
-                [sys.executable, "-m", "appliance.inline", "watchdog", "--bridge", self.bridge,
+                [sys.executable, "-m", "appliance.sources.inlinectl", "watchdog",
+                 "--bridge", self.bridge,
                  "--queue", str(self.queue), "--mask", hex(self.marks.mask),
                  "--heartbeat-fd", str(beat_r), "--stall-ms", str(self.stall_ms)],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(beat_r,),
@@ -533,7 +533,7 @@ class NfqueueSource(Source):
     def close(self) -> None:
         """Release the queue. The rules stay: with nobody listening, --queue-bypass forwards
         new flows and decided flows keep their verdicts, so a restart is seamless. Use
-        appliance.inline.InlineRules.bypass()/remove() to change that."""
+        appliance.sources.netfilter.InlineRules.bypass()/remove() to change that."""
         wd, self._watchdog = self._watchdog, None
         self._close_heartbeat()
         if wd is not None:

@@ -6,8 +6,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from appliance.capture import Batch, CaptureFile
 from appliance.sources.base import Source
+from appliance.sources.capture import Batch, CaptureFile
 
 IDLE_INTERVAL = 0.1
 _EMPTY = memoryview(b"")

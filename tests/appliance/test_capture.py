@@ -1,6 +1,6 @@
 """CaptureFile: classic pcap and pcapng read from real files, packets located exactly.
 
-Every test writes a real file in tmp_path (appliance.capwriter, plus hand-built blocks for
+Every test writes a real file in tmp_path (appliance.common.capwriter, plus hand-built blocks for
 what the writer does not make) and reads it back through CaptureFile. Offsets and lengths are
 checked by slicing the file's own bytes: they must give exactly the frame that was written.
 """
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.capture import DEFAULT_BATCH, CaptureFile
-from appliance.capwriter import (
+from appliance.common.capwriter import (
     BLOCK_EPB,
     BLOCK_IDB,
     LINKTYPE_ETHERNET,
@@ -30,7 +29,8 @@ from appliance.capwriter import (
     PcapWriter,
 )
 from appliance.errors import CaptureError, WardtapError
-from appliance.packets import (
+from appliance.sources.capture import DEFAULT_BATCH, CaptureFile
+from demoward.frames import (
     ETH_IPV4,
     ETH_IPV6,
     IPPROTO_UDP,

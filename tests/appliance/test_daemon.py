@@ -14,8 +14,8 @@ import sqlite_utils
 from conftest import ROOT, run_wardtap
 from netns import wait_for
 
-from appliance.control import request
-from appliance.demo import DEMO_POLICY, write_demo_ward
+from appliance.common.control import request
+from demoward.ward import DEMO_POLICY, write_demo_ward
 
 
 def _events(path: Path) -> list[dict]:
@@ -147,7 +147,7 @@ def test_config_errors_name_line_and_field(tmp_path: Path, text: str, message: s
 
 
 def test_learn_mode_proposes_a_policy_on_command(tmp_path: Path) -> None:
-    from appliance.policy import load_policy
+    from appliance.policy.model import load_policy
 
     write_demo_ward(str(tmp_path / "ward.pcap"), packets=3000)
     (tmp_path / "wardtap.toml").write_text(
@@ -194,8 +194,8 @@ def test_status_shows_the_leds_and_violations_light_red(daemon) -> None:  # type
 
 
 def test_repeated_batch_failures_enter_bypass(ward_dir: Path) -> None:
-    from appliance.config import load_config
-    from appliance.daemon import FAILURES_FOR_BYPASS, Daemon
+    from appliance.daemon.service import FAILURES_FOR_BYPASS, Daemon
+    from appliance.system.config import load_config
 
     daemon = Daemon(load_config(str(ward_dir / "wardtap.toml")))
     daemon.mode = "enforce"
@@ -209,7 +209,7 @@ def test_repeated_batch_failures_enter_bypass(ward_dir: Path) -> None:
 
 
 def test_datapath_options_are_checked_per_datapath(tmp_path: Path) -> None:
-    from appliance.config import load_config
+    from appliance.system.config import load_config
 
     config = tmp_path / "wardtap.toml"
     config.write_text('[datapath]\ntype = "inline"\nbridge = "br0"\nmax_len = 64\n'

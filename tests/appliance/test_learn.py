@@ -28,10 +28,11 @@ from wardcaptures import (
     write_small_ward,
 )
 
-from appliance.learn import Baseline, learn, propose
-from appliance.policy import load_policy
-from appliance.policywriter import render
-from appliance.replay import Replayer
+from appliance.policy.model import load_policy
+from appliance.policy.writer import render
+from appliance.replay.runner import Replayer
+from appliance.review.baseline import Baseline, learn
+from appliance.review.propose import propose
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
@@ -294,8 +295,8 @@ def test_damaged_capture_is_an_error(small: dict, tmp_path: Path) -> None:
 
 
 def test_capture_without_ip_flows(tmp_path: Path) -> None:
-    from appliance import packets as p
-    from appliance.capwriter import PcapWriter
+    from appliance.common.capwriter import PcapWriter
+    from demoward import frames as p
 
     path = tmp_path / "arp.pcap"
     with path.open("wb") as f:

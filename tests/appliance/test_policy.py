@@ -2,7 +2,7 @@
 the verdicts the real classifier gives on generated captures (docs/policy.md semantics).
 
 Behaviour tests write a policy file and a pcap into tmp_path, replay the capture through
-appliance.replay.Replayer (the real fast path) and read the per-packet lines that
+appliance.replay.runner.Replayer (the real fast path) and read the per-packet lines that
 `--packets-out` writes: verdict, reason and the name of the rule that allowed the flow.
 """
 
@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from appliance.capwriter import PcapWriter
+from appliance.common.capwriter import PcapWriter
 from appliance.errors import PolicyError, WardtapError
-from appliance.packets import (
+from appliance.policy.model import compile_policy, load_policy, parse_policy
+from appliance.replay.runner import Replayer
+from demoward.frames import (
     ARP_REQUEST,
     BROADCAST_MAC,
     ETH_ARP,
@@ -42,8 +44,6 @@ from appliance.packets import (
     tcp,
     udp,
 )
-from appliance.policy import compile_policy, load_policy, parse_policy
-from appliance.replay import Replayer
 
 ROOT = Path(__file__).resolve().parents[2]
 

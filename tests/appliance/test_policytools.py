@@ -1,6 +1,6 @@
 """`wardtap policy diff | test | import-mud | drift` through the real CLI on real captures.
 
-Also the pure-Python policy evaluator (appliance.policyeval) against the fast path, flow by
+Also the pure-Python policy evaluator (appliance.policy.evaluate) against the fast path, flow by
 flow, since diff, drift and the nearest-rule reports rely on it.
 """
 
@@ -16,10 +16,10 @@ import pytest
 from conftest import ROOT, run_wardtap
 from wardcaptures import PUMP_SERVER, PUMPS, demo_captures, write_small_ward
 
-from appliance.demo import DEMO_POLICY
-from appliance.policy import load_policy, parse_policy
-from appliance.policyeval import Endpoint, Evaluator
-from appliance.replay import Replayer
+from appliance.policy.evaluate import Endpoint, Evaluator
+from appliance.policy.model import load_policy, parse_policy
+from appliance.replay.runner import Replayer
+from demoward.ward import DEMO_POLICY
 
 MUD = ROOT / "tests" / "data" / "infusion-pump.mud.json"
 FILLS = ["--fill", "pumpserver.hosp.example=10.40.104.0/24,10.20.0.15",

@@ -3,7 +3,7 @@ flow and device tables seen through the real classifier.
 
 CLI tests run the real command (conftest.run_wardtap) on captures and policies written into
 tmp_path and check stdout, stderr, the exit code, `--packets-out` and the SQLite store (opened
-with sqlite-utils). Flow-table tests drive appliance.replay.Replayer in-process over real
+with sqlite-utils). Flow-table tests drive appliance.replay.runner.Replayer in-process over real
 capture files and look at its events, counters and device records.
 """
 
@@ -18,8 +18,10 @@ from typing import Any
 import sqlite_utils
 from conftest import run_wardtap
 
-from appliance.capwriter import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
-from appliance.packets import (
+from appliance.common.capwriter import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
+from appliance.policy.model import load_policy
+from appliance.replay.runner import Replayer
+from demoward.frames import (
     ARP_REQUEST,
     BROADCAST_MAC,
     ETH_ARP,
@@ -34,8 +36,6 @@ from appliance.packets import (
     tcp,
     udp,
 )
-from appliance.policy import load_policy
-from appliance.replay import Replayer
 from fastpath import Classifier
 
 PUMP_MAC, PUMP_IP = "00:1a:2b:00:00:05", "10.4.1.5"

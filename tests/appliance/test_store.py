@@ -15,7 +15,7 @@ import pytest
 import sqlite_utils
 
 from appliance.errors import StoreError, WardtapError
-from appliance.store import SCHEMA_VERSION, Store
+from appliance.outputs.store import SCHEMA_VERSION, Store
 
 TABLES = {"runs", "devices", "flows", "violations"}
 

@@ -1,11 +1,11 @@
 """Real capture files for the learn and policy-tool tests.
 
-- :func:`write_small_ward`: a hand-built ward (appliance.packets + appliance.capwriter) with
+- :func:`write_small_ward`: a hand-built ward (demoward.frames + appliance.common.capwriter) with
   one of everything the learner must handle: a router with hosts behind it, pumps of two
   vendors on VLAN 20, a printer serving a workstation, DHCP from 0.0.0.0, ICMP echo,
   IPv6 neighbour discovery and MLD, mDNS multicast, SNMP started from both sides, a server
   opening connections to ephemeral ports, a TCP connection caught mid-stream, and LLDP.
-- :func:`demo_captures`: the demo ward (appliance.demo) as an attacked capture, plus the
+- :func:`demo_captures`: the demo ward (demoward.ward) as an attacked capture, plus the
   same capture with the injected flows' packets removed (the clean part to learn from).
 """
 
@@ -16,11 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import packets as p
-from appliance.capture import CaptureFile
-from appliance.capwriter import PcapWriter
-from appliance.demo import UNKNOWN, DemoWard, write_demo_ward
-from appliance.replay import Replayer
+from appliance.common.capwriter import PcapWriter
+from appliance.replay.runner import Replayer
+from appliance.sources.capture import CaptureFile
+from demoward import frames as p
+from demoward.ward import UNKNOWN, DemoWard, write_demo_ward
 
 ROUTER = "00:26:cb:00:00:01"
 GW, GW20 = "10.1.1.1", "10.1.20.1"

@@ -31,8 +31,8 @@ from conftest import ROOT, run_wardtap
 from netns import wait_for
 from rich.cells import cell_len
 
-from appliance.control import request
-from appliance.demo import DEMO_POLICY, write_demo_ward
+from appliance.common.control import request
+from demoward.ward import DEMO_POLICY, write_demo_ward
 
 PACKETS = 5000
 WIDE, SMALL = (120, 40), (40, 12)

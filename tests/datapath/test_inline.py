@@ -30,7 +30,7 @@ import pytest
 from conftest import ROOT
 from netns import UPLINK_IP, UPLINK_IP6, WARD_IP, Ward, wait_for
 
-from appliance.control import request
+from appliance.common.control import request
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -81,7 +81,7 @@ icmp_types = [128]
 # The source under a minimal driver: for options the daemon's config does not carry.
 DRIVER = """
 import json, signal, sys, threading
-from appliance.policy import compile_policy, parse_policy
+from appliance.policy.model import compile_policy, parse_policy
 from appliance.sources import make_source
 from fastpath import Classifier
 options = json.loads(sys.argv[1])
@@ -324,8 +324,8 @@ class Appliance:
         return [e for e in events if kind is None or e["type"] == kind]
 
     def rules(self) -> dict[str, Any]:
-        out = self.ward.exec(self.ward.appliance, [sys.executable, "-m", "appliance.inline",
-                                                   "status"])
+        out = self.ward.exec(self.ward.appliance,
+                             [sys.executable, "-m", "appliance.sources.inlinectl", "status"])
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
     def watchdog_pid(self) -> int:
@@ -334,7 +334,7 @@ class Appliance:
         with open(path) as fh:
             children = [int(pid) for pid in fh.read().split()]
         watchdogs = [pid for pid in children
-                     if b"appliance.inline" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+                     if b"appliance.sources.inlinectl" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(watchdogs) == 1, children
         return watchdogs[0]
 
@@ -378,7 +378,7 @@ def appliances(ward: Ward, tmp_path: Path) -> Iterator[Callable[..., Appliance]]
 
 def test_rules_are_idempotent_and_leave_other_marks_alone(ward: Ward) -> None:
     run = lambda *a: ward.exec(ward.appliance, [sys.executable, "-m",  # noqa: E731
-                                                "appliance.inline", *a], check=False)
+                                                "appliance.sources.inlinectl", *a], check=False)
     for _ in range(2):
         assert run("install").returncode == 0
     for tool in ("iptables", "ip6tables"):

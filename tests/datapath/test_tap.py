@@ -37,7 +37,10 @@ for _path in (ROOT, ROOT / "tests"):     # when run as a script inside a namespa
 import pytest  # noqa: E402
 from netns import Ward, wait_for  # noqa: E402
 
-from appliance.packets import (  # noqa: E402
+from appliance.sources import make_source  # noqa: E402
+from appliance.sources.afpacket import RING_ERRORS, AfPacketSource  # noqa: E402
+from appliance.sources.base import SourceError  # noqa: E402
+from demoward.frames import (  # noqa: E402
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
@@ -50,9 +53,6 @@ from appliance.packets import (  # noqa: E402
     tcp,
     udp,
 )
-from appliance.sources import make_source  # noqa: E402
-from appliance.sources.afpacket import RING_ERRORS, AfPacketSource  # noqa: E402
-from appliance.sources.base import SourceError  # noqa: E402
 from fastpath.core import EVENT_FIELDS, RING_COUNTER_NAMES, ring_block_batch  # noqa: E402
 
 WARD_MAC = "02:77:00:00:00:10"

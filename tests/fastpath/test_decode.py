@@ -1,6 +1,6 @@
 """Unit tests for every decode path of the fast path, through `fastpath.decode_batch`.
 
-Frames come from appliance.packets; dpkt is only an independent reference. Every prefix of
+Frames come from demoward.frames; dpkt is only an independent reference. Every prefix of
 representative frames must decode or give a malformed reason, also when the buffer ends
 exactly at the frame's end (guard page, in a subprocess so a wild read is a failure, not a
 crashed test run). Fragments are checked through the Classifier too.
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import fastpath
-from appliance import packets as P
+from demoward import frames as P
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from array import array
 
-from appliance import packets as P
-from appliance.policy import compile_policy, parse_policy
+from appliance.policy.model import compile_policy, parse_policy
+from demoward import frames as P
 from fastpath import REASON_NAMES, VERDICT_NAMES, Classifier
 
 POLICY = """

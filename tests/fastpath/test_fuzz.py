@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastpath
-from appliance import packets as P
+from demoward import frames as P
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ_TARGET = ROOT / "tests" / "fuzz" / "fuzz_decode.py"

@@ -257,7 +257,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 # -- appliances and fleet clients ------------------------------------------------------------
 
 def fleet_settings(broker: Broker, cn: str = "fleet") -> Any:
-    from appliance.fleet.contract import BrokerSettings
+    from appliance.contract.broker import BrokerSettings
 
     o = broker.client_cert(cn)
     return BrokerSettings.from_options(broker.tls_url, ca=o["ca"], cert=o["cert"], key=o["key"])
@@ -277,7 +277,7 @@ def write_appliance(directory: Path, broker: Broker, appliance: str, site: str =
                     packets: int = 5000, fleet_pub: str | None = None,
                     mode: str = "monitor", extra: str = "") -> Path:
     """A daemon directory: demo ward capture, policy, config reporting to `broker` (TLS)."""
-    from appliance.demo import DEMO_POLICY, write_demo_ward
+    from demoward.ward import DEMO_POLICY, write_demo_ward
 
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / "ward.pcap").exists():

@@ -9,8 +9,8 @@ from typing import Any
 
 from brokerkit import Broker, Watcher, broker, fleet_settings, wait_for  # noqa: F401
 
+from appliance.contract.broker import BrokerSettings, connect_and_wait, make_client, topic
 from appliance.fleet.client import unsigned_request
-from appliance.fleet.contract import BrokerSettings, connect_and_wait, make_client, topic
 from appliance.outputs.mqtt import MqttOutput, ReporterSettings
 
 
@@ -100,7 +100,7 @@ def test_a_reporter_with_the_wrong_identity_keeps_its_events(broker: Broker,  # 
 
 
 def test_no_certificate_no_connection(broker: Broker) -> None:  # noqa: F811
-    from appliance.fleet.contract import ContractError
+    from appliance.contract.broker import ContractError
 
     assert broker.ca is not None
     settings = BrokerSettings.from_options(broker.tls_url, ca=str(broker.ca.ca_path))

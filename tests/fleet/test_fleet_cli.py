@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from brokerkit import ROOT, Broker, Watcher, broker, fleet_env, wait_for  # noqa: F401
 
-from appliance.config import ConfigError, load_config
-from appliance.demo import DEMO_POLICY, write_demo_ward
-from appliance.fleet.contract import (
+from appliance.contract.broker import (
     BrokerSettings,
     ContractError,
     connect_and_wait,
@@ -23,6 +21,8 @@ from appliance.fleet.contract import (
     topic,
 )
 from appliance.outputs.mqtt import MqttOutput, ReporterSettings
+from appliance.system.config import ConfigError, load_config
+from demoward.ward import DEMO_POLICY, write_demo_ward
 
 
 def _wardtap(*args: str, env: dict[str, str] | None = None,

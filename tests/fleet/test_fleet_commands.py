@@ -27,15 +27,15 @@ from brokerkit import (
     write_appliance,
 )
 
-from appliance.demo import DEMO_POLICY
+from appliance.contract.broker import topic
+from appliance.contract.signing import generate_keypair, load_private_key
 from appliance.fleet.client import (
     FleetClient,
     SequenceCounter,
     signed_request,
     unsigned_request,
 )
-from appliance.fleet.contract import topic
-from appliance.signing import generate_keypair, load_private_key
+from demoward.ward import DEMO_POLICY
 
 SITE, NAME = "st-marys", "ward4b-01"
 TARGET = (SITE, NAME)

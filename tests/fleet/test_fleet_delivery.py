@@ -107,7 +107,7 @@ def test_loadgen_kill9_and_broker_restarts_mid_stream(broker: Broker,  # noqa: F
     fleet_db = tmp_path / "fleet.db"
     spool = tmp_path / "spool.db"
     collector = _collector(broker, fleet_db)
-    args = [sys.executable, "-m", "appliance.fleet.loadgen", "--broker", broker.url, "--site",
+    args = [sys.executable, "-m", "demoward.loadgen", "--broker", broker.url, "--site",
             "soak", "--appliance", "gen-1", "--spool", str(spool), "--events", str(total),
             "--rate", "4000", "--reconnect-max", "1"]
     procs: list[subprocess.Popen[bytes]] = []

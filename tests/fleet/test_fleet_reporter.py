@@ -14,8 +14,9 @@ from brokerkit import (
     write_appliance,
 )
 
-from appliance.fleet.contract import BrokerSettings, topic
-from appliance.outputs.mqtt import MqttOutput, ReporterSettings, Summarizer
+from appliance.contract.broker import BrokerSettings, topic
+from appliance.outputs.mqtt import MqttOutput, ReporterSettings
+from appliance.outputs.summarizer import Summarizer
 
 STATE = topic("st-marys", "ward4b-01", "state")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.spool import (
+from appliance.outputs.spool import (
     KIND_EVENT,
     KIND_STATS,
     PRIO_ALERT,

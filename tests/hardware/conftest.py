@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from appliance.hardware import PinMap, load_pinmap
+from appliance.panel.pins import PinMap, load_pinmap
 
 ROOT = Path(__file__).resolve().parents[2]
 PINMAP = ROOT / "hardware" / "pinmap.toml"

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.button import BypassRelay, Heartbeat, WardButton, bypass_toggle
-from appliance.leds import ApplianceState, LedPanel, Pattern
+from appliance.panel.button import BypassRelay, Heartbeat, WardButton, bypass_toggle
+from appliance.panel.leds import ApplianceState, LedPanel, Pattern
 
 from .conftest import ON_RIG
 from .helpers import assert_timing, changes, durations, wait_for

@@ -14,9 +14,9 @@ from .conftest import ROOT
 
 PROBE = """
 import sys
-import appliance.leds, appliance.button, appliance.hardware
+import appliance.panel.leds, appliance.panel.button, appliance.panel.pins
 assert "gpiozero" not in sys.modules, "imported at import time"
-from appliance.leds import LedPanel
+from appliance.panel.leds import LedPanel
 panel = LedPanel()
 assert "gpiozero" in sys.modules
 print(panel.backend)

@@ -9,7 +9,7 @@ import time
 import pytest
 from rich.text import Text
 
-from appliance.leds import (
+from appliance.panel.leds import (
     FAST_HALF,
     RULES,
     ApplianceState,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import HardwareError, WardtapError
-from appliance.hardware import (
+from appliance.panel.pins import (
     BCM_HEADER,
     GROUND,
     HEADER_GPIO,

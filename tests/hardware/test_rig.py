@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from appliance.button import BypassRelay, Heartbeat
-from appliance.hardware import choose_backend
-from appliance.leds import ApplianceState, LedPanel
+from appliance.panel.button import BypassRelay, Heartbeat
+from appliance.panel.leds import ApplianceState, LedPanel
+from appliance.panel.pins import choose_backend
 
 from .conftest import ON_RIG
 from .helpers import wait_for

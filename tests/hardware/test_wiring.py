@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from appliance.hardware import LED_NAMES, load_pinmap, watchdog_rc
+from appliance.panel.pins import LED_NAMES, load_pinmap, watchdog_rc
 
 from .conftest import PINMAP, ROOT
 

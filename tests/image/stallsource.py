@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from appliance.capture import Batch
 from appliance.sources.base import Source
+from appliance.sources.capture import Batch
 
 _EMPTY = memoryview(b"")
 

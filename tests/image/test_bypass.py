@@ -1,7 +1,7 @@
 """wardtap-bypass (image/stage-wardtap/files/wardtap-bypass) in real network namespaces:
 a bridge enforcing through the real daemon (inline, NFQUEUE) becomes a plain forwarding
 bridge. Proved with traffic: a TCP connect the policy denies fails before and succeeds
-after, by each of the script's three ways (appliance.inline, iptables-restore, and taking
+after, by each of the script's three ways (appliance.sources.inlinectl, iptables-restore, and taking
 the bridge out of netfilter when iptables cannot be run)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from netns import UPLINK_IP, Ward, wait_for
 
-from appliance.control import request as control
+from appliance.common.control import request as control
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -75,7 +75,7 @@ def connects(ward: Ward, port: int) -> bool:
 def rules_state(ward: Ward) -> dict[str, Any]:
     import json
 
-    out = ward.exec(ward.appliance, [sys.executable, "-m", "appliance.inline", "status"])
+    out = ward.exec(ward.appliance, [sys.executable, "-m", "appliance.sources.inlinectl", "status"])
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -153,7 +153,7 @@ def enforcing(request: pytest.FixtureRequest) -> Iterator[tuple[Ward, Path]]:
 def run_script(ward: Ward, tmp: Path, how: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
            "PYTHONPATH": str(ROOT), "WARDTAP_PYTHON": sys.executable}
-    if how != "appliance.inline":
+    if how != "appliance.sources.inlinectl":
         env["WARDTAP_PYTHON"] = str(tmp / "no-such-python")     # the venv is broken
     if how == "nf_call":
         # neither Python nor iptables: a PATH with only the tools the script needs besides
@@ -168,7 +168,7 @@ def run_script(ward: Ward, tmp: Path, how: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.mark.parametrize(("enforcing", "how"), [
-    pytest.param(True, "appliance.inline", id="unprivileged-daemon-appliance.inline"),
+    pytest.param(True, "appliance.sources.inlinectl", id="unprivileged-daemon-inlinectl"),
     pytest.param(False, "iptables", id="iptables"),
     pytest.param(False, "nf_call", id="nf_call"),
 ], indirect=["enforcing"])
@@ -189,8 +189,9 @@ def test_bypass_turns_enforcement_into_plain_forwarding(enforcing: tuple[Ward, P
         assert state["bridge_nf_call"] == {"iptables": 0, "ip6tables": 0}
     else:
         assert state["state"] == "bypass", state
-        assert ("(appliance.inline bypass)" if how == "appliance.inline" else "(iptables)") \
-            in result.stderr
+        expected = ("(appliance.sources.inlinectl bypass)" if how == "appliance.sources.inlinectl"
+                    else "(iptables)")
+        assert expected in result.stderr
 
 
 def test_bypass_without_a_bridge_is_a_no_op() -> None:

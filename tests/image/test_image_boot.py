@@ -26,7 +26,7 @@ import vm as vmkit
 import ward
 from fleet.brokerkit import Broker
 
-from appliance.inline import CHAIN
+from appliance.sources.netfilter import CHAIN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds and boots an image: root")
 
@@ -69,7 +69,8 @@ def test_stage_builds_in_a_chroot(image: Path) -> None:
     root = image / "root"
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # noqa: E731
     out = run("chroot", str(root), "/opt/wardtap/bin/python", "-c",
-              "import fastpath, appliance.provision, appliance.integrity; print('ok')")
+              "import fastpath, appliance.system.provision, appliance.system.integrity;"
+              " print('ok')")
     assert out.stdout.strip() == "ok", out.stderr
     out = run("chroot", str(root), "/opt/wardtap/bin/wardtap", "integrity", "verify",
               "/usr/share/wardtap/install.manifest.json")

@@ -1,4 +1,4 @@
-"""Integrity manifests (appliance/integrity.py): a changed, missing or added file is found;
+"""Integrity manifests (appliance/system/integrity.py): a changed, missing or added file is found;
 the daemon raises the alarm (event to the outputs, audit entry, red double flash) and a
 policy pushed through wardtap's own command updates the manifest instead of alarming."""
 
@@ -16,9 +16,9 @@ import sqlite_utils
 from conftest import ROOT, run_wardtap
 from netns import wait_for
 
-from appliance import integrity
-from appliance.control import request
-from appliance.demo import DEMO_POLICY, write_demo_ward
+from appliance.common.control import request
+from appliance.system import integrity
+from demoward.ward import DEMO_POLICY, write_demo_ward
 
 
 def test_manifest_finds_changed_missing_added_and_relinked(tmp_path: Path) -> None:

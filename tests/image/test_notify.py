@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from appliance.notify import Notifier, ServiceNotifier
+from appliance.system.notify import Notifier, ServiceNotifier
 
 HERE = Path(__file__).resolve().parent
 WATCHDOG_USEC = 400_000               # pings every 0.1 s; stale after 0.2 s

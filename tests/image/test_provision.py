@@ -1,4 +1,4 @@
-"""First-boot provisioning (appliance/provision.py): good and bad files, with certificates
+"""First-boot provisioning (appliance/system/provision.py): good and bad files, with certificates
 made at test time. A bad file gives one clear line per problem (file, line, field) and
 writes nothing; a good one becomes one new generation switched on atomically."""
 
@@ -15,10 +15,10 @@ import certs
 import pytest
 from conftest import ROOT
 
-from appliance import integrity
-from appliance.config import load_config
-from appliance.demo import DEMO_POLICY
-from appliance.provision import ProvisionError, apply, check
+from appliance.system import integrity
+from appliance.system.config import load_config
+from appliance.system.provision import ProvisionError, apply, check
+from demoward.ward import DEMO_POLICY
 
 GOOD = """\
 [appliance]
@@ -209,7 +209,8 @@ def test_cli_failure_writes_nothing_and_says_why(boot: tuple[Path, dict[str, Any
     data.mkdir()
     error_file = tmp_path / "provision.error"
     result = subprocess.run(
-        [sys.executable, "-m", "appliance.provision", "apply", str(path), "--data", str(data),
+        [sys.executable, "-m", "appliance.system.provision", "apply", str(path),
+         "--data", str(data),
          "--etc", str(data / "config"), "--user", "", "--group", "",
          "--error-file", str(error_file), "--console", str(console), "--issue-dir",
          str(issue)], capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -225,7 +226,8 @@ def test_cli_failure_writes_nothing_and_says_why(boot: tuple[Path, dict[str, Any
     # fixed: applied, the error state and the provisioning file (it holds the key) are gone
     path.write_text(path.read_text().replace('id = "ward4b-02"', 'id = "ward4b-01"'))
     result = subprocess.run(
-        [sys.executable, "-m", "appliance.provision", "apply", str(path), "--data", str(data),
+        [sys.executable, "-m", "appliance.system.provision", "apply", str(path),
+         "--data", str(data),
          "--etc", str(data / "config"), "--user", "", "--group", "",
          "--error-file", str(error_file), "--console", "", "--issue-dir", str(issue)],
         capture_output=True, text=True, timeout=60, cwd=ROOT,

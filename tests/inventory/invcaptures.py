@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance import packets as p
-from appliance.capwriter import PcapWriter
+from appliance.common.capwriter import PcapWriter
+from demoward import frames as p
 
 T0 = 1_732_788_000 * 1_000_000_000
 MS = 1_000_000
@@ -445,7 +445,7 @@ def write_flood(path: str | Path, devices: int = 400, flows_per_device: int = 10
 
 def feed(dissector: Any, path: str) -> int:
     """Offer every packet of a capture to a Dissector (all marked), as the datapath does."""
-    from appliance.capture import CaptureFile
+    from appliance.sources.capture import CaptureFile
 
     n = 0
     with CaptureFile(path) as cap:

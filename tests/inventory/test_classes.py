@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.classes import ClassRules, ClassRulesError, parse_rules
-from appliance.inventory import Inventory
+from appliance.inventory.classes import ClassRules, ClassRulesError, parse_rules
+from appliance.inventory.devices import Inventory
 
 RULES = ClassRules.load()
 

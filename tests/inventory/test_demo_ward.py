@@ -18,8 +18,8 @@ import pytest
 from conftest import ROOT, run_wardtap
 from netns import wait_for
 
-from appliance.control import request
-from appliance.demo import DEMO_POLICY, DemoWard, write_demo_ward
+from appliance.common.control import request
+from demoward.ward import DEMO_POLICY, DemoWard, write_demo_ward
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import pytest
 from invcaptures import evidence, feed
 from netns import wait_for
 
-from appliance.capture import CaptureFile
-from appliance.dissect import SAMPLING, DissectConfig, DissectError, Dissector, Triage
+from appliance.inventory.dissector import SAMPLING, DissectConfig, DissectError, Dissector
+from appliance.inventory.triage import Triage
+from appliance.sources.capture import CaptureFile
 from fastpath import Classifier
 
 

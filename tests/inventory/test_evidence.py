@@ -9,9 +9,10 @@ import invcaptures as caps
 import pytest
 from invcaptures import evidence
 
-from appliance.dissect import DECODE_AS, DissectConfig, dissect_file
-from appliance.inventory import Identification
-from appliance.replay import Replayer
+from appliance.inventory.dissector import DECODE_AS, DissectConfig
+from appliance.inventory.identify import Identification
+from appliance.inventory.tshark import dissect_file
+from appliance.replay.runner import Replayer
 
 
 @pytest.fixture(scope="module")

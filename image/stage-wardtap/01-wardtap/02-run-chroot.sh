@@ -19,7 +19,7 @@ python3 -m venv --system-site-packages /opt/wardtap
 /opt/wardtap/bin/pip install --no-cache-dir --upgrade pip
 /opt/wardtap/bin/pip install --no-cache-dir -r /tmp/wardtap-dist/requirements-image.txt
 /opt/wardtap/bin/pip install --no-cache-dir "$(ls /tmp/wardtap-dist/wardtap-*.tar.gz)[fleet,dissect]"
-/opt/wardtap/bin/python -c "import fastpath, appliance.cli, appliance.provision"
+/opt/wardtap/bin/python -c "import fastpath, appliance.cli, appliance.system.provision"
 # The root file system is read-only at run time: compile all byte code now, so nothing
 # tries (and fails) to write it, and the integrity manifest covers what actually runs.
 /opt/wardtap/bin/python -m compileall -q /opt/wardtap

@@ -1,6 +1,6 @@
 #!/bin/bash -e
 # In the target root: enable the units, then record the integrity manifest of everything
-# installed (the daemon verifies it at start and every 15 minutes; appliance/integrity.py).
+# installed (the daemon verifies it at start and every 15 minutes; appliance/system/integrity.py).
 systemctl enable wardtap.service wardtap-provision.service wardtap-network.service
 
 # systemd-resolved last, and without its /etc/resolv.conf symlink: the chroot steps after

@@ -1,0 +1,95 @@
+"""`wardtap run | status | top | mode | reload | propose`: the daemon and its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="daemon configuration (TOML)")
+    p.add_argument("--leds", action="store_true",
+                   help="print the LED states as they change (the default on a terminal)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dissect", action="store_true",
+                   help="identify devices (tshark on sampled packets) into the inventory")
+    p.add_argument("--tshark", default="tshark", help="tshark to use with --dissect")
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    import logging
+
+    from appliance.daemon.service import Daemon
+    from appliance.system.config import load_config
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s wardtap %(levelname)s %(message)s")
+    dissect = None
+    if args.dissect:
+        from appliance.inventory.dissector import DissectConfig
+
+        dissect = DissectConfig(tshark=args.tshark)
+    daemon = Daemon(load_config(args.config), dissect=dissect)
+    daemon.show_leds = sys.stderr.isatty() or args.leds
+    return daemon.run()
+
+
+def add_socket(p: argparse.ArgumentParser) -> None:
+    from appliance.system.config import DEFAULT_CONTROL
+
+    p.add_argument("--socket", default=os.environ.get("WARDTAP_CONTROL", DEFAULT_CONTROL),
+                   help="the daemon's control socket")
+
+
+def add_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mode", choices=["learn", "monitor", "enforce", "bypass"])
+    add_socket(p)
+
+
+def _control(socket_path: str, body: dict[str, Any]) -> int:
+    from appliance.common.control import request
+
+    answer = request(socket_path, body)
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("ok") else 1
+
+
+def run_mode(args: argparse.Namespace) -> int:
+    return _control(args.socket, {"cmd": "mode", "mode": args.mode})
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    return _control(args.socket, {"cmd": "reload"})
+
+
+def run_propose(args: argparse.Namespace) -> int:
+    return _control(args.socket, {"cmd": "propose"})
+
+
+def add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object with stable keys (docs/console.md)")
+    add_socket(p)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from appliance.panel import console
+
+    return console.run_status(args.socket, args.json)
+
+
+def add_top(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true",
+                   help="print one frame at the terminal's size and exit (scripts, tests)")
+    add_socket(p)
+
+
+def run_top(args: argparse.Namespace) -> int:
+    from appliance.panel import console
+
+    return console.run_top(args.socket, once=args.once)
+
+

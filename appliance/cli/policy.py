@@ -1,0 +1,169 @@
+"""`wardtap policy check | diff | test | import-mud | drift`: the policy command line.
+
+Every action prints text, or one JSON object with --json; exit 0, or 2 with one error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from appliance.review.diff import diff_policies, render_diff
+from appliance.review.drift import drift, render_drift
+from appliance.review.simulate import render_test, would_block
+
+if TYPE_CHECKING:
+    from appliance.review.baseline import Baseline
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mac", action="append", default=[], help="the device's MAC (repeatable)")
+    p.add_argument("--oui", action="append", default=[], help="the device's OUI (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="the device's address or block")
+    p.add_argument("--vlan", action="append", default=[], help="the device's VLAN")
+    p.add_argument("--fill", action="append", default=[], metavar="NAME=ADDR[,ADDR]",
+                   help="addresses for a placeholder group (a DNS name, controller...)")
+
+
+def add_actions(sub: Any) -> None:
+    """Add diff, test, import-mud and drift to `wardtap policy`'s subparsers."""
+    p = sub.add_parser("diff", help="what a policy change allows and denies")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("test", help="replay captures: what would the policy block")
+    p.add_argument("file")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("import-mud", help="an RFC 8520 MUD file as a policy")
+    p.add_argument("file", metavar="FILE.json")
+    p.add_argument("-o", "--output", metavar="POLICY", help="default: standard output")
+    p.add_argument("--name", help="the policy's name")
+    _add_device_options(p)
+    p = sub.add_parser("drift", help="devices' baselines against a policy or MUD file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--policy", metavar="FILE")
+    src.add_argument("--mud", metavar="FILE")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.add_argument("--json", action="store_true")
+    _add_device_options(p)
+
+
+def _emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> int:
+    print(json.dumps(data, indent=2, default=str) if as_json else render(data))
+    return 0
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    from appliance.policy.model import load_policy
+
+    old, new = load_policy(args.old), load_policy(args.new)
+    return _emit(diff_policies(old, new), args.json, render_diff)
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from appliance.policy.model import compile_policy, load_policy
+
+    policy = load_policy(args.file)
+    compile_policy(policy)
+    return _emit(would_block(policy, args.captures), args.json, render_test)
+
+
+def _mud_policy(args: argparse.Namespace, profile: Any, baseline: Baseline | None = None
+                ) -> tuple[str, list[str], list[str], str]:
+    """(policy text, warnings, rules left out, device group) from --mud/FILE and the
+    device options; with a baseline and no device options, every device seen is the MUD's
+    device."""
+    from appliance.policy.mud import device_selectors, mud_draft, parse_fills
+    from appliance.policy.writer import render
+
+    device = device_selectors(args.mac, args.oui, args.ip, args.vlan)
+    fills = parse_fills(args.fill)
+    if baseline is not None and device.empty:
+        from appliance.review.baseline import View
+
+        device.mac = sorted(k[1] for k in View(baseline).entities if k[0] == "mac")
+    draft = mud_draft(profile, device, fills, getattr(args, "name", None))
+    placeholders = {g.name for g in draft.groups if g.placeholder}
+    left_out = []
+    for r in draft.rules:
+        missing = sorted(placeholders & set(r.sources + r.destinations))
+        if missing:
+            left_out.append(f"rule {r.name} names placeholder group {', '.join(missing)} "
+                            f"(fill it in with --fill NAME=ADDRESS): {r.comments[0]}")
+    return render(draft), profile.warnings, left_out, profile.device_name
+
+
+def _run_import_mud(args: argparse.Namespace) -> int:
+    from appliance.policy.model import compile_policy, parse_policy
+    from appliance.policy.mud import load_mud
+    from appliance.policy.writer import write_text
+
+    text, warnings, left_out, _ = _mud_policy(args, load_mud(args.file))
+    compile_policy(parse_policy(text, args.output or "<import>"))
+    for w in warnings:
+        print(f"wardtap: warning: {w}", file=sys.stderr)
+    write_text(args.output, text)
+    if args.output:
+        print(f"{args.file}: imported -> {args.output}"
+              + (f" ({len(left_out)} rules commented out until placeholders are filled in, "
+                 f"{len(warnings)} warnings)" if left_out or warnings else ""))
+    return 0
+
+
+def _run_drift(args: argparse.Namespace) -> int:
+    from appliance.policy.model import compile_policy, load_policy, parse_policy
+    from appliance.review.baseline import learn
+
+    if args.policy and (args.mac or args.oui or args.ip or args.vlan or args.fill):
+        from appliance.errors import WardtapError
+
+        raise WardtapError("--mac/--oui/--ip/--vlan/--fill go with --mud, not --policy")
+    if args.policy:
+        policy = load_policy(args.policy)
+        compile_policy(policy)
+        baseline = learn(args.captures)
+        left_out: list[str] = []
+        only = None
+    else:
+        from appliance.policy.mud import load_mud
+
+        profile = load_mud(args.mud)      # a broken MUD file fails before any replay
+        baseline = learn(args.captures)
+        text, warnings, left_out, only = _mud_policy(args, profile, baseline)
+        for w in warnings:
+            print(f"wardtap: warning: {w}", file=sys.stderr)
+        policy = parse_policy(text, args.mud)
+    return _emit(drift(policy, baseline, left_out, only), args.json, render_drift)
+
+
+_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "diff": _run_diff, "test": _run_test, "import-mud": _run_import_mud, "drift": _run_drift,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate a policy file")
+    check.add_argument("file")
+    add_actions(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    from appliance.policy.model import compile_policy, load_policy
+
+    action = _ACTIONS.get(args.policy_command)
+    if action is not None:
+        return action(args)
+
+    policy = load_policy(args.file)
+    compile_policy(policy)
+    print(f"{args.file}: ok: policy {policy.name!r} v{policy.version}, "
+          f"{len(policy.groups)} groups, {len(policy.rules)} rules")
+    return 0
+
+
+

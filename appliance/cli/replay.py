@@ -1,0 +1,41 @@
+"""`wardtap replay`: classify capture files and summarise (appliance.replay.job)."""
+
+from __future__ import annotations
+
+import argparse
+
+from appliance.replay.job import ReplayJob, run_job
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
+    p.add_argument("--policy", help="allow-list policy (TOML); without it nothing is enforced")
+    p.add_argument("--mode", choices=["learn", "monitor", "enforce"],
+                   help="default: monitor with a policy, learn without")
+    p.add_argument("--db", help="SQLite store for devices, flows and violations")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--packets-out", metavar="FILE",
+                   help="write one JSON line per packet (verdict, addresses, ports)")
+    p.add_argument("--flows", type=int, default=65536, help="flow table slots (128 B each)")
+    p.add_argument("--devices", type=int, default=4096, help="device table slots")
+    p.add_argument("--dissect", action="store_true",
+                   help="identify devices: dissect sampled packets with tshark and build the "
+                        "inventory (stored with --db; docs/inventory.md)")
+    p.add_argument("--tshark", default="tshark", help="tshark to use with --dissect")
+    g = p.add_argument_group("report to a fleet broker over MQTT (docs/mqtt.md)")
+    g.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    g.add_argument("--site", help="site id for the topics")
+    g.add_argument("--appliance", help="appliance id for the topics")
+    g.add_argument("--ca", help="CA certificate (PEM)")
+    g.add_argument("--tls-cert", help="client certificate (PEM)")
+    g.add_argument("--tls-key", help="client private key (PEM)")
+    g.add_argument("--username")
+    g.add_argument("--password-file", help="MQTT password file (or WARDTAP_MQTT_PASSWORD)")
+    g.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds to wait for the broker to acknowledge everything")
+
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {k: v for k, v in vars(args).items() if k in ReplayJob.__dataclass_fields__}
+    return run_job(ReplayJob(**options))

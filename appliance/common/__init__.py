@@ -1,0 +1,5 @@
+"""Shared by every package: reading a user's files, TOML positions, the fast path's records,
+capture writing, MAC vendors, the local control socket's protocol, child processes.
+
+Imports: appliance.errors and fastpath only.
+"""

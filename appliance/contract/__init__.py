@@ -1,0 +1,4 @@
+"""The fleet contract both sides share: topics, broker connections, signed commands.
+
+Imports: appliance.common.
+"""

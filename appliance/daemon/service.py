@@ -1,0 +1,569 @@
+"""`wardtap run`: the appliance daemon.
+
+Start order: policy, store and outputs, classifier, packet source, control socket; stop in
+reverse on SIGTERM/SIGINT. SIGHUP reloads the policy. The main loop owns the classifier:
+control requests and reloads are applied between batches, never during one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from appliance.common.control import ControlServer, Request
+from appliance.common.records import device_dict, event_dict
+from appliance.daemon.commands import CallbackRequest, dispatch
+from appliance.errors import PolicyError, WardtapError
+from appliance.outputs import EventLogOutput, Output, StoreOutput
+from appliance.policy.model import Policy, compile_policy, load_policy
+from appliance.review.baseline import Baseline
+from appliance.sources import Source, make_source
+from appliance.system.config import Config
+from appliance.system.notify import ServiceNotifier
+from fastpath import Classifier, CompiledPolicy
+
+if TYPE_CHECKING:
+    from appliance.inventory.dissector import DissectConfig
+    from appliance.inventory.identify import Identification
+    from appliance.outputs.audit import AuditLog
+    from appliance.panel.frontpanel import FrontPanel
+    from appliance.system.integrity import IntegrityMonitor
+
+log = logging.getLogger("wardtap")
+
+BATCH_MAX = 1 << 16
+
+SNAPSHOT_INTERVAL = 10.0
+EVENT_DRAIN = 8192
+PANEL_INTERVAL = 1.0
+# Repeated failure: this many failed batches within the window put the appliance in bypass.
+FAILURES_FOR_BYPASS = 3
+FAILURE_WINDOW = 60.0
+# The console (wardtap status/top): counters sampled once a second for packets/s (the last
+# minute kept, the rate averaged over the last few samples) and the last violations.
+RATE_INTERVAL = 1.0
+RATE_SAMPLES = 61
+RATE_WINDOW = 5
+RECENT_VIOLATIONS = 20
+VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", "vlan",
+                    "reason", "verdict", "rule", "smac")
+
+
+class Daemon:
+    def __init__(self, config: Config, dissect: DissectConfig | None = None) -> None:
+        self.config = config
+        # deep dissection and the device inventory (appliance.inventory.devices), when enabled
+        self.dissect = dissect
+        self.identification: Identification | None = None
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.requests: queue.Queue[Request] = queue.Queue(maxsize=64)
+        self.policy: Policy | None = None
+        self.generation = 0
+        self.mode = config.mode
+        self.started = time.time()
+        self.outputs: list[Output] = []
+        self.source: Source | None = None
+        self.classifier = Classifier(flow_capacity=config.flows,
+                                     device_capacity=config.devices)
+        self.batches = 0
+        self.last_batch = time.monotonic()
+        self.baseline: Baseline | None = None
+        # called with a duration in seconds by the "identify" command (LEDs hook it here)
+        self.on_identify: Callable[[float], object] | None = None
+        self.panel: FrontPanel | None = None
+        self.show_leds = False             # print the (simulated) LEDs: `run` in a terminal
+        self.failures: list[float] = []    # monotonic times of recent batch failures
+        self.audit: AuditLog | None = None  # local commands' audit log, opened on first use
+        # systemd (Type=notify): READY, STATUS, WATCHDOG only while the loop makes progress
+        # and the output threads live, STOPPING (appliance.system.notify); a no-op elsewhere
+        self.notify = ServiceNotifier(alive=lambda: all(o.alive() for o in self.outputs))
+        self.integrity: IntegrityMonitor | None = None   # [integrity] manifests, checked
+        # for the console: (monotonic time, packets, bytes) once a second; recent violations
+        self.rate_samples: collections.deque[tuple[float, int, int]] = collections.deque(
+            maxlen=RATE_SAMPLES)
+        self.recent_violations: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=RECENT_VIOLATIONS)
+        self.violations_seen = 0
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code."""
+        cfg = self.config
+        if cfg.policy:
+            self._apply_policy(load_policy(cfg.policy, classes=self._class_members()))
+        self.classifier.set_mode("learn" if self.mode in ("learn", "bypass") else self.mode)
+        if self.mode == "learn":
+            self.baseline = Baseline()
+        store = None
+        control = None
+        try:
+            if cfg.store:
+                from appliance.outputs.store import Store
+
+                store = Store(cfg.store)
+                run = store.start_run("daemon", [cfg.path], self.mode, self.policy)
+                self.outputs.append(StoreOutput(store, run))
+            if cfg.event_log:
+                self.outputs.append(EventLogOutput(cfg.event_log))
+            if cfg.broker:
+                from appliance.outputs.mqtt import MqttOutput
+
+                self.outputs.append(MqttOutput.from_config(
+                    cfg.broker, mode=self.mode, policy=self.policy_info(),
+                    datapath=cfg.datapath, submit=self._submit))
+            if self.dissect is not None:
+                from appliance.inventory.identify import Identification
+
+                self.identification = Identification(self.dissect, store)
+                self.identification.start(self.classifier, BATCH_MAX)
+            if cfg.integrity:
+                from appliance.system.integrity import IntegrityMonitor
+
+                self.integrity = IntegrityMonitor.from_config(cfg.integrity)
+                self.integrity.start()          # first check now, then every interval
+            self.source = make_source(cfg.datapath, **cfg.datapath_options)
+            if cfg.panel:
+                from appliance.panel.frontpanel import FrontPanel
+
+                self.panel = FrontPanel(self.requests, inline=self.source.inline,
+                                        show=self.show_leds)
+                self.on_identify = self.panel.identify
+                self._refresh_panel()
+            if cfg.control_socket:
+                control = ControlServer(cfg.control_socket, self.requests, self.stop)
+                control.start()
+            # Last before the loop: inline, opening installs the rules that queue new flows
+            # to us, and nothing may keep the loop from serving them (a slow start would
+            # hold the ward's new flows until the inline watchdog fails open).
+            self.source.open()
+            self._install_signals()
+            self._emit({"type": "started", "mode": self.mode, "datapath": cfg.datapath,
+                        "policy": self.policy_info()})
+            log.info("running: datapath %s, mode %s, policy %s", cfg.datapath, self.mode,
+                     self.policy_info() or "none")
+            self.notify.ready(self._status_line())
+            self._loop()
+            return 0
+        finally:
+            self.notify.stopping()
+            self._emit({"type": "stopping", "mode": self.mode})
+            self._flush_events()
+            self._snapshot()
+            if control is not None:
+                control.close()
+            if self.integrity is not None:
+                self.integrity.close()
+            if self.panel is not None:
+                self.panel.close()
+            if self.source is not None:
+                self.source.close()
+            if self.identification is not None:
+                self.identification.close()
+            for output in reversed(self.outputs):
+                output.close()
+            if store is not None:
+                store.close()
+            if self.audit is not None:
+                self.audit.close()
+            log.info("stopped")
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _loop(self) -> None:
+        assert self.source is not None
+        clf = self.classifier
+        n_max = BATCH_MAX
+        ident = self.identification
+        samples = ident.samples_view if ident is not None else None
+        verdicts = memoryview(bytearray(n_max))
+        reasons = memoryview(bytearray(n_max))
+        rules = memoryview(bytearray(2 * n_max)).cast("H")
+        next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        interval = self.config.learn_interval
+        next_proposal = time.monotonic() + interval if interval else float("inf")
+        next_panel = 0.0
+        self._sample_rate()
+        next_rate = time.monotonic() + RATE_INTERVAL
+        for batch in self.source.batches(self.stop):
+            n = batch.count
+            try:
+                if n:
+                    if n > n_max:
+                        raise WardtapError(f"datapath batch of {n} packets exceeds {n_max}")
+                    clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
+                                 batch.linktypes, verdicts, reasons, rules, samples)
+                    if ident is not None:
+                        ident.offer(batch, n)   # copies the marked packets out, never waits
+                    if self.source.inline:
+                        self.source.verdict(batch, verdicts[:n], self.mode)
+                else:
+                    clf.sweep(time.time_ns())
+            except Exception as exc:  # noqa: BLE001  (first, do no harm: fail open, go on)
+                self._batch_failed(exc)
+                continue
+            self.batches += 1
+            self.last_batch = time.monotonic()
+            if self.panel is not None:
+                self.panel.feed()
+                if self.last_batch >= next_panel:
+                    self._refresh_panel()
+                    next_panel = self.last_batch + PANEL_INTERVAL
+            self.notify.tick(self.last_batch, self._status_line)
+            if self.integrity is not None and self.integrity.pending.is_set():
+                self.integrity.deliver(self)
+            if self.last_batch >= next_rate:
+                self._sample_rate()
+                next_rate = self.last_batch + RATE_INTERVAL
+            if clf.pending_events:
+                self._flush_events()
+            if ident is not None:
+                found = ident.poll()        # dissection results, classes (once a second)
+                if found:
+                    self._publish(found)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._audit_local({"cmd": "reload", "source": "signal"}, self.reload())
+            self._serve_requests()
+            if time.monotonic() >= next_snapshot:
+                self._snapshot()
+                next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+            if time.monotonic() >= next_proposal:
+                self.propose()
+                next_proposal = time.monotonic() + interval
+            if self.stop.is_set():
+                break
+
+    def _batch_failed(self, exc: Exception) -> None:
+        """A batch could not be processed: log it; repeated failures enter bypass."""
+        now = time.monotonic()
+        self.failures = [t for t in self.failures if now - t < FAILURE_WINDOW] + [now]
+        log.error("batch failed (%d in %.0f s): %s: %s", len(self.failures), FAILURE_WINDOW,
+                  type(exc).__name__, exc)
+        if len(self.failures) >= FAILURES_FOR_BYPASS and self.mode != "bypass":
+            log.error("repeated failures: entering bypass, ward traffic is not inspected")
+            self.set_mode("bypass")
+            self._emit({"type": "bypass_entered", "reason": "repeated failure",
+                        "error": f"{type(exc).__name__}: {exc}"})
+
+    def _refresh_panel(self) -> None:
+        if self.panel is None:
+            return
+        mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)
+        connected = getattr(mqtt, "connected", None)
+        self.panel.refresh(
+            mode=self.mode, healthy=self._healthy(),
+            datapath_running=time.monotonic() - self.last_batch < 2.0,
+            broker_configured=mqtt is not None,
+            broker_connected=bool(connected is not None and connected.is_set()))
+
+    def _status_line(self) -> str:
+        """One line for systemd's STATUS= (systemctl status wardtap)."""
+        c = self.classifier.stats()
+        policy = self.policy
+        return (f"{self.mode}, {self.config.datapath}, policy "
+                f"{f'{policy.name} v{policy.version}' if policy else 'none'}: "
+                f"{c['packets']} packets, {c['denied']} denied, {c['devices']} devices")
+
+    # -- policy and mode -------------------------------------------------------------------
+
+    def _apply_policy(self, policy: Policy,
+                      compiled: CompiledPolicy | None = None) -> list[tuple[Any, ...]]:
+        if compiled is None:
+            compiled = compile_policy(policy, generation=self.generation + 1)
+        self.generation += 1
+        self.policy = policy
+        self.classifier.set_policy(compiled)
+        return self.classifier.reevaluate()
+
+    def reload(self) -> dict[str, Any]:
+        """Load the policy file again: all of it applies, or none of it."""
+        if not self.config.policy:
+            return {"ok": False, "error": "no policy file configured"}
+        try:
+            policy = load_policy(self.config.policy, classes=self._class_members())
+            # Compiled (so fully validated) before anything running is touched.
+            compiled = compile_policy(policy, generation=self.generation + 1)
+        except PolicyError as exc:
+            log.error("policy reload rejected, keeping the running policy: %s", exc)
+            self._emit({"type": "policy_rejected", "error": str(exc),
+                        "running": self.policy_info()})
+            return {"ok": False, "error": str(exc)}
+        old = self.policy_info()
+        changed = self._apply_policy(policy, compiled)
+        changed_events = [event_dict(rec, self._rule_name) for rec in changed]
+        if self.source is not None and hasattr(self.source, "flows_changed"):
+            self.source.flows_changed(changed_events)
+        self._emit({"type": "policy_loaded", "previous": old, "policy": self.policy_info(),
+                    "flows_changed": len(changed_events)})
+        log.info("policy reloaded: %s (%d existing flows changed verdict)",
+                 self.policy_info(), len(changed_events))
+        self._flush_events()
+        return {"ok": True, "policy": self.policy_info(), "flows_changed": len(changed)}
+
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        if mode not in ("learn", "monitor", "enforce", "bypass"):
+            return {"ok": False, "error": f"unknown mode {mode!r}"}
+        if mode in ("monitor", "enforce") and self.policy is None:
+            return {"ok": False, "error": f"mode {mode} needs a policy"}
+        previous, self.mode = self.mode, mode
+        if mode == "learn" and self.baseline is None:
+            self.baseline = Baseline()
+        self.classifier.set_mode("learn" if mode in ("learn", "bypass") else mode)
+        if self.source is not None and hasattr(self.source, "set_bypass"):
+            self.source.set_bypass(mode == "bypass")
+        self._emit({"type": "mode_changed", "previous": previous, "mode": mode})
+        self._refresh_panel()
+        log.info("mode %s -> %s", previous, mode)
+        return {"ok": True, "mode": mode, "previous": previous}
+
+    def propose(self) -> dict[str, Any]:
+        """Write the policy learned so far (learn mode) to the configured file."""
+        import copy
+
+        from appliance.policy.writer import render, write_text
+        from appliance.review.propose import check_allows, propose
+
+        if self.baseline is None:
+            return {"ok": False, "error": "not learning: the daemon is not in learn mode"}
+        snapshot = copy.deepcopy(self.baseline)
+        snapshot.close(event_dict(rec) for rec in self.classifier.flow_list())
+        snapshot.add_devices(device_dict(rec) for rec in self.classifier.device_list())
+        text = render(propose(snapshot, name="learned"))
+        path = self.config.learn_output
+        try:
+            check_allows(text, snapshot, path or "<proposal>")
+            if path:
+                write_text(path, text)
+        except WardtapError as exc:
+            log.error("proposed policy not written: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        self._emit({"type": "policy_proposed", "path": path,
+                    "conversations": len(snapshot.conversations)})
+        log.info("proposed policy written to %s", path)
+        return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
+                **({} if path else {"policy": text})}
+
+    # -- control requests ------------------------------------------------------------------
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                request = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            answer = dispatch(self, request.body)
+            self._audit_local(request.body, answer)
+            request.respond(answer)
+
+    def _audit_local(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Local commands that change the appliance (control socket, button) go to the same
+        audit log as the fleet's; MQTT commands are audited where they are verified."""
+        source = str(body.get("source", "control"))
+        if source == "mqtt" or body.get("cmd") == "status" or not self.config.store:
+            return
+        try:
+            if self.audit is None:
+                from appliance.outputs.audit import AuditLog
+
+                self.audit = AuditLog(self.config.store)
+            detail = json.dumps({k: v for k, v in body.items() if k not in ("cmd", "source")},
+                                default=str)[:1024]
+            row = self.audit.record(source, None, "ok" if answer.get("ok") else "rejected",
+                                    reason=answer.get("error"), detail=detail,
+                                    name=str(body.get("cmd"))[:64])
+            self.audit.finish(row, "ok" if answer.get("ok") else "rejected", answer)
+        except WardtapError as exc:
+            log.error("audit log: %s", exc)
+
+    def _submit(self, body: dict[str, Any],
+                reply: Callable[[dict[str, Any]], None]) -> bool:
+        """Queue a request from another thread (MQTT); `reply` runs on this main loop."""
+        try:
+            self.requests.put_nowait(CallbackRequest(body, reply))
+        except queue.Full:
+            return False
+        return True
+
+    # -- what commands see of the daemon (appliance.daemon.commands.DaemonControl) ----------
+
+    @property
+    def configured_mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def policy_path(self) -> str | None:
+        return self.config.policy
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def identify(self, seconds: float) -> bool:
+        """Blink the unit for `seconds`; False when no LEDs are attached."""
+        if self.on_identify is None:
+            return False
+        self.on_identify(seconds)
+        return True
+
+    def devices(self) -> list[dict[str, Any]]:
+        return [device_dict(rec) for rec in self.classifier.device_list()]
+
+    def policy_file_change(self) -> contextlib.AbstractContextManager[object]:
+        """A change to the policy file made through wardtap: the integrity manifest that
+        lists it follows the change instead of raising an alarm."""
+        path = self.config.policy
+        if self.integrity is None or not path:
+            return contextlib.nullcontext()
+        return self.integrity.updating(path)
+
+    def status(self) -> dict[str, Any]:
+        stats = self.classifier.stats()
+        return {
+            "pid": os.getpid(), "mode": self.mode, "datapath": self.config.datapath,
+            "policy": self.policy_info(), "uptime_s": round(time.time() - self.started, 1),
+            "batches": self.batches,
+            "last_batch_age_s": round(time.monotonic() - self.last_batch, 3),
+            "counters": {k: v for k, v in stats.items() if k != "reasons"},
+            "reasons": stats["reasons"],
+            "source": self.source.stats() if self.source is not None else {},
+            "memory_bytes": self.classifier.memory_bytes,
+            "leds": (None if self.panel is None else
+                     {"patterns": self.panel.leds.display.as_dict(),
+                      "line": self.panel.render(), "backend": self.panel.leds.backend,
+                      "colours": {led.name: led.colour for led in self.panel.leds.pinmap.leds}}),
+            **({"dissect": self.identification.stats()}
+               if self.identification is not None else {}),
+            **({"integrity": self.integrity.status()} if self.integrity is not None else {}),
+            "health": self._health(), "rate": self._rate(stats),
+            "violations": {"seen": self.violations_seen,
+                           "recent": list(reversed(self.recent_violations))},
+            "broker": self._broker_status(),
+        }
+
+    # -- status details for the console (wardtap status / top) -------------------------------
+
+    def _healthy(self) -> bool:
+        """No batch failed within the failure window."""
+        return not self.failures or time.monotonic() - self.failures[-1] > FAILURE_WINDOW
+
+    def _health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        healthy = self._healthy()
+        running = now - self.last_batch < 2.0
+        state = ("bypass" if self.mode == "bypass" else "fault" if not healthy
+                 else "stalled" if not running else "ok")
+        return {"state": state, "healthy": healthy, "datapath_running": running,
+                "batch_failures": sum(now - t < FAILURE_WINDOW for t in self.failures)}
+
+    def _sample_rate(self) -> None:
+        stats = self.classifier.stats()
+        self.rate_samples.append((time.monotonic(), int(stats["packets"]),
+                                  int(stats["bytes"])))
+
+    def _rate(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Packets and bytes per second from the sample about RATE_WINDOW seconds old to the
+        counters now, and packets per second for each second of the last minute."""
+        samples = list(self.rate_samples)
+        history = [round((b[1] - a[1]) / (b[0] - a[0]), 1)
+                   for a, b in zip(samples, samples[1:], strict=False) if b[0] > a[0]]
+        now = time.monotonic()
+        t0, p0, b0 = samples[-RATE_WINDOW] if len(samples) >= RATE_WINDOW else (
+            samples[0] if samples else (now, 0, 0))
+        if now - t0 < 0.1:
+            return {"packets_per_s": None, "bytes_per_s": None, "window_s": None,
+                    "history": history}
+        return {"packets_per_s": round((int(stats["packets"]) - p0) / (now - t0), 1),
+                "bytes_per_s": round((int(stats["bytes"]) - b0) / (now - t0), 1),
+                "window_s": round(now - t0, 1), "history": history}
+
+    def _broker_status(self) -> dict[str, Any]:
+        mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)
+        status = getattr(mqtt, "status", None)
+        if mqtt is None or status is None:
+            return {"configured": False, "connected": False, "url": None,
+                    "spool_depth": None, "spool_overflow": None, "spool_dropped": None}
+        return {"configured": True, **status()}
+
+    def _class_members(self) -> Callable[[str], list[str]] | None:
+        """Policy `class = [...]` selectors: MACs the stored inventory classified, read at
+        each policy load and reload."""
+        if not self.config.store:
+            return None
+        from appliance.inventory.identify import class_members
+
+        return class_members(self.config.store)
+
+    # -- events and outputs ------------------------------------------------------------------
+
+    def _rule_name(self, index: int) -> str | None:
+        return self.policy.rule_name(index) if self.policy else None
+
+    def policy_info(self) -> dict[str, Any] | None:
+        if self.policy is None:
+            return None
+        return {"name": self.policy.name, "version": self.policy.version,
+                "sha256": self.policy.digest, "generation": self.generation}
+
+    def _flush_events(self) -> None:
+        while True:
+            records = self.classifier.drain(EVENT_DRAIN)
+            if not records:
+                return
+            events = [event_dict(rec, self._rule_name) for rec in records]
+            if self.identification is not None:
+                self.identification.on_events(events)
+            self._publish(events)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("ts", time.time())
+        self._publish([event])
+
+    def _publish(self, events: list[dict[str, Any]]) -> None:
+        if self.baseline is not None and self.mode == "learn":
+            self.baseline.observe(events)
+        violations = [e for e in events if e["type"] == "violation"]
+        if violations:
+            self.violations_seen += len(violations)
+            self.recent_violations.extend({k: e[k] for k in VIOLATION_FIELDS if k in e}
+                                          for e in violations[-RECENT_VIOLATIONS:])
+            if self.panel is not None:
+                self.panel.violation()
+        for output in self.outputs:
+            try:
+                output.publish(events)
+            except WardtapError as exc:
+                log.error("output %s failed, events kept by the others: %s", output.name, exc)
+
+    def _snapshot(self) -> None:
+        stats = self.classifier.stats()
+        devices = [device_dict(rec) for rec in self.classifier.device_list()]
+        if self.identification is not None:
+            from appliance.inventory.devices import annotate
+
+            devices = annotate(devices, self.identification.inventory.as_list())
+        if self.identification is not None:
+            try:
+                found = self.identification.snapshot(devices)   # merges, classifies, saves
+            except WardtapError as exc:
+                log.error("inventory not saved: %s", exc)
+                found = []
+            if found:
+                self._publish(found)
+        for output in self.outputs:
+            try:
+                output.snapshot(stats, devices)
+            except WardtapError as exc:
+                log.error("output %s failed: %s", output.name, exc)

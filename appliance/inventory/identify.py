@@ -1,0 +1,121 @@
+"""Device identification inside a datapath loop (appliance.replay, appliance.daemon).
+
+`Identification` ties the samples array for classify(), the Dissector, the Inventory and the
+store together; `class_members` resolves a policy's `class = [...]` selectors from the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from appliance.inventory.classes import ClassRules
+from appliance.inventory.devices import Inventory
+
+if TYPE_CHECKING:
+    from appliance.inventory.dissector import DissectConfig, Dissector
+    from appliance.outputs.store import Store
+
+
+def class_members(db_path: str) -> Callable[[str], list[str]]:
+    """For policy loading: class name -> MACs the stored inventory put in that class.
+
+    Resolved when called (policy load or reload); a store without an inventory yet gives
+    every class no members.
+    """
+    import os
+    import sqlite3
+
+    def members(cls: str) -> list[str]:
+        if not os.path.exists(db_path):
+            return []
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                rows = conn.execute("SELECT mac FROM inventory WHERE class = ? ORDER BY mac",
+                                    (cls,)).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return []
+        return [r[0] for r in rows]
+
+    return members
+
+
+class Identification:
+    """Samples array + Dissector + Inventory (+ store) for one classifier's loop.
+
+        ident = Identification(DissectConfig(), store).start(classifier, batch_size)
+        classifier.classify(..., ident.samples_view)
+        ident.offer(batch, n)             # copies the marked packets out, never waits
+        ident.on_events(events)           # every drained batch of fast-path events
+        events = ident.poll()             # between batches: merge dissection results
+        ident.snapshot(devices)           # periodically: counters, classes, store
+        ident.finish(devices, timeout)    # end of a replay: wait for the worker, save
+        ident.close()
+    """
+
+    def __init__(self, config: DissectConfig | None = None, store: Store | None = None,
+                 rules: ClassRules | None = None, classify_interval: float = 1.0) -> None:
+        from appliance.inventory.dissector import DissectConfig, Dissector
+
+        self.config = config or DissectConfig()
+        self.store = store
+        self.inventory = Inventory(rules)
+        if store is not None:
+            self.inventory.load(store)
+        self.dissector: Dissector = Dissector(self.config)
+        self.samples = bytearray(0)
+        self.samples_view = memoryview(self.samples)
+        self.classify_interval = classify_interval
+        self._next_classify = 0.0
+        self.events: list[dict[str, Any]] = []     # every inventory event, for summaries
+
+    def start(self, classifier: Any, batch_size: int) -> Identification:
+        classifier.set_sampling(**self.config.sampling)
+        self.samples = bytearray(batch_size)
+        self.samples_view = memoryview(self.samples)
+        self.dissector.start()
+        return self
+
+    def offer(self, batch: Any, n: int) -> None:
+        self.dissector.offer(batch, self.samples, n)
+
+    def on_events(self, events: Iterable[dict[str, Any]]) -> None:
+        self.inventory.observe_events(events)
+
+    def poll(self, force: bool = False) -> list[dict[str, Any]]:
+        """Merge finished dissections; classify at most once per classify_interval."""
+        self.dissector.tick()
+        records = self.dissector.drain_results()
+        if records:
+            self.inventory.observe_records(records)
+        now = time.monotonic()
+        if not force and now < self._next_classify:
+            return []
+        self._next_classify = now + self.classify_interval
+        events = self.inventory.classify()
+        self.events += events
+        return events
+
+    def snapshot(self, devices: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.inventory.observe_devices(devices)
+        events = self.poll(force=True)
+        if self.store is not None:
+            self.inventory.save(self.store, events)
+        return events
+
+    def finish(self, devices: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+        """Wait (bounded) for the worker to dissect what is queued, then merge and save."""
+        self.dissector.flush(timeout)
+        return self.snapshot(devices)
+
+    def stats(self) -> dict[str, Any]:
+        out = self.dissector.stats()
+        out["inventory"] = dict(self.inventory.stats, devices=len(self.inventory.devices))
+        return out
+
+    def close(self) -> None:
+        self.dissector.close()

@@ -1,0 +1,413 @@
+"""Store-and-forward spool: every outbound message waits in SQLite until the broker acks it.
+
+An event (or a stats snapshot) is committed to the `spool` table of the store *before* it is
+published, and deleted only when the broker's PUBACK reports success. After a broker outage
+or an appliance restart everything still in the table is sent again, so the fleet sees
+every event at least once; each event carries `id` = "<spool epoch>-<row id>" (row ids are
+AUTOINCREMENT, never reused) so consumers drop the duplicates.
+
+Bounds and what gives way (docs/mqtt.md, "Spool"):
+- The spool holds at most `max_rows` rows and `max_bytes` payload bytes. When a new batch
+  does not fit, stored stats go first (oldest first), then stored informational events;
+  alerts (violations, new devices, mode and policy changes, bypass) already stored are never
+  evicted. Incoming messages that still do not fit are refused lowest priority first. Every
+  drop is counted by priority, persisted, and shown in the state message (`spool.overflow`);
+  once there is room again one `spool_overflow` event reports the counts.
+- Disk: below `min_free_bytes` of free space, stats are refused (and said so: `low_disk`).
+  When SQLite reports the disk full, the write is rolled back (nothing stored is lost),
+  stats are refused, and the other messages are retried; if they still cannot be written
+  they wait in memory (at most `memory_rows`, counted if even that overflows).
+
+Alerts are committed with synchronous=FULL (they survive a power cut); deletions after an
+acknowledgement use NORMAL (a lost deletion only means a duplicate after a power cut).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import StoreError
+
+log = logging.getLogger("wardtap.spool")
+
+KIND_EVENT, KIND_STATS = "event", "stats"
+PRIO_STATS, PRIO_INFO, PRIO_ALERT = 0, 1, 2
+PRIORITY_NAMES = {PRIO_STATS: "stats", PRIO_INFO: "info", PRIO_ALERT: "alerts"}
+DEFAULT_MAX_ROWS = 200_000
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MIN_FREE = 8 << 20
+DEFAULT_MEMORY_ROWS = 10_000
+REPORT_BELOW = 0.9          # report an overflow once the spool is below 90 % of its bounds
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str               # KIND_EVENT or KIND_STATS
+    priority: int           # PRIO_*
+    payload: str            # one JSON object
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    kind: str
+    created: float
+    payload: str
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "full" in str(exc) or getattr(exc, "sqlite_errorcode", 0) == 13)
+
+
+class Spool:
+    """The spool table of a store file. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str, max_rows: int = DEFAULT_MAX_ROWS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, min_free_bytes: int = DEFAULT_MIN_FREE,
+                 memory_rows: int = DEFAULT_MEMORY_ROWS,
+                 clock: Callable[[], float] = time.time) -> None:
+        from appliance.outputs.store import Store
+
+        Store(path).close()            # creates the file / upgrades the schema (with backup)
+        self.path = path
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.memory_rows = memory_rows
+        self.clock = clock
+        self.lock = threading.RLock()
+        try:
+            self.conn: sqlite3.Connection | None = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA journal_size_limit=4194304")
+            self.epoch = self._meta_get("spool.epoch")
+            if self.epoch is None:
+                self.epoch = secrets.token_hex(6)
+                self._meta_set_now({"spool.epoch": self.epoch})
+            self.dropped = {name: int(self._meta_get(f"spool.dropped.{name}") or 0)
+                            for name in PRIORITY_NAMES.values()}
+            since = self._meta_get("spool.dropped_since")
+            self.dropped_since = float(since) if since else None
+            self.rows, self.bytes = self._count()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the spool: {exc}") from None
+        self.disk_full = False
+        self.low_disk = False
+        self.held: list[Item] = []            # written when the disk has room again
+        self.enqueued = 0
+        self.deleted = 0
+        self._pending_deletes: list[int] = []
+
+    # -- small helpers -----------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise StoreError(f"{self.path}: the spool is closed")
+        return self.conn
+
+    def _meta_get(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _meta_set_now(self, values: dict[str, str]) -> None:
+        self._db().executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                               "DO UPDATE SET value = excluded.value", list(values.items()))
+
+    def _count(self) -> tuple[int, int]:
+        n, size = self._db().execute(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM spool").fetchone()
+        return int(n), int(size)
+
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _drop(self, item: Item, reason: str) -> None:
+        name = PRIORITY_NAMES[item.priority]
+        self.dropped[name] += 1
+        if self.dropped_since is None:
+            self.dropped_since = self.clock()
+        if item.priority == PRIO_ALERT:
+            log.error("spool: an alert was refused (%s); counted and reported", reason)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put(self, items: Iterable[Item]) -> int:
+        """Commit `items` (applying the bounds); return how many were stored."""
+        with self.lock:
+            batch = self.held + list(items)
+            self.held = []
+            drops_before = dict(self.dropped)
+            batch = self._check_disk(batch)
+            batch, evict = self._make_room(batch)
+            report = self._overflow_report(batch, evict)
+            if report is not None:
+                batch.append(report)
+            if not batch and not evict and self.dropped == drops_before:
+                return 0
+            try:
+                self._insert(batch, evict, reset_drops=report is not None)
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise StoreError(f"{self.path}: spool write failed: {exc}") from None
+                return self._on_disk_full([i for i in batch if i is not report])
+            if report is not None:
+                self.dropped = dict.fromkeys(self.dropped, 0)
+                self.dropped_since = None
+            if self.disk_full:
+                free = self._free_bytes()
+                if free is None or free >= self.min_free_bytes:
+                    log.warning("spool: the disk has room again; stats are accepted again")
+                    self.disk_full = False
+            return len(batch)
+
+    def _check_disk(self, batch: list[Item]) -> list[Item]:
+        """Low disk or a full disk: stats are refused first (and said so)."""
+        free = self._free_bytes()
+        low = free is not None and free < self.min_free_bytes
+        if low != self.low_disk:
+            self.low_disk = low
+            if low:
+                log.warning("spool: less than %d bytes free on the disk; stats are not "
+                            "spooled until there is room", self.min_free_bytes)
+        if not (low or self.disk_full):
+            return batch
+        kept = []
+        for item in batch:
+            if item.priority == PRIO_STATS:
+                self._drop(item, "low disk")
+            else:
+                kept.append(item)
+        return kept
+
+    def _make_room(self, batch: list[Item]) -> tuple[list[Item], list[tuple[int, int]]]:
+        """Decide which stored rows to evict and which incoming items to refuse."""
+        add_rows = len(batch)
+        add_bytes = sum(len(i.payload) for i in batch)
+        if self.rows + add_rows <= self.max_rows and self.bytes + add_bytes <= self.max_bytes:
+            return batch, []
+        self.rows, self.bytes = self._count()
+        over_rows = self.rows + add_rows - self.max_rows
+        over_bytes = self.bytes + add_bytes - self.max_bytes
+        evict: list[tuple[int, int]] = []
+        evicted_bytes = 0
+        for priority in (PRIO_STATS, PRIO_INFO):
+            last = 0
+            while over_rows > 0 or over_bytes > 0:
+                rows = self._db().execute(
+                    "SELECT id, bytes FROM spool WHERE priority = ? AND id > ? ORDER BY id "
+                    "LIMIT ?", (priority, last, _CHUNK)).fetchall()
+                if not rows:
+                    break
+                for row_id, size in rows:
+                    if over_rows <= 0 and over_bytes <= 0:
+                        break
+                    evict.append((priority, row_id))
+                    over_rows -= 1
+                    over_bytes -= size
+                    evicted_bytes += size
+                    last = row_id
+                    self._drop(Item(KIND_EVENT, priority, ""), "spool full: evicted")
+                if len(rows) < _CHUNK:
+                    break
+        if over_rows <= 0 and over_bytes <= 0:
+            return batch, evict
+        # Still too much: refuse incoming items, lowest priority first, newest first.
+        room_rows = self.max_rows - (self.rows - len(evict))
+        room_bytes = self.max_bytes - (self.bytes - evicted_bytes)
+        order = sorted(range(len(batch)), key=lambda k: (-batch[k].priority, k))
+        keep = set()
+        for k in order:
+            size = len(batch[k].payload)
+            if room_rows >= 1 and room_bytes >= size:
+                keep.add(k)
+                room_rows -= 1
+                room_bytes -= size
+            else:
+                self._drop(batch[k], "spool full: refused")
+        return [batch[k] for k in sorted(keep)], evict
+
+    def _overflow_report(self, batch: list[Item], evict: list[tuple[int, int]]) -> Item | None:
+        """One `spool_overflow` event once drops happened and there is room again."""
+        if not any(self.dropped.values()) or evict:
+            return None
+        rows = self.rows + len(batch)
+        size = self.bytes + sum(len(i.payload) for i in batch)
+        if rows >= self.max_rows * REPORT_BELOW or size >= self.max_bytes * REPORT_BELOW:
+            return None
+        if self.disk_full or self.low_disk:
+            return None
+        event = {"type": "spool_overflow", "ts": self.clock(), "since": self.dropped_since,
+                 "dropped": dict(self.dropped)}
+        return Item(KIND_EVENT, PRIO_ALERT, json.dumps(event, separators=(",", ":")))
+
+    def _insert(self, batch: Sequence[Item], evict: list[tuple[int, int]],
+                reset_drops: bool) -> None:
+        db = self._db()
+        now = self.clock()
+        alerts = any(i.priority == PRIO_ALERT for i in batch)
+        db.execute(f"PRAGMA synchronous={'FULL' if alerts else 'NORMAL'}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            removed_rows = removed_bytes = 0
+            for k in range(0, len(evict), _CHUNK):
+                ids = [row_id for _, row_id in evict[k:k + _CHUNK]]
+                got = db.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(ids))}) "
+                                 "RETURNING bytes", ids).fetchall()
+                removed_rows += len(got)
+                removed_bytes += sum(r[0] for r in got)
+            db.executemany(
+                "INSERT INTO spool (kind, priority, created, bytes, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(i.kind, i.priority, now, len(i.payload), i.payload) for i in batch])
+            meta = {f"spool.dropped.{n}": str(0 if reset_drops else v)
+                    for n, v in self.dropped.items()}
+            meta["spool.dropped_since"] = ("" if reset_drops or self.dropped_since is None
+                                           else repr(self.dropped_since))
+            self._meta_set_now(meta)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.rows += len(batch) - removed_rows
+        self.bytes += sum(len(i.payload) for i in batch) - removed_bytes
+        self.enqueued += len(batch)
+
+    def _on_disk_full(self, batch: list[Item]) -> int:
+        """The write was rolled back: refuse stats, retry the rest, else hold it in memory."""
+        if not self.disk_full:
+            log.error("spool: the disk is full; the write was rolled back (nothing stored is "
+                      "lost); stats are refused until there is room")
+            self.disk_full = True
+        kept = []
+        for item in batch:
+            if item.priority == PRIO_STATS:
+                self._drop(item, "disk full")
+            else:
+                kept.append(item)
+        if kept:
+            try:
+                self._insert(kept, [], reset_drops=False)
+                return len(kept)
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise StoreError(f"{self.path}: spool write failed: {exc}") from None
+        room = self.memory_rows
+        for item in kept:
+            if room > 0:
+                self.held.append(item)
+                room -= 1
+            else:
+                self._drop(item, "disk full and memory buffer full")
+        return 0
+
+    # -- reading and acknowledging -----------------------------------------------------------
+
+    def take(self, after: int, limit: int) -> list[Row]:
+        """Rows with id > `after`, oldest first."""
+        with self.lock:
+            rows = self._db().execute(
+                "SELECT id, kind, created, payload FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit)).fetchall()
+        return [Row(*r) for r in rows]
+
+    def take_ids(self, ids: Sequence[int]) -> list[Row]:
+        out: list[Row] = []
+        with self.lock:
+            for k in range(0, len(ids), _CHUNK):
+                part = list(ids[k:k + _CHUNK])
+                out.extend(Row(*r) for r in self._db().execute(
+                    "SELECT id, kind, created, payload FROM spool WHERE id IN "
+                    f"({','.join('?' * len(part))}) ORDER BY id", part))
+        return out
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """The broker acknowledged these rows: delete them (retried later if that fails)."""
+        with self.lock:
+            todo = self._pending_deletes + list(ids)
+            self._pending_deletes = []
+            if not todo:
+                return
+            db = self._db()
+            try:
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("BEGIN IMMEDIATE")
+                removed_rows = removed_bytes = 0
+                for k in range(0, len(todo), _CHUNK):
+                    part = todo[k:k + _CHUNK]
+                    got = db.execute(
+                        f"DELETE FROM spool WHERE id IN ({','.join('?' * len(part))}) "
+                        "RETURNING bytes", part).fetchall()
+                    removed_rows += len(got)
+                    removed_bytes += sum(r[0] for r in got)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                self._pending_deletes = todo[-self.memory_rows * 10:]
+                log.warning("spool: could not delete acknowledged rows (%s); retrying", exc)
+                return
+            self.rows -= removed_rows
+            self.bytes -= removed_bytes
+            self.deleted += removed_rows
+
+    def depth(self) -> int:
+        with self.lock:
+            return self.rows
+
+    def max_id(self) -> int:
+        """The highest row id ever allocated (AUTOINCREMENT's sqlite_sequence)."""
+        with self.lock:
+            row = self._db().execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+        return int(row[0]) if row else 0
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return {"depth": self.rows, "bytes": self.bytes,
+                    "overflow": any(self.dropped.values()), "dropped": dict(self.dropped),
+                    "dropped_since": self.dropped_since, "disk_full": self.disk_full,
+                    "low_disk": self.low_disk, "held_in_memory": len(self.held),
+                    "max_rows": self.max_rows, "max_bytes": self.max_bytes}
+
+    def event_id(self, row_id: int) -> str:
+        return f"{self.epoch}-{row_id}"
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is None:
+                return
+            if self.held or self._pending_deletes:
+                try:
+                    self.put([])
+                    self.ack([])
+                except StoreError as exc:
+                    log.error("spool: closing with %d messages only in memory: %s",
+                              len(self.held), exc)
+            if self.held:
+                log.error("spool: %d messages could not be written (disk full) and are lost",
+                          len(self.held))
+            self.conn.close()
+            self.conn = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,5 @@
+"""Reviewing what was seen against policies: a device's baseline, a proposed policy, and
+`policy diff`, `test` and `drift`.
+
+Imports: appliance.common, appliance.policy, appliance.replay.
+"""
