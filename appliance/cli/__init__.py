@@ -3,6 +3,11 @@
 Each entry names the module that implements the command and, in it, the function that adds
 its arguments and the function that runs it. Only the command being run has its module
 imported, so `wardtap status` does not pay for loading the learning or fleet code.
+
+Imports: appliance.common, appliance.contract, appliance.daemon, appliance.fleet,
+appliance.inventory, appliance.outputs, appliance.panel, appliance.policy, appliance.replay,
+appliance.review, appliance.sources, appliance.system, fastpath, and demoward for `wardtap
+demo` only (a missing demoward is said in one line). Nothing in the product imports it.
 """
 
 from __future__ import annotations
