@@ -47,6 +47,14 @@ def mac(raw: bytes) -> str:
     return raw.hex(":")
 
 
+def mac_bytes(text: str) -> bytes:
+    """``"00:11:22:33:44:55"`` (or ``-`` or ``.`` separated, or bare hex) to 6 bytes."""
+    raw = bytes.fromhex(text.replace(":", "").replace("-", "").replace(".", ""))
+    if len(raw) != 6:
+        raise ValueError(f"not a MAC address: {text!r}")
+    return raw
+
+
 _E = {name: i for i, name in enumerate(EVENT_FIELDS)}
 _T, _TS, _FLOW, _PKTS, _BYTES, _PACKET, _FIRST = (_E[k] for k in (
     "type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns"))

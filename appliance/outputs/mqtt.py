@@ -32,8 +32,6 @@ from typing import Any
 from appliance import __version__
 from appliance.contract.broker import (
     PAYLOAD_VERSION,
-    BrokerSettings,
-    check_id,
     make_client,
     start,
     topic,
