@@ -87,7 +87,7 @@ def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-u
     result = run_wardtap("mode", "bypass", "--socket", sock)
     assert result.returncode == 0, result.stderr
     assert request(sock, {"cmd": "status"})["mode"] == "bypass"
-    result = run_wardtap("mode", "learn", "--socket", sock)
+    result = run_wardtap("mode", "learn", "--socket", sock, "--json")
     assert json.loads(result.stdout)["previous"] == "bypass"
 
     proc.send_signal(signal.SIGTERM)
@@ -163,7 +163,7 @@ def test_learn_mode_proposes_a_policy_on_command(tmp_path: Path) -> None:
         wait_for(lambda: os.path.exists(sock) and
                  request(sock, {"cmd": "status"})["counters"]["packets"] == 3000,
                  timeout=20, what="the daemon to replay the ward")
-        result = run_wardtap("propose", "--socket", sock)
+        result = run_wardtap("propose", "--socket", sock, "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         answer = json.loads(result.stdout)
         assert answer["path"] == str(tmp_path / "proposed.toml")

@@ -42,8 +42,10 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("small")
     ward = write_small_ward(d / "small.pcap")
     policy, baseline = d / "learned.toml", d / "baseline.json"
+    # the hand-built frames say nothing of who the devices are: flagged conversations are
+    # allowed here (--allow-flagged) so these tests see every grouping decision
     result = run_wardtap("learn", ward.path, "-o", str(policy), "--name", "ward-1",
-                         "--baseline", str(baseline))
+                         "--baseline", str(baseline), "--allow-flagged")
     assert result.returncode == 0, result.stderr
     return {"capture": ward.path, "policy": str(policy), "baseline": str(baseline),
             "dir": str(d), "stdout": result.stdout}
@@ -128,7 +130,11 @@ def test_live_events_give_the_same_proposal_as_the_cli(demo: dict, tmp_path: Pat
     baseline.add_devices(replayer.devices())
     baseline.packets, baseline.bytes = summary.packets, summary.bytes
     text = render(propose(baseline, "ward-4b", [demo["clean"]]))
-    assert text == Path(demo["policy"]).read_text()
+    cli = tmp_path / "fast-path-only.toml"        # the same evidence: no tshark
+    result = run_wardtap("learn", demo["clean"], "-o", str(cli), "--name", "ward-4b",
+                         "--no-dissect")
+    assert result.returncode == 0, result.stderr
+    assert text == cli.read_text()
 
 
 # --- what the proposal contains (the small hand-built ward) -----------------------------
@@ -233,12 +239,12 @@ def test_every_rule_says_what_was_seen(small: dict) -> None:
 def test_output_is_deterministic(small: dict, tmp_path: Path) -> None:
     again = tmp_path / "again.toml"
     result = run_wardtap("learn", small["capture"], "-o", str(again), "--name", "ward-1",
-                         "--baseline", str(tmp_path / "b.json"))
+                         "--baseline", str(tmp_path / "b.json"), "--allow-flagged")
     assert result.returncode == 0, result.stderr
     assert again.read_bytes() == Path(small["policy"]).read_bytes()
     assert (tmp_path / "b.json").read_bytes() == Path(small["baseline"]).read_bytes()
     # standard output when -o is left out; the summary goes to stderr then
-    stdout = run_wardtap("learn", small["capture"], "--name", "ward-1")
+    stdout = run_wardtap("learn", small["capture"], "--name", "ward-1", "--allow-flagged")
     assert stdout.stdout == again.read_text()
     assert "learned" in stdout.stderr
 
@@ -279,7 +285,7 @@ def test_missing_capture(tmp_path: Path) -> None:
     result = run_wardtap("learn", str(tmp_path / "none.pcap"), "-o", str(out))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"wardtap: error: {tmp_path / 'none.pcap'}: no such file"]
+        f"wardtap: error: learn CAPTURE: {tmp_path / 'none.pcap'}: no such file"]
     assert not out.exists()
 
 
