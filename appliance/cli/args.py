@@ -165,6 +165,53 @@ def time_point(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def broker_url(text: str) -> str:
+    """mqtt://HOST[:PORT] or mqtts://HOST[:PORT]."""
+    from appliance.contract.broker import ContractError, parse_url
+
+    try:
+        parse_url(text)
+    except ContractError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def ident(what: str) -> Callable[[str], str]:
+    """A site or appliance id (letters, digits, '.', '_', '-')."""
+    def parse(text: str) -> str:
+        from appliance.contract.broker import ContractError, check_id
+
+        try:
+            return check_id(text, what)
+        except ContractError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = what
+    return parse
+
+
+def target(text: str) -> str:
+    """SITE or SITE/APPLIANCE."""
+    from appliance.contract.broker import ContractError, parse_target
+
+    try:
+        parse_target(text)
+    except ContractError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def device_class(text: str) -> str:
+    """A device class name from the class rules (appliance/data/device-classes.toml)."""
+    from appliance.inventory.classes import ClassRules
+
+    known = list(ClassRules.load().classes)
+    for name in known:
+        if name.lower() == text.strip().lower():
+            return name
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device class (one of: "
+                                     f"{', '.join(known)})")
+
+
 def choice_text(choices: list[str], what: str) -> Callable[[str], str]:
     """One of `choices` (case-insensitive), with the list in the error."""
     def parse(text: str) -> str:

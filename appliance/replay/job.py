@@ -29,6 +29,7 @@ class ReplayJob:
     devices: int = 4096
     dissect: bool = False
     tshark: str = "tshark"
+    wide: bool = False                      # tables at full width, not fitted to the terminal
     # fleet reporting (docs/mqtt.md)
     broker: str | None = None
     site: str | None = None
@@ -56,7 +57,9 @@ def _reporter(args: ReplayJob, mode: str, policy: Any) -> Any:
         "cert": args.tls_cert, "key": args.tls_key, "username": args.username,
         "password_file": args.password_file, "spool": spool,
         "drain_timeout": args.drain_timeout, "stats_interval": 1e12})
-    return MqttOutput(settings, mode=mode, policy=_policy_info(policy), datapath="replay")
+    output = MqttOutput(settings, mode=mode, policy=_policy_info(policy), datapath="replay")
+    output.stop_reason = "replay finished"
+    return output
 
 
 def run_job(args: ReplayJob,
@@ -140,7 +143,7 @@ def run_job(args: ReplayJob,
             from appliance.inventory.render import render_table
 
             print(f"\ninventory ({len(inventory)} devices)")
-            print(render_table(inventory))
+            print(render_table(inventory, wide=args.wide))
     for error in summary.errors:
         print(f"wardtap: error: {error}", file=sys.stderr)
     return 2 if summary.errors else 0
