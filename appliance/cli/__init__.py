@@ -51,6 +51,11 @@ COMMANDS: dict[str, Command] = {
                       "run_reload"),
     "propose": Command("write the policy the daemon has learned so far", "daemonctl",
                        "add_propose", "run_propose"),
+    "events": Command("the store's timeline: violations, new devices, commands, runs",
+                      "history", "add_events", "run_events"),
+    "violations": Command("violations in the store, filtered", "history", "add_violations",
+                          "run_violations"),
+    "flows": Command("flows in the store, filtered", "history", "add_flows", "run_flows"),
     "integrity": Command("SHA-256 manifests of installed files, configuration and policy: "
                          "write, verify, accept", "appliance.system.integrity"),
     "fleet": Command("fleet side over MQTT: list, watch, inventory, push-policy, command, "

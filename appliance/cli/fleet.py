@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.common.when import Clock, local
-
 from appliance.cli import args as checked
+from appliance.common.when import Clock, local
 from appliance.errors import WardtapError
 from appliance.fleet.listing import age
 
@@ -231,7 +230,8 @@ def _run_inventory(args: argparse.Namespace) -> int:
                 print(f"{site}/{appliance}: inventory request failed: "
                       f"{(answer or {}).get('error', 'no answer')}", file=sys.stderr)
                 return 1
-        found = fc.retained([topic(site, appliance, "inventory")])
+        found = fc.retained([topic(site, appliance, "inventory"),
+                             topic(site, appliance, "state")])
     msg = found.get(topic(site, appliance, "inventory"))
     body = msg.json() if msg else None
     if not isinstance(body, dict):
@@ -241,16 +241,25 @@ def _run_inventory(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    print(f"{site}/{appliance}: {body.get('count')} devices "
-          f"(as of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(body.get('ts') or 0))})")
-    print(f"{'MAC':18} {'VENDOR':24} {'IPV4':15} {'VLAN':>5} {'PACKETS':>9} {'VIOL':>5}  "
-          f"LAST SEEN")
-    now = time.time()
-    for d in body.get("devices", []):
-        print(f"{d.get('mac') or '-':18} {(d.get('vendor') or '-')[:24]:24} "
-              f"{d.get('ipv4') or '-':15} {d.get('vlan') or '-':>5} "
-              f"{(d.get('packets_sent') or 0) + (d.get('packets_received') or 0):>9} "
-              f"{d.get('violations') or 0:>5}  {age(d.get('last_seen'), now)}")
+    state_msg = found.get(topic(site, appliance, "state"))
+    state = (state_msg.json() if state_msg else None) or {}
+    devices = body.get("devices", [])
+    # a replaying appliance's devices carry the capture's times: age them on its clock
+    clock = Clock.for_times([d.get("last_seen") for d in devices],
+                            replayed=state.get("datapath") == "replay")
+    print(f"{site}/{appliance}: {body.get('count')} devices (as of {local(body.get('ts'))})")
+    from appliance.common.table import Column, render
+
+    columns = (Column("MAC"), Column("VENDOR", 2, wrap=True, min_width=16),
+               Column("CLASS", 1, wrap=True, min_width=12), Column("IPV4", 3),
+               Column("VLAN", 5, align=">"), Column("PACKETS", 6, align=">"),
+               Column("VIOL", 4, align=">"), Column("LAST SEEN", 3))
+    rows = [(d.get("mac") or "-", d.get("vendor") or "-", d.get("class") or "-",
+             d.get("ipv4") or "-", d.get("vlan") or "-",
+             f"{(d.get('packets_sent') or 0) + (d.get('packets_received') or 0):,}",
+             d.get("violations") or 0, clock.age(d.get("last_seen"))) for d in devices]
+    print(render(columns, rows, wide=args.wide))
+    print(f"(last seen: {clock.label})")
     return 0
 
 

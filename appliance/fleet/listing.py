@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from appliance.common.table import Column, render as render_columns
+from appliance.common.table import Column
+from appliance.common.table import render as render_columns
 from appliance.common.when import age
 
 __all__ = ["age", "render", "rows_from_broker", "status_word"]

@@ -157,7 +157,7 @@ def _open_store(path: str) -> Any:
 
 def _open_out(path: str) -> Any:
     try:
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed by the caller)
+        return open(path, "wb")  # noqa: SIM115  (closed by the caller; UTF-8 JSON lines)
     except OSError as exc:
         raise WardtapError(f"{path}: cannot write: {exc.strerror}") from None
 
