@@ -9,10 +9,9 @@ from appliance.replay.job import ReplayJob, run_job
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("captures", nargs="+", metavar="CAPTURE", type=checked.input_file,
-                   help="pcap or pcapng files")
-    p.add_argument("--policy", type=checked.input_file,
-                   help="allow-list policy (TOML); without it nothing is enforced")
+    # a missing or damaged capture is one error line after the others are classified
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
+    p.add_argument("--policy", help="allow-list policy (TOML); without it nothing is enforced")
     p.add_argument("--mode", choices=["learn", "monitor", "enforce"],
                    help="default: monitor with a policy, learn without")
     p.add_argument("--db", type=checked.output_file,

@@ -23,7 +23,7 @@ from appliance.common.control import ControlServer, Request
 from appliance.common.records import device_dict, event_dict
 from appliance.daemon.commands import CallbackRequest, dispatch
 from appliance.errors import PolicyError, WardtapError
-from appliance.outputs import EventLogOutput, Output, StoreOutput
+from appliance.outputs import EventLogOutput, Output, StoreOutput, make_output
 from appliance.policy.model import Policy, compile_policy, load_policy
 from appliance.review.baseline import Baseline
 from appliance.sources import Source, make_source
@@ -116,6 +116,8 @@ class Daemon:
                 self.outputs.append(StoreOutput(store, run))
             if cfg.event_log:
                 self.outputs.append(EventLogOutput(cfg.event_log))
+            for kind, options in cfg.outputs:          # [syslog], [eve]: the SIEM
+                self.outputs.append(make_output(kind, options))
             if cfg.broker:
                 from appliance.outputs.mqtt import MqttOutput
 
