@@ -176,6 +176,17 @@ def broker_url(text: str) -> str:
     return text
 
 
+def syslog_url(text: str) -> str:
+    """udp://HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT]."""
+    from appliance.outputs.syslog import SyslogError, parse_syslog_url
+
+    try:
+        parse_syslog_url(text)
+    except SyslogError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def ident(what: str) -> Callable[[str], str]:
     """A site or appliance id (letters, digits, '.', '_', '-')."""
     def parse(text: str) -> str:

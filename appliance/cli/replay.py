@@ -27,6 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="identify devices: dissect sampled packets with tshark and build the "
                         "inventory (stored with --db; docs/inventory.md)")
     p.add_argument("--tshark", default="tshark", help="tshark to use with --dissect")
+    s = p.add_argument_group("export events to the SIEM (docs/siem.md)")
+    s.add_argument("--syslog", metavar="URL", type=checked.syslog_url,
+                   help="udp://HOST:514, tcp://HOST:601 or tls://HOST:6514")
+    s.add_argument("--syslog-format", choices=["rfc5424", "cef"], default="rfc5424")
+    s.add_argument("--syslog-ca", type=checked.input_file, help="the receiver's CA (tls://)")
+    s.add_argument("--eve", metavar="FILE", type=checked.output_file,
+                   help="append events as Suricata-EVE-like JSON lines")
     g = p.add_argument_group("report to a fleet broker over MQTT (docs/mqtt.md)")
     g.add_argument("--broker", type=checked.broker_url,
                    help="mqtt://HOST:PORT or mqtts://HOST:PORT")

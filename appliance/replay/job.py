@@ -30,6 +30,11 @@ class ReplayJob:
     dissect: bool = False
     tshark: str = "tshark"
     wide: bool = False                      # tables at full width, not fitted to the terminal
+    # the SIEM (appliance.outputs.syslog, .eve)
+    syslog: str | None = None
+    syslog_format: str = "rfc5424"
+    syslog_ca: str | None = None
+    eve: str | None = None
     # fleet reporting (docs/mqtt.md)
     broker: str | None = None
     site: str | None = None
@@ -83,6 +88,7 @@ def run_job(args: ReplayJob,
     store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None
     reporter = _reporter(args, mode, policy) if args.broker else None
+    siem = _siem(args)
     ident: Any = None
     inventory: list[dict[str, Any]] = []
     try:
@@ -97,6 +103,7 @@ def run_job(args: ReplayJob,
             reporter.publish([{"type": "started", "mode": mode, "datapath": "replay",
                                "captures": args.captures}])
         hooks = [h for h in (reporter.publish if reporter else None, on_events) if h]
+        hooks += [output.publish for output in siem]
         if hooks:
             def each_hook(events: list[dict[str, Any]]) -> None:
                 for hook in hooks:
@@ -118,6 +125,8 @@ def run_job(args: ReplayJob,
             reporter.snapshot(replayer.classifier.stats(), devices)
             reporter.send_stats(replayer.classifier.stats(), devices)
     finally:
+        for output in siem:
+            output.close()
         if ident is not None:
             ident.close()
         if out is not None:
@@ -147,6 +156,21 @@ def run_job(args: ReplayJob,
     for error in summary.errors:
         print(f"wardtap: error: {error}", file=sys.stderr)
     return 2 if summary.errors else 0
+
+
+def _siem(args: ReplayJob) -> list[Any]:
+    """--syslog URL and --eve FILE: the replay's events to the SIEM."""
+    from appliance.outputs import make_output
+
+    outputs = []
+    if args.syslog:
+        options: dict[str, Any] = {"url": args.syslog, "format": args.syslog_format}
+        if args.syslog_ca:
+            options["ca"] = args.syslog_ca
+        outputs.append(make_output("syslog", options))
+    if args.eve:
+        outputs.append(make_output("eve", {"path": args.eve}))
+    return outputs
 
 
 def _open_store(path: str) -> Any:
