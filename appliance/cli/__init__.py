@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
     "violations": Command("violations in the store, filtered", "history", "add_violations",
                           "run_violations"),
     "flows": Command("flows in the store, filtered", "history", "add_flows", "run_flows"),
+    "inline": Command("the inline datapath's netfilter rules: status, remove, bypass",
+                      "inline"),
     "integrity": Command("SHA-256 manifests of installed files, configuration and policy: "
                          "write, verify, accept", "appliance.system.integrity"),
     "fleet": Command("fleet side over MQTT: list, watch, inventory, push-policy, command, "

@@ -10,7 +10,15 @@ from typing import Any
 
 
 def add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="daemon configuration (TOML)")
+    from appliance.cli.args import input_file
+
+    p.add_argument("--config", required=True, type=input_file,
+                   help="daemon configuration (TOML; conf/wardtap.toml is a sample)")
+    p.add_argument("--check", action="store_true",
+                   help="check the configuration, policy, files, datapath and broker, start "
+                        "nothing (exit 0 when it would start)")
+    p.add_argument("--provision", metavar="FILE", type=input_file,
+                   help="with --check: also check a first-boot provisioning file")
     p.add_argument("--leds", action="store_true",
                    help="print the LED states as they change (the default on a terminal)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -25,6 +33,18 @@ def run_daemon(args: argparse.Namespace) -> int:
     from appliance.daemon.service import Daemon
     from appliance.system.config import load_config
 
+    if args.check:
+        from appliance.daemon.preflight import check
+
+        report = check(load_config(args.config), args.provision)
+        print(report.render())
+        print(f"{report.errors} errors, {report.warnings} warnings: "
+              + ("it would not start" if report.errors else "ready to start"))
+        return 2 if report.errors else 0
+    if args.provision:
+        from appliance.errors import WardtapError
+
+        raise WardtapError("--provision goes with --check")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s wardtap %(levelname)s %(message)s")
     dissect = None

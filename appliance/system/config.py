@@ -111,7 +111,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                  "timeout_ms": int, "fanout": int, "fanout_mode": str, "promiscuous": bool,
                  # inline (NFQUEUE)
                  "max_len": int, "idle_interval": (int, float), "mark_mask": int,
-                 "stall_ms": (int, float), "watchdog": bool},
+                 "stall_ms": (int, float), "watchdog": bool, "keep_rules": bool},
     "policy": {"file": str},
     "store": {"path": str},
     "events": {"log": str},
@@ -140,7 +140,7 @@ _DATAPATH_OPTIONS = {
     "tap": {"interface", "block_size", "block_count", "frame_size", "snaplen", "timeout_ms",
             "fanout", "fanout_mode", "promiscuous"},
     "inline": {"bridge", "queue", "max_len", "snaplen", "batch_size", "idle_interval",
-               "mark_mask", "stall_ms", "watchdog"},
+               "mark_mask", "stall_ms", "watchdog", "keep_rules"},
 }
 
 
@@ -223,6 +223,10 @@ def load_config(path: str) -> Config:
                               lines.key("[integrity]", "interval"), "integrity.interval")
         integrity = {"manifests": [rel(m) for m in manifests], "interval": float(interval)}
     outputs = _siem(path, lines, doc, rel)
+    for name in options.get("files", []) if datapath == "replay" else []:
+        if not os.path.isfile(name):            # found now, not after "running"
+            raise ConfigError(path, f"capture {name}: no such file",
+                              lines.key("[datapath]", "files"), "datapath.files")
     return Config(
         path=path, mode=mode, outputs=outputs, datapath=datapath, datapath_options=options,
         broker=broker,
