@@ -134,6 +134,16 @@ def output_dir(text: str) -> str:
     return text
 
 
+def make_dir(path: str, mode: int = 0o755) -> None:
+    """Create `path` (and its parents), or say in one line why not."""
+    from appliance.errors import WardtapError
+
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+    except OSError as exc:
+        raise WardtapError(f"{path}: cannot write there: {exc.strerror}") from None
+
+
 def store_file(text: str) -> str:
     """An existing wardtap store (SQLite) to read."""
     input_file(text)

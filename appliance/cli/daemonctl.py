@@ -38,9 +38,13 @@ def run_daemon(args: argparse.Namespace) -> int:
 
         report = check(load_config(args.config), args.provision)
         print(report.render())
-        print(f"{report.errors} errors, {report.warnings} warnings: "
-              + ("it would not start" if report.errors else "ready to start"))
-        return 2 if report.errors else 0
+        verdict = f"{report.errors} errors, {report.warnings} warnings"
+        if report.errors:
+            print(f"wardtap: error: {args.config}: {verdict}: it would not start",
+                  file=sys.stderr)
+            return 2
+        print(f"{verdict}: ready to start")
+        return 0
     if args.provision:
         from appliance.errors import WardtapError
 

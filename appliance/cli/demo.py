@@ -29,4 +29,5 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise WardtapError("the demo ward is not installed here: it comes with the source "
                            "tree (scripts/setup.sh), not with the appliance image") from None
+    checked.make_dir(args.dir)
     return run_demo(args.dir, args.packets, args.json, wide=args.wide)

@@ -84,7 +84,7 @@ def _add_keygen(p: argparse.ArgumentParser) -> None:
 def _run_keygen(args: argparse.Namespace) -> int:
     from appliance.contract.signing import generate_keypair
 
-    os.makedirs(args.dir, mode=0o700, exist_ok=True)
+    checked.make_dir(args.dir, mode=0o700)
     private, public = os.path.join(args.dir, "fleet.key"), os.path.join(args.dir, "fleet.pub")
     kid = generate_keypair(private, public, overwrite=args.force)
     print(f"fleet signing key {kid}\n  private: {private} (keep it on the fleet side, 0600)\n"
@@ -449,8 +449,11 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level="INFO", stream=sys.stderr,
                         format="%(asctime)s wardtap %(levelname)s %(message)s")
-    collector = Collector(args.db, broker_settings(args), args.group, args.id,
-                          args.session_expiry)
+    from appliance.contract.broker import probe
+
+    settings = broker_settings(args)
+    probe(settings, settings.connect_timeout)      # a wrong URL is said now, not retried
+    collector = Collector(args.db, settings, args.group, args.id, args.session_expiry)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

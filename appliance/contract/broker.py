@@ -116,6 +116,9 @@ class BrokerSettings:
                     password = fh.readline().rstrip("\r\n")
             except OSError as exc:
                 raise ContractError(f"{password_file}: cannot read: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ContractError(f"{password_file}: not a text file (the password goes "
+                                    "on its first line)") from None
         elif os.environ.get(PASSWORD_ENV):
             password = os.environ[PASSWORD_ENV]
         user = username or url_user

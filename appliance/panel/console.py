@@ -514,6 +514,8 @@ def run_top(socket_path: str, once: bool = False, interval: float = 1.0) -> int:
     if once:
         snap = fetch(socket_path)
         console.print(dashboard(snap, console, socket_path, interval, live=False))
+        if snap.state != "ok":
+            print(f"wardtap: error: {snap.problem}", file=sys.stderr)
         return {"ok": 0, "busy": 1, "error": 1}.get(snap.state, 2)
     if not console.is_terminal:
         raise WardtapError("top needs a terminal; in scripts use `wardtap top --once` or "
