@@ -155,9 +155,9 @@ def cases(f: dict[str, str]) -> list[list[str]]:
 
 
 def run_case(argv: list[str]) -> dict[str, Any]:
-    from appliance.cli import main
-
     import time
+
+    from appliance.cli import main
 
     started = time.monotonic()
     out, err = io.StringIO(), io.StringIO()

@@ -101,11 +101,12 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rsyslog, i
 
 
 def _certs(directory: Path) -> tuple[Path, Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     now = datetime.datetime.now(datetime.UTC)
     day = datetime.timedelta(days=1)
