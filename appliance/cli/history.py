@@ -13,11 +13,12 @@ import io
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
 from appliance.cli import args as checked
-from appliance.common.table import Column, render
+from appliance.common.table import Column, render, terminal_width
 from appliance.common.when import iso_local, local, zone_name
 from appliance.outputs.history import EVENT_TYPES, Filters, open_store, service
 
@@ -120,7 +121,8 @@ def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], fields: list[str
     print(render(columns, [cells(r) for r in rows], wide=args.wide))
     more = " (--limit shows more)" if args.limit and len(rows) == args.limit else ""
     noun = what if len(rows) != 1 else what[:-1]
-    print(f"{len(rows):,} {noun}{more}; times are local ({zone_name()}), {clocks}")
+    print(textwrap.fill(f"{len(rows):,} {noun}{more}; times are local ({zone_name()}), "
+                        f"{clocks}", width=max(40, terminal_width())))
     return 0
 
 

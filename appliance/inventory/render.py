@@ -34,10 +34,10 @@ def _ips(d: dict[str, Any], limit: int = 2) -> str:
 # terminal is narrow; wrapped columns wrap instead of being cut.
 TABLE_COLUMNS = (
     Column("MAC"), Column("VENDOR", 1, wrap=True, min_width=16),
-    Column("CLASS", wrap=True, min_width=12), Column("CONF", 4, align=">"),
+    Column("CLASS", wrap=True, min_width=12), Column("CONF", 5, align=">"),
     Column("NAME", 3, wrap=True, min_width=10), Column("ADDRESSES", 2, wrap=True, min_width=15),
     Column("PROTOCOLS", 6, wrap=True, min_width=16), Column("FIRST SEEN", 7),
-    Column("LAST SEEN", 5), Column("BYTES", 8, align=">"),
+    Column("LAST SEEN", 4), Column("BYTES", 8, align=">"),
 )
 
 
