@@ -85,8 +85,8 @@ def run_demo(directory: str, packets: int, as_json: bool, wide: bool = False) ->
         broker = LocalBroker(directory)
     except WardtapError as exc:
         say(f"(no fleet reporting in this demo: {exc})")
-    say(f"demo ward: {capture} ({packets} packets), policy {policy}, store {db}"
-        + (f", broker {broker.url} as {SITE}/{APPLIANCE}" if broker else "") + "\n")
+    say(f"demo ward: {capture} ({packets:,} packets)\n  policy {policy}\n  store  {db}"
+        + (f"\n  broker {broker.url} as {SITE}/{APPLIANCE}" if broker else "") + "\n")
 
     collector = None
     fleet_db = os.path.join(directory, "fleet.db")
