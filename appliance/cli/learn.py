@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{TITLES[k]}: {n}" for k, n in counts.most_common()))
     if left:
         msg += (f"\nleft out for review: {len(left)} rules with `enabled = false` ("
-                + ", ".join(f"{TITLES[k]}: {n} conversations" for k, n in counts.most_common())
+                + ", ".join(f"{TITLES[k]}: {n} conversation{'s' if n != 1 else ''}"
+                            for k, n in counts.most_common())
                 + "); each says why")
     msg += f"\ndevices identified by {baseline.identified_by}"
     for k, v in sorted(baseline.counters.items()):
