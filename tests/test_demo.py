@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 import sqlite_utils
 from conftest import run_wardtap
 
