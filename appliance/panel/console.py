@@ -457,8 +457,9 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
     if banner is not None:
         parts.append(Layout(_line(banner), size=1))
     c = v["counters"]
+    # labels keep their width (a value is cut, with an ellipsis, never a label)
     left = Table.grid(padding=(0, 1))
-    left.add_column(style="bold", no_wrap=True)
+    left.add_column(style="bold", no_wrap=True, min_width=len("kernel drops"))
     left.add_column(no_wrap=True, overflow="ellipsis")
     pps = v["rate"]["packets_per_s"]
     left.add_row("packets", _n(c["packets"]))
@@ -473,7 +474,7 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
                  f"{_n(v['flows']['created'])} created")
     left.add_row("devices", _n(v["devices"]))
     right = Table.grid(padding=(0, 1))
-    right.add_column(style="bold", no_wrap=True)
+    right.add_column(style="bold", no_wrap=True, min_width=len("violations"))
     right.add_column(no_wrap=True, overflow="ellipsis")
     right.add_row("mode", _mode(v))
     right.add_row("health", _health(v))
