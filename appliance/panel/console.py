@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.common.control import ANSWER_TIMEOUT, request
+from appliance.common.when import zone_name
 from appliance.errors import WardtapError
 
 SCHEMA = 1                      # "v" of the --json document; bumped on incompatible changes
@@ -270,7 +271,8 @@ def render_status(v: dict[str, Any], width: int = 120) -> RenderableType:
     grid.add_row("LEDs", Text.from_markup(_led_markup(v, compact)))
     recent = v["violations"]["recent"][:STATUS_VIOLATIONS]
     seen = v["violations"]["seen"]
-    grid.add_row("violations", f"{seen:,} seen" + (", the latest:" if recent else ""))
+    grid.add_row("violations", f"{seen:,} seen" + (f", the latest (times {zone_name()}, the "
+                                                     "packets' own):" if recent else ""))
     parts: list[RenderableType] = [grid]
     if recent and compact:
         parts += [Padding(_violation_line(e), (0, 0, 0, 2)) for e in recent]
