@@ -517,7 +517,7 @@ def run_top(socket_path: str, once: bool = False, interval: float = 1.0) -> int:
     if once:
         snap = fetch(socket_path)
         console.print(dashboard(snap, console, socket_path, interval, live=False))
-        if snap.state != "ok":
+        if snap.state != "ok" and not sys.stderr.isatty():   # a terminal shows the frame
             print(f"wardtap: error: {snap.problem}", file=sys.stderr)
         return {"ok": 0, "busy": 1, "error": 1}.get(snap.state, 2)
     if not console.is_terminal:
