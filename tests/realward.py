@@ -8,7 +8,7 @@ mirror port: what wardtap must identify without having written a byte of it.
               C-ECHO under a new AE title; ISC dhclient with a vendor class
     engine    the `hl7` package's MLLP server (asyncio), answering ACKs: an interface engine
     monitor   the `hl7` package's MLLP client sending ORU^R01 (MSH-3 MX800^Philips, later
-              renamed MX850^Philips), and over TLS; ISC dhclient; chronyd -Q (NTP client
+              renamed BEDMON7^Philips), and over TLS; ISC dhclient; chronyd -Q (NTP client
               that never sets a clock)
     pump      busybox udhcpc with vendor class "Alaris 8015" and a host name; busybox
               nslookup against dnsmasq
@@ -19,9 +19,9 @@ mirror port: what wardtap must identify without having written a byte of it.
 Every device is a namespace with one veth into the switch namespace's bridge. The switch
 mirrors what every port receives (tc mirred, ingress) to a mirror port, where tcpdump
 writes the capture (a SPAN session, as the appliance would see it on a ward); lldpd
-announces the switch on that port. Namespace names carry a per-run suffix; only addresses inside these
-namespaces (10.61.0.0/24) are ever traffic targets. `WARD` lists what each device must be
-identified as; tests/inventory/test_realward.py checks it.
+announces the switch on that port. Namespace names carry a per-run suffix; only addresses
+inside these namespaces (10.61.0.0/24) are ever traffic targets. `WARD` lists what each
+device must be identified as; tests/inventory/test_realward.py checks it.
 """
 
 from __future__ import annotations
@@ -71,11 +71,12 @@ WARD: tuple[WardDevice, ...] = (
     WardDevice("ntp", "00:25:90:61:00:03", f"{NET}.3", "NTP server"),
     WardDevice("pacs", "18:66:da:61:00:20", f"{NET}.20", "image archive", ("PACS_MAIN",)),
     WardDevice("modality", "88:4b:39:61:00:30", f"{NET}.30", "imaging modality",
-               ("US_ACUSON1", "US_ACUSON2", "us-room3"), medical=True),
+               ("US_ACUSON1", "US_ACUSON2", "us-room3"), make="Siemens Healthineers",
+               model="ACUSON Sequoia", medical=True),
     WardDevice("engine", "00:50:56:61:00:40", f"{NET}.40", "HL7 interface engine",
                ("CLOVERLEAF",)),
     WardDevice("monitor", "00:09:fb:61:00:50", f"{NET}.50", "patient monitor",
-               ("MX800", "MX850", "mon-bed07"), make="Philips", model="IntelliVue MX800",
+               ("MX800", "BEDMON7", "mon-bed07"), make="Philips", model="IntelliVue MX800",
                medical=True),
     WardDevice("pump", "00:d0:75:61:00:60", f"{NET}.60", "infusion pump", ("pump-07",),
                make="BD", model="Alaris 8015 PC unit", medical=True),
@@ -124,6 +125,9 @@ class RealWard:
             sh(["ip", "netns", "add", ns])
             self.created.append(ns)
             sh(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+            sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+            sh(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                "net.ipv6.conf.default.disable_ipv6=1"])
         self.run("switch", ["ip", "link", "add", "br0", "type", "bridge", "stp_state", "0",
                             "forward_delay", "0"])
         self.run("switch", ["ip", "link", "set", "br0", "address", WARD[0].mac])
@@ -144,6 +148,7 @@ class RealWard:
                 "peer", "name", port, "netns", sw])
             self.run(dev.role, ["ip", "link", "set", "lo", "up"])
             self.run(dev.role, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+            self.run(dev.role, ["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"])
             self.run(dev.role, ["ip", "addr", "add", f"{dev.ip}/24", "dev", "eth0"])
             self.run(dev.role, ["ip", "link", "set", "eth0", "up"])
             self.run("switch", ["ip", "link", "set", port, "master", "br0"])
@@ -408,7 +413,7 @@ def _monitor(peer: str, workdir: Path) -> None:
     async def run() -> None:
         await send(2575, "MX800^Philips", "RW0001", False)
         await send(2576, "MX800^Philips", "RW0002", True)
-        await send(2575, "MX850^Philips", "RW0003", False)       # the application renamed
+        await send(2575, "BEDMON7^Philips", "RW0003", False)       # the application renamed
 
     asyncio.run(run())
     print("done", flush=True)
