@@ -395,20 +395,16 @@ class Inventory:
         return events
 
     def _renamed(self, dev: Device, stamp: float) -> list[dict[str, Any]]:
-        """A name key that gains a new value after having one: the device was renamed."""
-        now = {k: set(v) for k, v in dev.name_values().items()}
-        before, dev.known_names = dev.known_names, now
-        if before is None:
-            return []
+        """A name key that gains a new value after having one: the device was renamed (also
+        when both arrive in one batch, as in a replay: first seen order decides)."""
+        now = dev.name_values()
+        before, dev.known_names = dev.known_names or {}, {k: set(v) for k, v in now.items()}
         out = []
         for key, names in now.items():
-            old = before.get(key, set())
-            for name in sorted(names - old):
-                if old:
+            for previous, name in zip(names, names[1:], strict=False):
+                if name not in before.get(key, set()):
                     out.append({"type": "device_name_changed", "ts": stamp, "mac": dev.mac,
-                                "key": key, "name": name,
-                                "previous": sorted(old, key=lambda n: -dev._last_seen(key, n))
-                                [0]})
+                                "key": key, "name": name, "previous": previous})
         return out
 
     def _match_advisories(self, dev: Device, stamp: float) -> list[dict[str, Any]]:
