@@ -66,7 +66,7 @@ DECODE_AS: dict[str, str] = {
 # second in all bound what a flood of new flows or devices can make the datapath copy while a
 # ward powering up is still seen. The classifier's defaults (8 per flow, 64 per device per
 # minute, 256/s) mark 11.7% of the demo ward's packets; these 0.16%.
-SAMPLING = {"per_flow": 6, "device_budget": 48, "device_window_s": 3600.0,
+SAMPLING = {"per_flow": 6, "device_budget": 24, "device_window_s": 3600.0,
             "global_budget": 64}
 
 LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_SLL, LINKTYPE_SLL2 = 1, 101, 113, 276

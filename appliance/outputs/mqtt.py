@@ -63,7 +63,8 @@ SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 # Alerts are never evicted from the spool (see appliance.outputs.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
                          "policy_rejected", "bypass", "spool_overflow",
-                         "integrity_alarm", "integrity_restored"})
+                         "integrity_alarm", "integrity_restored",
+                         "patient_data_unencrypted", "advisory_match"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
 CONTROL_RESERVE = 16          # paho slots kept for state, inventory and command responses
