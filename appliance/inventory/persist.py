@@ -139,7 +139,7 @@ def advisories_stamp(store: Store) -> tuple[Any, ...]:
 
 
 def stored_advisories(store: Store) -> list[Advisory]:
-    out = []
+    out: list[Advisory] = []
     if not store.db["advisories"].exists():
         return out
     for row in store.db.query("SELECT id, source, document FROM advisories ORDER BY id"):

@@ -169,3 +169,27 @@ def test_bad_advisory_files_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(AdvisoryError, match="tracking.id"):
         parse_csaf({"document": {"csaf_version": "2.0", "tracking": {}}})
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_running_inventory_picks_up_imported_advisories(
+        ward: DemoWard, matched: tuple[Path, dict[str, dict[str, Any]], str],
+        tmp_path: Path) -> None:
+    """The daemon's snapshot rereads the advisories when the store's change: a new match is
+    an advisory_match event for the outputs (the fleet among them)."""
+    from appliance.inventory.identify import Identification
+    from appliance.inventory.persist import import_advisory
+    from appliance.outputs.store import Store
+
+    db = tmp_path / "copy.db"
+    shutil.copy(matched[0], db)
+    with Store(str(db)) as store:
+        store.db.execute("DELETE FROM advisories")
+        store.db.execute("UPDATE inventory SET advisories = '[]'")
+        ident = Identification(store=store)
+        assert ident.snapshot([]) == []
+        adv, text = load_file(str(CSAF / "icsma-20-317-01.json"))
+        assert import_advisory(store, adv, text, "icsma-20-317-01.json")
+        events = ident.snapshot([])
+    pump = next(d for d in ward.devices if d.name == "pump-06")
+    assert [(e["type"], e["mac"], e["advisory"], e["status"]) for e in events] == [
+        ("advisory_match", pump.mac, "ICSMA-20-317-01", "affected")]
