@@ -236,6 +236,12 @@ def _model_rules(doc: dict[str, Any], lists: dict[str, Any], classes: dict[str, 
             raise fail(f"model {spec['model']!r}: match must map evidence keys to patterns",
                        line)
         conditions = _conditions(match, lists, spec["model"], line, fail)
+        for key, regex in (spec.get("version") or {}).items():
+            try:
+                re.compile(str(regex))
+            except re.error as exc:
+                raise fail(f"model {spec['model']!r}: version for {key} is not a valid "
+                           f"regular expression: {exc}", line) from None
         cls = spec.get("class")
         if cls is None:
             continue
