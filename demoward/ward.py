@@ -1202,8 +1202,9 @@ def write_demo_ward(path: str | Path, packets: int = 20000, seed: int = 1) -> De
     _v6_bringup(sim, fixed, t0 + 300 * _MS)
     for name, at in _JOIN_S.items():
         _dhcp_join(sim, fixed, sim.dev[name], t0 + at * _S)
-    for name, when in _REBOOT_S.items():
-        _dhcp_reboot(sim, fixed, sim.dev[name], t0 + int(when * _S))
+    rebooting = _Sim(random.Random(f"wardtap-demo:{seed}:reboot"))  # the ward's own draws
+    for name, when in _REBOOT_S.items():                              # stay as they were
+        _dhcp_reboot(rebooting, fixed, rebooting.dev[name], t0 + int(when * _S))
     n_fixed_early = len(fixed)
     # the violations' own packets, sized before the legitimate stream is cut to fit
     trial: list[Pkt] = []
