@@ -82,6 +82,9 @@ WARD: tuple[WardDevice, ...] = (
                make="BD", model="Alaris 8015 PC unit", medical=True),
 )
 CT_SOP = "1.2.840.10008.5.1.4.1.1.2"          # CT Image Storage (pydicom's CT_small.dcm)
+# seconds between one device's exchanges: a device does not do everything in the same
+# second, and the appliance samples at most 64 packets a second (docs/inventory.md)
+PACE = 1.1
 
 
 def missing_tools() -> list[str]:
@@ -324,10 +327,12 @@ def _modality(peer: str) -> None:
     assoc = associate("US_ACUSON1", Verification)
     assert assoc.send_c_echo().Status == 0                      # type: ignore[attr-defined]
     assoc.release()                                              # type: ignore[attr-defined]
+    time.sleep(PACE)
     assoc = associate("US_ACUSON1", CTImageStorage)
     ds = examples.ct
     assert assoc.send_c_store(ds).Status == 0                    # type: ignore[attr-defined]
     assoc.release()                                              # type: ignore[attr-defined]
+    time.sleep(PACE)
     assoc = associate("US_ACUSON1", StudyRootQueryRetrieveInformationModelFind)
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -335,6 +340,7 @@ def _modality(peer: str) -> None:
     for _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):  # type: ignore[attr-defined]
         pass
     assoc.release()                                              # type: ignore[attr-defined]
+    time.sleep(PACE)
     assoc = associate("US_ACUSON2", Verification)               # the AE title changed
     assert assoc.send_c_echo().Status == 0                      # type: ignore[attr-defined]
     assoc.release()                                              # type: ignore[attr-defined]
@@ -412,7 +418,9 @@ def _monitor(peer: str, workdir: Path) -> None:
 
     async def run() -> None:
         await send(2575, "MX800^Philips", "RW0001", False)
+        await asyncio.sleep(PACE)
         await send(2576, "MX800^Philips", "RW0002", True)
+        await asyncio.sleep(PACE)
         await send(2575, "BEDMON7^Philips", "RW0003", False)       # the application renamed
 
     asyncio.run(run())

@@ -53,7 +53,7 @@ def test_every_demo_device_identified_with_its_class(ward: DemoWard,
     assert dissect["chunks_dropped"] == 0 and dissect["chunks_failed"] == 0
     # about one packet per device reaches pyshark; the fast path marked a few hundred
     assert dissect["packets_to_pyshark"] <= 0.002 * out["packets"]
-    assert dissect["marked"] <= 0.02 * out["packets"]
+    assert dissect["marked"] <= 0.03 * out["packets"]     # 32 per device per hour
 
 
 def test_inventory_in_the_store_and_the_devices_command(
