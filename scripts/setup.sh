@@ -17,6 +17,8 @@ APT_PACKAGES=(
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image
   rsyslog rsyslog-gnutls                             # SIEM export tests: a real syslog receiver (TLS)
+  dnsmasq-base isc-dhcp-client busybox lldpd chrony  # inventory tests: a ward of real daemons
+  openssl                                            #   (tests/realward.py, in namespaces only)
 )
 # image tests: the built image booted (qemu for this machine's architecture)
 case "$(dpkg --print-architecture)" in

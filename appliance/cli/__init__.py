@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "replay": Command("classify capture files and summarise", "replay"),
     "devices": Command("the device inventory: vendor, class, names, addresses, evidence",
                        "devices"),
+    "advisories": Command("security advisories (CSAF 2.0): import, list; matched against the "
+                          "inventory", "advisories"),
     "demo": Command("generate the demo ward and replay it", "demo"),
     "policy": Command("allow-list policy tools", "policy"),
     "learn": Command("learn each device's baseline and propose an allow-list", "learn"),

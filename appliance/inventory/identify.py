@@ -102,6 +102,10 @@ class Identification:
 
     def snapshot(self, devices: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         self.inventory.observe_devices(devices)
+        if self.store is not None:
+            from appliance.inventory.persist import load_advisories
+
+            load_advisories(self.inventory, self.store)    # imported while running?
         events = self.poll(force=True)
         if self.store is not None:
             self.inventory.save(self.store, events)

@@ -61,7 +61,8 @@ SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 # Alerts are never evicted from the spool (see appliance.outputs.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
                          "policy_rejected", "bypass", "spool_overflow",
-                         "integrity_alarm", "integrity_restored"})
+                         "integrity_alarm", "integrity_restored",
+                         "patient_data_unencrypted", "advisory_match"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
 CONTROL_RESERVE = 16          # paho slots kept for state, inventory and command responses
@@ -174,7 +175,11 @@ class MqttOutput(Output):
         self._snapshots += 1
         self._enqueue(self.summarizer.expire(now))
         self._devices = devices
-        identity = frozenset((d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vlan"))
+        # what the fleet's inventory shows: a device, its address, and what it was found to be
+        identity = frozenset((d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vlan"),
+                              d.get("class"), d.get("make"), d.get("model"),
+                              d.get("software_version"), bool(d.get("unencrypted_patient_data")),
+                              tuple(a.get("id") for a in d.get("advisories") or ()))
                              for d in devices)
         if identity != self._identity and (
                 self._identity is None
@@ -331,7 +336,9 @@ class MqttOutput(Output):
                                            "flows", "violations")}
             entry["vendor"] = (d.get("vendor")
                                or self._vendors.get((d.get("mac") or "")[:8]) or None)
-            for key in ("class", "class_confidence", "names"):   # from identification
+            for key in ("class", "class_confidence", "names", "roles", "make", "model",
+                        "software_version", "unencrypted_patient_data", "data_flows",
+                        "advisories"):                         # from identification
                 if key in d:
                     entry[key] = d[key]
             listed.append(entry)
