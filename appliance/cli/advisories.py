@@ -25,7 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from appliance.inventory.advisories import load_file
     from appliance.inventory.devices import Inventory
-    from appliance.inventory.persist import import_advisory, stored_advisories
+    from appliance.inventory.persist import (
+        import_advisory,
+        load_advisories,
+        load_inventory,
+        save_inventory,
+        stored_advisories,
+    )
     from appliance.outputs.store import Store
 
     if args.action == "import":
@@ -34,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
             new = [adv.id for path, adv, text in loaded
                    if import_advisory(store, adv, text, os.path.basename(path))]
             inventory = Inventory()
-            inventory.load(store)
+            load_inventory(inventory, store)
+            load_advisories(inventory, store)
             events = inventory.classify()
-            inventory.save(store, events)
+            save_inventory(inventory, store, events)
         matches = [e for e in events if e["type"] == "advisory_match"]
         print(f"{len(new)} advisories imported ({len(loaded) - len(new)} already stored), "
               f"{len(matches)} new device matches")
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not os.path.exists(args.db):
         raise WardtapError(f"{args.db}: no such store")
-    from appliance.inventory.devices import inventory_list
+    from appliance.inventory.persist import inventory_list
 
     with Store(args.db) as store:
         advisories = stored_advisories(store)

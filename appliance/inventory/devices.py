@@ -33,15 +33,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.inventory.advisories import Advisory, match_device
 from appliance.inventory.classes import UNKNOWN, ClassRules
 from appliance.inventory.dataflows import DataFlows, flows_in_record
 from appliance.inventory.models import ModelCatalogue
-
-if TYPE_CHECKING:
-    from appliance.outputs.store import Store
 
 MAX_EVIDENCE = 256        # distinct (key, value) pairs per device
 MAX_IPS = 32
@@ -456,21 +453,6 @@ class Inventory:
     def class_members(self, cls: str) -> list[str]:
         return sorted(d.mac for d in self.devices.values() if d.cls == cls)
 
-    # -- the store (appliance.inventory.persist) --
-
-    def load(self, store: Store, advisories: bool = True) -> None:
-        from appliance.inventory.persist import load_advisories, load_inventory
-
-        load_inventory(self, store)
-        if advisories:
-            load_advisories(self, store)
-
-    def save(self, store: Store, events: Sequence[dict[str, Any]] = ()) -> int:
-        """Write changed devices (and the events' history) in one transaction."""
-        from appliance.inventory.persist import save_inventory
-
-        return save_inventory(self, store, events)
-
 
 _LINK_IP_SOURCES = {"discovery protocol", "dhcp ACK (yiaddr)", "lldp management address"}
 
@@ -601,32 +583,3 @@ def brief_advisories(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Advisory matches without their long texts, for the fleet's inventory."""
     return [{k: a.get(k) for k in ("id", "status", "cvss", "product", "url")}
             for a in found[:16]]
-
-
-class _NoRules(ClassRules):
-    """Reading the store needs no rule file."""
-
-    def __init__(self) -> None:
-        super().__init__([], {UNKNOWN: ""})
-
-
-def inventory_list(store: Store, brief: bool = False) -> list[dict[str, Any]]:
-    """The stored inventory as JSON-ready dicts, oldest device first.
-
-    For the retained MQTT inventory message (appliance.outputs.mqtt) `brief=True` leaves out
-    the evidence lists and keeps the names of the rules behind each class.
-    """
-    inv = Inventory(_NoRules())
-    inv.load(store, advisories=False)
-    devices = inv.as_list()
-    return [brief_dict(d) for d in devices] if brief else devices
-
-
-def brief_dict(device: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in device.items() if k not in ("evidence", "contradicting",
-                                                         "identity")}
-    out["class_reasons"] = [r["rule"] for r in device.get("class_reasons", [])]
-    out["peers"] = device["peers"][:8]
-    out["data_flows"] = brief_flows(device.get("data_flows") or [])
-    out["advisories"] = brief_advisories(device.get("advisories") or [])
-    return out

@@ -11,11 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.errors import StoreError
 from appliance.inventory.advisories import Advisory, AdvisoryError, parse_csaf
-from appliance.inventory.classes import UNKNOWN
+from appliance.inventory.classes import UNKNOWN, ClassRules
 from appliance.inventory.dataflows import DataFlows
+from appliance.inventory.devices import (
+    MAX_EVIDENCE,
+    Device,
+    Inventory,
+    brief_advisories,
+    brief_flows,
+)
 
 if TYPE_CHECKING:
-    from appliance.inventory.devices import Inventory
     from appliance.outputs.store import Store
 
 COUNTERS = ("packets_sent", "bytes_sent", "packets_received", "bytes_received")
@@ -24,8 +30,6 @@ HISTORY_EVENTS = ("inventory_new_device", "device_classified", "device_name_chan
 
 
 def load_inventory(inv: Inventory, store: Store) -> None:
-    from appliance.inventory.devices import MAX_EVIDENCE, Device
-
     db = store.db
     if not db["inventory"].exists():
         return
@@ -172,3 +176,32 @@ def import_advisory(store: Store, advisory: Advisory, text: str, source: str) ->
     except Exception as exc:
         raise StoreError(f"{store.path}: advisory not stored: {exc}") from None
     return True
+
+
+class _NoRules(ClassRules):
+    """Reading the store needs no rule file."""
+
+    def __init__(self) -> None:
+        super().__init__([], {UNKNOWN: ""})
+
+
+def inventory_list(store: Store, brief: bool = False) -> list[dict[str, Any]]:
+    """The stored inventory as JSON-ready dicts, oldest device first.
+
+    For the retained MQTT inventory message (appliance.outputs.mqtt) `brief=True` leaves out
+    the evidence lists and keeps the names of the rules behind each class.
+    """
+    inv = Inventory(_NoRules())
+    load_inventory(inv, store)
+    devices = inv.as_list()
+    return [brief_dict(d) for d in devices] if brief else devices
+
+
+def brief_dict(device: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in device.items() if k not in ("evidence", "contradicting",
+                                                         "identity")}
+    out["class_reasons"] = [r["rule"] for r in device.get("class_reasons", [])]
+    out["peers"] = device["peers"][:8]
+    out["data_flows"] = brief_flows(device.get("data_flows") or [])
+    out["advisories"] = brief_advisories(device.get("advisories") or [])
+    return out
