@@ -56,6 +56,7 @@ def fixtures(work: Path) -> dict[str, str]:
     (work / "a.txt").write_text("x\n")
     return {"capture": str(capture), "policy": str(policy), "config": str(config),
             "mud": str(ROOT / "tests" / "data" / "infusion-pump.mud.json"),
+            "csaf": str(ROOT / "tests" / "data" / "csaf" / "icsma-17-017-02.json"),
             "file": str(work / "a.txt"), "dir": str(work), "out": str(work / "out.txt"),
             "db": str(work / "store.db"), "socket": str(work / "none.sock")}
 
@@ -86,6 +87,8 @@ def bases(f: dict[str, str]) -> dict[tuple[str, ...], list[str]]:
         ("integrity", "write"): [f["file"], "-o", f["out"]],
         ("integrity", "verify"): [f["out"]],
         ("integrity", "accept"): [f["out"], f["file"]],
+        ("advisories", "import"): [f["csaf"], "--db", f["db"]],
+        ("advisories", "list"): ["--db", f["db"]],
         ("fleet", "keygen"): ["--dir", f["dir"] + "/keys"],
         ("fleet", "list"): fleet,
         ("fleet", "watch"): [*fleet, "--timeout", "2"],

@@ -34,7 +34,7 @@ def _ips(d: dict[str, Any], limit: int = 2) -> str:
 # terminal is narrow; wrapped columns wrap instead of being cut.
 TABLE_COLUMNS = (
     Column("MAC"), Column("VENDOR", 1, wrap=True, min_width=16),
-    Column("CLASS", wrap=True, min_width=12), Column("CONF", 7, align=">"),
+    Column("CLASS", wrap=True, min_width=16), Column("CONF", 7, align=">"),
     Column("NAME", 4, wrap=True, min_width=10),
     Column("MAKE / MODEL", 3, wrap=True, min_width=12), Column("VERSION", 6, wrap=True),
     Column("ADDRESSES", 2, wrap=True, min_width=15),
