@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             dissect = DissectConfig(tshark=args.tshark, block=True)
     known = []
     if args.db:
-        from appliance.inventory.devices import inventory_list
+        from appliance.inventory.persist import inventory_list
         from appliance.outputs.store import Store
 
         with Store(args.db) as store:
