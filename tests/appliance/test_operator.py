@@ -139,3 +139,15 @@ def test_run_check_and_the_sample_configuration(store: dict, tmp_path: Path) -> 
         assert "running" not in result.stderr and "Traceback" not in result.stderr
     doc = tomllib.loads(sample)
     assert doc["datapath"]["type"] == "inline"
+
+
+def test_learn_takes_who_the_devices_are_from_a_store(store: dict, tmp_path: Path) -> None:
+    """--db: an inventory made before (here by replay --dissect) tells learn who is who,
+    without tshark; the unknown device is still left out."""
+    out = tmp_path / "learned.toml"
+    result = run_wardtap("learn", store["capture"], "-o", str(out), "--no-dissect", "--db",
+                         store["db"])
+    assert result.returncode == 0, result.stderr
+    assert "and a stored inventory" in result.stdout
+    text = out.read_text()
+    assert "could not be identified" in text and ROGUE.mac in text
