@@ -64,7 +64,7 @@ class LocalBroker:
         self.log.close()
 
 
-def run_demo(directory: str, packets: int, as_json: bool) -> int:
+def run_demo(directory: str, packets: int, as_json: bool, wide: bool = False) -> int:
     from appliance.panel.frontpanel import FrontPanel
     from appliance.replay.job import ReplayJob, run_job
     from demoward.ward import write_demo_policy, write_demo_ward
@@ -85,8 +85,8 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
         broker = LocalBroker(directory)
     except WardtapError as exc:
         say(f"(no fleet reporting in this demo: {exc})")
-    say(f"demo ward: {capture} ({packets} packets), policy {policy}, store {db}"
-        + (f", broker {broker.url} as {SITE}/{APPLIANCE}" if broker else "") + "\n")
+    say(f"demo ward: {capture} ({packets:,} packets)\n  policy {policy}\n  store  {db}"
+        + (f"\n  broker {broker.url} as {SITE}/{APPLIANCE}" if broker else "") + "\n")
 
     collector = None
     fleet_db = os.path.join(directory, "fleet.db")
@@ -101,7 +101,7 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
                 os.unlink(old)
         collector = Collector(fleet_db, BrokerSettings.from_options(broker.url))
         collector.start()
-    job = ReplayJob([capture], policy=policy, db=db, dissect=True, json=as_json)
+    job = ReplayJob([capture], policy=policy, db=db, dissect=True, json=as_json, wide=wide)
     if broker:
         job.broker, job.site, job.appliance = broker.url, SITE, APPLIANCE
     panel = FrontPanel(queue.Queue(), show=not as_json)
@@ -126,7 +126,7 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
                 from appliance.fleet.collector import fleet_rows
                 from appliance.fleet.listing import render
 
-                print(render(fleet_rows(fleet_db, time.time())))
+                print(render(fleet_rows(fleet_db, time.time()), wide=wide))
         return code
     finally:
         panel.close()

@@ -20,12 +20,14 @@ from fastpath.core import (  # noqa: F401  (re-exports)
     MODES,
     NO_DEVICE_INDEX,
     NO_RULE_INDEX,
+    PACKET_LINE_MAX,
     REASON_NAMES,
     VERDICT_NAMES,
     CaptureScanner,
     Classifier,
     CompiledPolicy,
     decode_batch,
+    packet_lines,
 )
 
 _DTYPES = ("EVENT_DTYPE", "DEVICE_DTYPE", "DECODED_DTYPE")

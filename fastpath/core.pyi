@@ -11,6 +11,7 @@ FLOW_END_NAMES: dict[int, str]
 MODES: dict[str, int]
 MALFORMED_FIRST: int
 NO_RULE_INDEX: int
+PACKET_LINE_MAX: int
 NO_DEVICE_INDEX: int
 FLOW_SLOT_BYTES: int
 DEVICE_SLOT_BYTES: int
@@ -25,6 +26,10 @@ def _layout_device() -> tuple[dict[str, tuple[int, str]], int]: ...
 def _layout_decoded() -> tuple[dict[str, tuple[int, str]], int]: ...
 def decode_batch(buf: Buffer, offsets: Buffer, lengths: Buffer, linktypes: Buffer,
                  out: Buffer, reasons: Buffer) -> None: ...
+def packet_lines(buf: Buffer, offsets: Buffer, lengths: Buffer, linktypes: Buffer,
+                 timestamps: Buffer, verdicts: Buffer, reasons: Buffer, rules: Buffer,
+                 first_index: int, names: Buffer, name_offsets: Buffer, n_rules: int,
+                 out: Buffer) -> int: ...
 
 class CompiledPolicy:
     source: Any

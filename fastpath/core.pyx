@@ -6,7 +6,7 @@ One Python call per batch; the loop runs without the GIL and allocates nothing. 
 path drains; a full ring is counted, never waited on.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
@@ -28,6 +28,7 @@ include "policytable.pxi"
 include "flowtable.pxi"
 include "capture.pxi"
 include "ring.pxi"
+include "lines.pxi"
 
 VERDICT_NAMES = ("none", "allow", "deny", "malformed")
 
@@ -57,6 +58,7 @@ FLOW_END_NAMES = {END_FIN: "fin", END_RST: "rst", END_IDLE: "idle",
 MODES = {"learn": MODE_LEARN, "monitor": MODE_MONITOR, "enforce": MODE_ENFORCE,
          "bypass": MODE_BYPASS}
 NO_RULE_INDEX = NO_RULE
+PACKET_LINE_MAX = LINE_MAX_BYTES
 NO_DEVICE_INDEX = <uint32_t>NO_DEVICE
 FLOW_SLOT_BYTES = sizeof(flow_t)
 DEVICE_SLOT_BYTES = sizeof(device_t)

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image
+  rsyslog rsyslog-gnutls                             # SIEM export tests: a real syslog receiver (TLS)
   dnsmasq-base isc-dhcp-client busybox lldpd chrony  # inventory tests: a ward of real daemons
   openssl                                            #   (tests/realward.py, in namespaces only)
 )

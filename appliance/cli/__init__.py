@@ -23,6 +23,7 @@ from typing import NamedTuple
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from appliance import __version__  # noqa: E402
+from appliance.cli.args import WardtapParser  # noqa: E402
 from appliance.errors import WardtapError  # noqa: E402
 
 
@@ -48,10 +49,17 @@ COMMANDS: dict[str, Command] = {
     "top": Command("live dashboard of the running daemon (q quits)", "daemonctl", "add_top",
                    "run_top"),
     "mode": Command("set the running daemon's mode", "daemonctl", "add_mode", "run_mode"),
-    "reload": Command("reload the running daemon's policy", "daemonctl", "add_socket",
+    "reload": Command("reload the running daemon's policy", "daemonctl", "add_answer",
                       "run_reload"),
     "propose": Command("write the policy the daemon has learned so far", "daemonctl",
-                       "add_socket", "run_propose"),
+                       "add_propose", "run_propose"),
+    "events": Command("the store's timeline: violations, new devices, commands, runs",
+                      "history", "add_events", "run_events"),
+    "violations": Command("violations in the store, filtered", "history", "add_violations",
+                          "run_violations"),
+    "flows": Command("flows in the store, filtered", "history", "add_flows", "run_flows"),
+    "inline": Command("the inline datapath's netfilter rules: status, remove, bypass",
+                      "inline"),
     "integrity": Command("SHA-256 manifests of installed files, configuration and policy: "
                          "write, verify, accept", "appliance.system.integrity"),
     "fleet": Command("fleet side over MQTT: list, watch, inventory, push-policy, command, "
@@ -68,7 +76,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the command being run gets its arguments (and their imports)."""
     words = sys.argv[1:] if argv is None else argv
     chosen = next((w for w in words if not w.startswith("-")), None)
-    parser = argparse.ArgumentParser(
+    parser = WardtapParser(
         prog="wardtap", description="Ward network appliance: classify, inventory, enforce.")
     parser.add_argument("--version", action="version", version=f"wardtap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -92,3 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001  (a sentence, not a traceback; tests look for it)
+        if os.environ.get("WARDTAP_DEBUG"):
+            raise
+        print(f"wardtap: internal error: {type(exc).__name__}: {exc} (a bug: please report "
+              "it with the command line; WARDTAP_DEBUG=1 shows where)", file=sys.stderr)
+        return 70

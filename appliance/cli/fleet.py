@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.cli import args as checked
+from appliance.common.when import Clock, local
 from appliance.errors import WardtapError
 from appliance.fleet.listing import age
 
@@ -30,15 +32,20 @@ DEFAULT_KEY = os.path.join(os.path.expanduser("~"), ".config", "wardtap", "fleet
 def add_connection(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     g = p.add_argument_group("broker connection")
-    g.add_argument("--broker", default=env("WARDTAP_BROKER"),
+    g.add_argument("--broker", default=env("WARDTAP_BROKER"), type=checked.broker_url,
                    help="mqtt://HOST:PORT or mqtts://HOST:PORT (env WARDTAP_BROKER)")
-    g.add_argument("--ca", default=env("WARDTAP_CA"), help="CA certificate (PEM)")
-    g.add_argument("--tls-cert", default=env("WARDTAP_TLS_CERT"),
+    g.add_argument("--ca", default=env("WARDTAP_CA"), type=checked.input_file,
+                   help="CA certificate (PEM)")
+    g.add_argument("--tls-cert", default=env("WARDTAP_TLS_CERT"), type=checked.input_file,
                    help="client certificate (PEM)")
-    g.add_argument("--tls-key", default=env("WARDTAP_TLS_KEY"), help="client private key")
+    g.add_argument("--tls-key", default=env("WARDTAP_TLS_KEY"), type=checked.input_file,
+                   help="client private key")
     g.add_argument("--username", default=env("WARDTAP_MQTT_USERNAME"))
-    g.add_argument("--password-file",
+    g.add_argument("--password-file", type=checked.input_file,
                    help="file with the MQTT password (or env WARDTAP_MQTT_PASSWORD)")
+    g.add_argument("--connect-timeout", type=checked.seconds(0, 300), default=10.0,
+                   help="seconds to wait for the broker to accept the connection (default "
+                        "10; --timeout also bounds it)")
 
 
 def broker_settings(args: argparse.Namespace) -> Any:
@@ -46,9 +53,12 @@ def broker_settings(args: argparse.Namespace) -> Any:
 
     if not args.broker:
         raise WardtapError("no broker: give --broker mqtts://HOST:PORT or set WARDTAP_BROKER")
-    return BrokerSettings.from_options(args.broker, ca=args.ca, cert=args.tls_cert,
-                                       key=args.tls_key, username=args.username,
-                                       password_file=args.password_file)
+    settings = BrokerSettings.from_options(args.broker, ca=args.ca, cert=args.tls_cert,
+                                           key=args.tls_key, username=args.username,
+                                           password_file=args.password_file)
+    timeout = getattr(args, "timeout", None)
+    settings.connect_timeout = min(args.connect_timeout, timeout or args.connect_timeout)
+    return settings
 
 
 def _add_key(p: argparse.ArgumentParser) -> None:
@@ -57,16 +67,16 @@ def _add_key(p: argparse.ArgumentParser) -> None:
 
 
 def _add_target(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--to", required=required, metavar="SITE[/APPLIANCE]",
+    p.add_argument("--to", required=required, metavar="SITE[/APPLIANCE]", type=checked.target,
                    help="one appliance, or every appliance of a site")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=checked.seconds(0, 3600), default=10.0,
                    help="seconds to wait for the answers (default 10)")
 
 
 # -- keygen ------------------------------------------------------------------------------
 
 def _add_keygen(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default=os.path.dirname(DEFAULT_KEY),
+    p.add_argument("--dir", default=os.path.dirname(DEFAULT_KEY), type=checked.output_dir,
                    help="where to write fleet.key and fleet.pub (default ~/.config/wardtap)")
     p.add_argument("--force", action="store_true", help="overwrite an existing key pair")
 
@@ -74,7 +84,7 @@ def _add_keygen(p: argparse.ArgumentParser) -> None:
 def _run_keygen(args: argparse.Namespace) -> int:
     from appliance.contract.signing import generate_keypair
 
-    os.makedirs(args.dir, mode=0o700, exist_ok=True)
+    checked.make_dir(args.dir, mode=0o700)
     private, public = os.path.join(args.dir, "fleet.key"), os.path.join(args.dir, "fleet.pub")
     kid = generate_keypair(private, public, overwrite=args.force)
     print(f"fleet signing key {kid}\n  private: {private} (keep it on the fleet side, 0600)\n"
@@ -85,9 +95,10 @@ def _run_keygen(args: argparse.Namespace) -> int:
 # -- list --------------------------------------------------------------------------------
 
 def _add_list(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="read a collector's database instead of the broker")
-    p.add_argument("--site", help="only this site")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", type=checked.store_file,
+                   help="read a collector's database instead of the broker")
+    p.add_argument("--site", type=checked.ident("site"), help="only this site")
+    checked.add_output_format(p)
     add_connection(p)
 
 
@@ -107,7 +118,9 @@ def _run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(listing.render(rows, now))
+        print(listing.render(rows, now, wide=args.wide))
+        if rows:
+            print(f"(last seen: ages against the wall clock, {local(now)})")
     return 0
 
 
@@ -136,10 +149,12 @@ def describe(event: dict[str, Any]) -> str:
 
 
 def _add_watch(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--to", metavar="SITE[/APPLIANCE]", help="only this site or appliance")
+    p.add_argument("--to", metavar="SITE[/APPLIANCE]", type=checked.target,
+                   help="only this site or appliance")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
-    p.add_argument("--count", type=int, help="stop after this many events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--count", type=checked.count(1, 10**9), help="stop after this many events")
+    p.add_argument("--timeout", type=checked.seconds(0, 86400 * 366),
+                   help="stop after this many seconds (also bounds connecting)")
     add_connection(p)
 
 
@@ -191,11 +206,11 @@ def _run_watch(args: argparse.Namespace) -> int:
 # -- inventory ---------------------------------------------------------------------------
 
 def _add_inventory(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="SITE/APPLIANCE")
+    p.add_argument("target", metavar="SITE/APPLIANCE", type=checked.target)
     p.add_argument("--refresh", action="store_true",
                    help="ask the appliance to publish its inventory now")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=10.0)
+    checked.add_output_format(p)
+    p.add_argument("--timeout", type=checked.seconds(0, 3600), default=10.0)
     add_connection(p)
 
 
@@ -215,7 +230,8 @@ def _run_inventory(args: argparse.Namespace) -> int:
                 print(f"{site}/{appliance}: inventory request failed: "
                       f"{(answer or {}).get('error', 'no answer')}", file=sys.stderr)
                 return 1
-        found = fc.retained([topic(site, appliance, "inventory")])
+        found = fc.retained([topic(site, appliance, "inventory"),
+                             topic(site, appliance, "state")])
     msg = found.get(topic(site, appliance, "inventory"))
     body = msg.json() if msg else None
     if not isinstance(body, dict):
@@ -225,16 +241,25 @@ def _run_inventory(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    print(f"{site}/{appliance}: {body.get('count')} devices "
-          f"(as of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(body.get('ts') or 0))})")
-    print(f"{'MAC':18} {'VENDOR':24} {'IPV4':15} {'VLAN':>5} {'PACKETS':>9} {'VIOL':>5}  "
-          f"LAST SEEN")
-    now = time.time()
-    for d in body.get("devices", []):
-        print(f"{d.get('mac') or '-':18} {(d.get('vendor') or '-')[:24]:24} "
-              f"{d.get('ipv4') or '-':15} {d.get('vlan') or '-':>5} "
-              f"{(d.get('packets_sent') or 0) + (d.get('packets_received') or 0):>9} "
-              f"{d.get('violations') or 0:>5}  {age(d.get('last_seen'), now)}")
+    state_msg = found.get(topic(site, appliance, "state"))
+    state = (state_msg.json() if state_msg else None) or {}
+    devices = body.get("devices", [])
+    # a replaying appliance's devices carry the capture's times: age them on its clock
+    clock = Clock.for_times([d.get("last_seen") for d in devices],
+                            replayed=state.get("datapath") == "replay")
+    print(f"{site}/{appliance}: {body.get('count')} devices (as of {local(body.get('ts'))})")
+    from appliance.common.table import Column, render
+
+    columns = (Column("MAC"), Column("VENDOR", 2, wrap=True, min_width=16),
+               Column("CLASS", 1, wrap=True, min_width=12), Column("IPV4", 3),
+               Column("VLAN", 5, align=">"), Column("PACKETS", 6, align=">"),
+               Column("VIOL", 4, align=">"), Column("LAST SEEN", 3))
+    rows = [(d.get("mac") or "-", d.get("vendor") or "-", d.get("class") or "-",
+             d.get("ipv4") or "-", d.get("vlan") or "-",
+             f"{(d.get('packets_sent') or 0) + (d.get('packets_received') or 0):,}",
+             d.get("violations") or 0, clock.age(d.get("last_seen"))) for d in devices]
+    print(render(columns, rows, wide=args.wide))
+    print(f"(last seen: {clock.label})")
     return 0
 
 
@@ -311,12 +336,13 @@ def _send(args: argparse.Namespace, name: str, cmd_args: dict[str, Any], signed:
 
 
 def _add_push(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="policy file (TOML); validated here before it is sent")
+    p.add_argument("file", type=checked.input_file,
+                   help="policy file (TOML); validated here before it is sent")
     _add_target(p)
     _add_key(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="allow appliances to go back to this older version (audited)")
-    p.add_argument("--validity", type=float, default=300.0,
+    p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
                    help="seconds the signed request stays valid (default 300)")
     add_connection(p)
 
@@ -356,7 +382,8 @@ def _add_command(p: argparse.ArgumentParser) -> None:
     _add_key(p)
     p.add_argument("--unsigned", action="store_true",
                    help="send identify/inventory/status without a signature")
-    p.add_argument("--validity", type=float, default=300.0)
+    p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
+                   help="seconds the signed request stays valid (default 300)")
     add_connection(p)
 
 
@@ -404,11 +431,13 @@ def _run_command(args: argparse.Namespace) -> int:
 # -- collect -----------------------------------------------------------------------------
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="fleet database (SQLite)")
-    p.add_argument("--group", default="wardtap",
+    p.add_argument("--db", required=True, type=checked.output_file,
+                   help="fleet database (SQLite)")
+    p.add_argument("--group", default="wardtap", type=checked.ident("group"),
                    help="shared-subscription group: collectors in one group split the load")
-    p.add_argument("--id", help="this collector's client id (stable: it names its session)")
-    p.add_argument("--session-expiry", type=int, default=86400,
+    p.add_argument("--id", type=checked.ident("collector id"),
+                   help="this collector's client id (stable: it names its session)")
+    p.add_argument("--session-expiry", type=checked.count(0, 2**32 - 1), default=86400,
                    help="seconds the broker keeps this collector's share while it is away")
     add_connection(p)
 
@@ -420,8 +449,11 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level="INFO", stream=sys.stderr,
                         format="%(asctime)s wardtap %(levelname)s %(message)s")
-    collector = Collector(args.db, broker_settings(args), args.group, args.id,
-                          args.session_expiry)
+    from appliance.contract.broker import probe
+
+    settings = broker_settings(args)
+    probe(settings, settings.connect_timeout)      # a wrong URL is said now, not retried
+    collector = Collector(args.db, settings, args.group, args.id, args.session_expiry)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

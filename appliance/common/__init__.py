@@ -1,5 +1,6 @@
 """Shared by every package: reading a user's files, TOML positions, the fast path's records,
-capture writing, MAC vendors, the local control socket's protocol, child processes.
+capture writing, MAC vendors, the local control socket's protocol, child processes, tables
+that fit the terminal (table), times for people (when).
 
 Imports: appliance.errors and fastpath only.
 """

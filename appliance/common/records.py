@@ -48,11 +48,15 @@ def mac(raw: bytes) -> str:
 
 
 def mac_bytes(text: str) -> bytes:
-    """``"00:11:22:33:44:55"`` (or ``-`` or ``.`` separated, or bare hex) to 6 bytes."""
-    raw = bytes.fromhex(text.replace(":", "").replace("-", "").replace(".", ""))
-    if len(raw) != 6:
+    """``"00:11:22:33:44:55"`` to 6 bytes, in any case, with ``:``, ``-``, ``.``, space or no
+    separators (``DC-A6-32-7E-5B-19``, ``dca6.327e.5b19``, ``dca6327e5b19``)."""
+    digits = "".join(c for c in str(text).strip() if c not in ":-. ")
+    if len(digits) != 12:
         raise ValueError(f"not a MAC address: {text!r}")
-    return raw
+    try:
+        return bytes.fromhex(digits)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {text!r}") from None
 
 
 _E = {name: i for i, name in enumerate(EVENT_FIELDS)}

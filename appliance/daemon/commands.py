@@ -45,7 +45,7 @@ class DaemonControl(Protocol):
 
     def reload(self) -> Answer: ...
 
-    def propose(self) -> Answer: ...
+    def propose(self, text_only: bool = False) -> Answer: ...
 
     def request_stop(self) -> None: ...
 
@@ -95,7 +95,7 @@ def _reload(control: DaemonControl, body: dict[str, Any]) -> Answer:
 
 
 def _propose(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    return control.propose()
+    return control.propose(text_only=bool(body.get("text")))
 
 
 def _stop(control: DaemonControl, body: dict[str, Any]) -> Answer:

@@ -23,7 +23,7 @@ from appliance.common.control import ControlServer, Request
 from appliance.common.records import device_dict, event_dict
 from appliance.daemon.commands import CallbackRequest, dispatch
 from appliance.errors import PolicyError, WardtapError
-from appliance.outputs import EventLogOutput, Output, StoreOutput
+from appliance.outputs import EventLogOutput, Output, StoreOutput, make_output
 from appliance.policy.model import Policy, compile_policy, load_policy
 from appliance.review.baseline import Baseline
 from appliance.sources import Source, make_source
@@ -116,6 +116,8 @@ class Daemon:
                 self.outputs.append(StoreOutput(store, run))
             if cfg.event_log:
                 self.outputs.append(EventLogOutput(cfg.event_log))
+            for kind, options in cfg.outputs:          # [syslog], [eve]: the SIEM
+                self.outputs.append(make_output(kind, options))
             if cfg.broker:
                 from appliance.outputs.mqtt import MqttOutput
 
@@ -150,8 +152,10 @@ class Daemon:
             self._install_signals()
             self._emit({"type": "started", "mode": self.mode, "datapath": cfg.datapath,
                         "policy": self.policy_info()})
+            policy = self.policy_info()
             log.info("running: datapath %s, mode %s, policy %s", cfg.datapath, self.mode,
-                     self.policy_info() or "none")
+                     f"{policy['name']} v{policy['version']} (sha256 {policy['sha256'][:12]})"
+                     if policy else "none")
             self.notify.ready(self._status_line())
             self._loop()
             return 0
@@ -309,8 +313,8 @@ class Daemon:
             self.source.flows_changed(changed_events)
         self._emit({"type": "policy_loaded", "previous": old, "policy": self.policy_info(),
                     "flows_changed": len(changed_events)})
-        log.info("policy reloaded: %s (%d existing flows changed verdict)",
-                 self.policy_info(), len(changed_events))
+        log.info("policy reloaded: %s v%s (%d existing flows changed verdict)",
+                 policy.name, policy.version, len(changed_events))
         self._flush_events()
         return {"ok": True, "policy": self.policy_info(), "flows_changed": len(changed)}
 
@@ -330,31 +334,52 @@ class Daemon:
         log.info("mode %s -> %s", previous, mode)
         return {"ok": True, "mode": mode, "previous": previous}
 
-    def propose(self) -> dict[str, Any]:
-        """Write the policy learned so far (learn mode) to the configured file."""
+    def propose(self, text_only: bool = False) -> dict[str, Any]:
+        """Write the policy learned so far (learn mode) to the configured file; with
+        `text_only` (`wardtap propose -o FILE` writes it where the operator is) or no file
+        configured, answer with its text instead."""
         import copy
 
         from appliance.policy.writer import render, write_text
-        from appliance.review.propose import check_allows, propose
+        from appliance.review.caution import assess
+        from appliance.review.propose import check_allows, port_tokens, propose
 
         if self.baseline is None:
             return {"ok": False, "error": "not learning: the daemon is not in learn mode"}
         snapshot = copy.deepcopy(self.baseline)
         snapshot.close(event_dict(rec) for rec in self.classifier.flow_list())
         snapshot.add_devices(device_dict(rec) for rec in self.classifier.device_list())
-        text = render(propose(snapshot, name="learned"))
-        path = self.config.learn_output
+        if self.identification is not None:      # what tshark found beats vendor and ports
+            snapshot.known = {d["mac"]: d for d in self.identification.inventory.as_list()}
+            snapshot.identified_by = "deep dissection (tshark on sampled packets)"
+        view = snapshot.view()
+        caution = assess(view, port_tokens(view), snapshot.identities(), snapshot.span())
+        draft = propose(snapshot, "learned", view=view, caution=caution)
+        text = render(draft)
+        path = None if text_only else self.config.learn_output
         try:
-            check_allows(text, snapshot, path or "<proposal>")
+            check_allows(text, snapshot, path or "<proposal>", caution, view)
             if path:
-                write_text(path, text)
+                with self.policy_file_change() if path == self.config.policy else \
+                        contextlib.nullcontext():
+                    write_text(path, text)
         except WardtapError as exc:
             log.error("proposed policy not written: %s", exc)
             return {"ok": False, "error": str(exc)}
+        left = sum(1 for r in draft.rules if not r.enabled)
+        rules = sum(1 for r in draft.rules if r.enabled and not r.disabled)
         self._emit({"type": "policy_proposed", "path": path,
-                    "conversations": len(snapshot.conversations)})
-        log.info("proposed policy written to %s", path)
+                    "conversations": len(snapshot.conversations), "rules": rules,
+                    "left_out": left})
+        if path:
+            log.info("proposed policy written to %s: %d rules, %d left out for review",
+                     path, rules, left)
+        else:
+            log.info("proposed policy handed out: %d rules, %d left out for review",
+                     rules, left)
         return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
+                "rules": rules, "left_out": left, "groups": len(draft.groups),
+                "left_out_reasons": dict(caution.counts()),
                 **({} if path else {"policy": text})}
 
     # -- control requests ------------------------------------------------------------------

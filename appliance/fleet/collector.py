@@ -166,6 +166,8 @@ class Collector:
                     values: dict[str, Any] = {
                         "status": body.get("status"), "state": payload.decode(),
                         "version": body.get("version")}
+                    if body.get("status") != "online" and isinstance(spool.get("depth"), int):
+                        values["spool_depth"] = spool["depth"]    # what a clean stop left
                     if body.get("status") == "online":
                         values.update(mode=body.get("mode"), policy_name=policy.get("name"),
                                       policy_version=policy.get("version"),
@@ -205,7 +207,9 @@ class Collector:
 
 
 def fleet_rows(db_path: str, now: float | None = None) -> list[dict[str, Any]]:
-    """`fleet list --db`: one row per appliance, with violations in the last hour."""
+    """`fleet list --db`: one row per appliance, with the violations received in the last
+    hour (by when they arrived, as the appliance counts them: a replayed capture's events
+    carry the capture's old times)."""
     now = time.time() if now is None else now
     conn = open_db(db_path)
     try:
@@ -213,10 +217,19 @@ def fleet_rows(db_path: str, now: float | None = None) -> list[dict[str, Any]]:
             "SELECT a.site, a.appliance, a.status, a.mode, a.policy_name, a.policy_version, "
             "a.last_seen, a.spool_depth, a.spool_overflow, "
             "(SELECT coalesce(sum(e.count), 0) FROM events e WHERE e.site = a.site AND "
-            " e.appliance = a.appliance AND e.type = 'violation' AND e.ts >= ?) "
-            "FROM appliances a ORDER BY a.site, a.appliance", (now - 3600,))
+            " e.appliance = a.appliance AND e.type = 'violation' AND e.received >= ?), "
+            "a.state FROM appliances a ORDER BY a.site, a.appliance", (now - 3600,))
         names = ["site", "appliance", "status", "mode", "policy_name", "policy_version",
                  "last_seen", "spool_depth", "spool_overflow", "violations_last_hour"]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows = []
+        for row in cur.fetchall():
+            out = dict(zip(names, row[:-1], strict=True))
+            try:
+                state = json.loads(row[-1]) if row[-1] else {}
+            except ValueError:
+                state = {}
+            out["reason"] = state.get("reason") if isinstance(state, dict) else None
+            rows.append(out)
+        return rows
     finally:
         conn.close()

@@ -6,11 +6,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.common.table import Column, render
+from appliance.common.when import local, zone_name
+
 
 def _when(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+    """Local time with the zone (the table's header names the zone once)."""
+    return local(ts, seconds=False, zone=False) if ts else "-"
 
 
 def _bytes(n: int) -> str:
@@ -28,26 +30,40 @@ def _ips(d: dict[str, Any], limit: int = 2) -> str:
     return text + (f" +{len(ips) - limit}" if len(ips) > limit else "")
 
 
-def render_table(devices: Sequence[dict[str, Any]]) -> str:
-    """The inventory as an aligned text table (`wardtap devices`), times in UTC."""
-    head = ("MAC", "VENDOR", "CLASS", "CONF", "NAME", "MAKE / MODEL", "VERSION", "ADDRESSES",
-            "PROTOCOLS", "FIRST SEEN", "LAST SEEN", "BYTES", "RISK")
+# The inventory's columns: priority 0 always shown, higher numbers dropped first when the
+# terminal is narrow; wrapped columns wrap instead of being cut.
+TABLE_COLUMNS = (
+    Column("MAC"), Column("VENDOR", 1, wrap=True, min_width=16),
+    Column("CLASS", wrap=True, min_width=16), Column("CONF", 7, align=">"),
+    Column("NAME", 4, wrap=True, min_width=10),
+    Column("MAKE / MODEL", 3, wrap=True, min_width=12), Column("VERSION", 6, wrap=True),
+    Column("ADDRESSES", 2, wrap=True, min_width=15),
+    Column("PROTOCOLS", 9, wrap=True, min_width=16), Column("FIRST SEEN", 10),
+    Column("LAST SEEN", 5), Column("BYTES", 11, align=">"), Column("RISK", 1),
+)
+
+
+def render_table(devices: Sequence[dict[str, Any]], width: int | None = None,
+                 wide: bool = False) -> str:
+    """The inventory as a table that fits the terminal (`wardtap devices`); times are
+    local, in the zone the header names."""
     rows = []
     for d in devices:
-        vendor = (d["vendor"] or ("(randomized MAC)" if d["randomized_mac"] else "-"))[:24]
+        vendor = d["vendor"] or ("(randomized MAC)" if d["randomized_mac"] else "-")
         protocols = [p for p in d["protocols"] if " " not in p] + \
                     [p for p in d["protocols"] if " " in p]
         proto = ", ".join(protocols[:3]) + (f" +{len(protocols) - 3}"
                                             if len(protocols) > 3 else "")
-        model = " ".join(x for x in (d.get("make"), d.get("model")) if x)[:32] or "-"
+        model = " ".join(x for x in (d.get("make"), d.get("model")) if x) or "-"
         rows.append((d["mac"], vendor, d["class"] + (" (router)" if d["router"] else ""),
-                     f"{d['confidence']:.2f}", (d["names"] or ["-"])[0][:20], model,
-                     (d.get("software_version") or "-")[:16], _ips(d) or "-",
+                     f"{d['confidence']:.2f}", (d["names"] or ["-"])[0], model,
+                     d.get("software_version") or "-", _ips(d) or "-",
                      proto or "-", _when(d["first_seen"]), _when(d["last_seen"]),
                      _bytes(d["bytes_sent"] + d["bytes_received"]), _risk(d)))
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [head, *rows])
+    zone = zone_name()
+    columns = [Column(f"{c.header} ({zone})", c.priority) if "SEEN" in c.header else c
+               for c in TABLE_COLUMNS]
+    return render(columns, rows, width, wide)
 
 
 def _risk(d: dict[str, Any]) -> str:

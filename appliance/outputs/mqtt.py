@@ -101,7 +101,10 @@ class MqttOutput(Output):
         self._flags: tuple[Any, ...] = (status["overflow"], status["disk_full"],
                                         status["low_disk"])
         self.counters = collections.Counter[str]()
+        # when this appliance saw each violation (its clock, not the packet's: a replayed
+        # capture's old timestamps must not make the last hour look empty)
         self._violations: collections.deque[tuple[float, int]] = collections.deque()
+        self.stop_reason = "shutdown"       # said in the offline state of a clean stop
         self._interval_violations = 0
         self._last_totals: dict[str, int] = {}
         self._last_stats = clock()
@@ -211,7 +214,7 @@ class MqttOutput(Output):
             time.sleep(0.02)
         if self.connected.is_set():
             info = self.client.publish(self.topics["state"],
-                                       self._state_payload("offline", "shutdown"),
+                                       self._state_payload("offline", self.stop_reason),
                                        qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2.0)
@@ -301,6 +304,9 @@ class MqttOutput(Output):
                                   "last_seq": self.audit.last_seq()})
         else:
             body["reason"] = reason
+            if reason != "connection lost":      # a clean stop knows what it leaves behind
+                spool = self.spool.status()
+                body["spool"] = {"depth": spool["depth"], "overflow": spool["overflow"]}
         return json.dumps(body, separators=(",", ":"), default=str)
 
     def publish_state(self) -> None:

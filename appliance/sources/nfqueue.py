@@ -143,8 +143,9 @@ class NfqueueSource(Source):
     def __init__(self, bridge: str = "br0", queue: int = 0, max_len: int = 4096,
                  snaplen: int = 512, batch_size: int = 1024, idle_interval: float = 1.0,
                  mark_mask: int = DEFAULT_MASK, stall_ms: float = 500.0,
-                 watchdog: bool = True, **options: Any) -> None:
+                 watchdog: bool = True, keep_rules: bool = False, **options: Any) -> None:
         super().__init__(**options)
+        self.keep_rules = keep_rules
         if not 0 <= queue <= 65535:
             raise SourceError(f"queue {queue} out of range (0-65535)")
         if batch_size < 1 or max_len < 1 or snaplen < 64:
@@ -531,9 +532,11 @@ class NfqueueSource(Source):
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the queue. The rules stay: with nobody listening, --queue-bypass forwards
-        new flows and decided flows keep their verdicts, so a restart is seamless. Use
-        appliance.sources.netfilter.InlineRules.bypass()/remove() to change that."""
+        """Release the queue and, on a clean stop, remove the rules: a stopped appliance
+        blocks nothing (denied flows too pass again), and nothing is left in the kernel
+        that `wardtap inline status` would have to explain. With `keep_rules` they stay:
+        --queue-bypass forwards new flows and decided flows keep their verdicts, so a
+        restart is seamless (a crash leaves them too; `wardtap inline remove`)."""
         wd, self._watchdog = self._watchdog, None
         self._close_heartbeat()
         if wd is not None:
@@ -555,3 +558,11 @@ class NfqueueSource(Source):
             assert self._lib is not None
             self._lib.nfq_close(self._h)
             self._h = None
+        if not self.keep_rules and self._rule_state != "absent":
+            try:
+                self.rules.remove()
+                self._rule_state = "absent"
+                log.info("inline: rules removed from %s (clean stop)", self.bridge)
+            except InlineError as exc:
+                log.error("inline: could not remove the rules (`wardtap inline remove`): %s",
+                          exc)

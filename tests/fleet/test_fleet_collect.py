@@ -107,7 +107,8 @@ def test_collect_command_and_fleet_list_from_its_database(broker: Broker,  # noq
                            timeout=30)
         assert r.returncode == 0, r.stderr
         line = next(x for x in r.stdout.splitlines() if "ward4b-01" in x)
-        assert "offline" in line and "enforce" in line and " 30 " in line, r.stdout
+        # closed cleanly: "stopped" (a lost connection would say "offline")
+        assert "stopped" in line and "enforce" in line and " 30 " in line, r.stdout
     finally:
         proc.terminate()
         proc.wait(timeout=15)

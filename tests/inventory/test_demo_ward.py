@@ -76,7 +76,7 @@ def test_inventory_in_the_store_and_the_devices_command(
     assert router["router"] and router["class"] == "network gear"
     assert not any(e["scope"] == "ip" for e in router["evidence"])
 
-    table = run_wardtap("devices", "--db", str(db)).stdout.splitlines()
+    table = run_wardtap("devices", "--db", str(db), "--wide").stdout.splitlines()
     assert table[0].split()[:4] == ["MAC", "VENDOR", "CLASS", "CONF"]
     assert len(table) == 1 + len(stored)
     assert any("infusion pump" in line and "B.Braun" in line for line in table)
