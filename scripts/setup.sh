@@ -16,6 +16,8 @@ APT_PACKAGES=(
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image
+  postgresql                                         # fleet console: collectors and console on PostgreSQL
+  chromium chromium-driver                           # fleet console tests: a real headless browser
 )
 # image tests: the built image booted (qemu for this machine's architecture)
 case "$(dpkg --print-architecture)" in
@@ -44,7 +46,7 @@ log=.venv/setup.log
 quiet() { "$@" >>"$log" 2>&1 || { echo "setup: failed: $*; see $log" >&2; tail -20 "$log" >&2; exit 1; }; }
 : >"$log"
 quiet .venv/bin/python -m pip install --upgrade pip setuptools wheel "cython>=3.0,<4" numpy
-extras="test,bench,dissect,fleet"
+extras="test,bench,dissect,fleet,console"
 case "$(uname -m)" in aarch64|armv7l) extras="$extras,pi" ;; esac
 # compat editable mode: a plain .pth path entry, no import hook on every start-up.
 quiet .venv/bin/python -m pip install --no-build-isolation -e ".[${extras}]" \
