@@ -66,7 +66,14 @@ def run_reload(args: argparse.Namespace) -> int:
 
 
 def run_propose(args: argparse.Namespace) -> int:
-    return _control(args.socket, {"cmd": "propose"})
+    from appliance.common.control import request
+
+    answer = request(args.socket, {"cmd": "propose"})
+    answer.pop("current", None)                 # the running policy: the fleet console's
+    if answer.get("path"):
+        answer.pop("policy", None)              # written to the file named in "path"
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("ok") else 1
 
 
 def add_status(p: argparse.ArgumentParser) -> None:

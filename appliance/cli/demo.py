@@ -13,6 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the demo capture, policy and store (default ./demo-ward)")
     p.add_argument("--packets", type=int, default=20000)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--serve", action="store_true",
+                   help="keep the fleet console running on loopback after the demo")
+    p.add_argument("--port", type=int, default=0,
+                   help="the console's port with --serve (default: a free one)")
 
 
 
@@ -22,4 +26,4 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise WardtapError("the demo ward is not installed here: it comes with the source "
                            "tree (scripts/setup.sh), not with the appliance image") from None
-    return run_demo(args.dir, args.packets, args.json)
+    return run_demo(args.dir, args.packets, args.json, args.serve, args.port)

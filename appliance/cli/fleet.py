@@ -404,12 +404,17 @@ def _run_command(args: argparse.Namespace) -> int:
 # -- collect -----------------------------------------------------------------------------
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="fleet database (SQLite)")
+    p.add_argument("--db", required=True,
+                   help="fleet database: a SQLite file, or postgresql://USER@HOST/DB shared by "
+                        "several collectors and the console")
     p.add_argument("--group", default="wardtap",
                    help="shared-subscription group: collectors in one group split the load")
     p.add_argument("--id", help="this collector's client id (stable: it names its session)")
     p.add_argument("--session-expiry", type=int, default=86400,
                    help="seconds the broker keeps this collector's share while it is away")
+    p.add_argument("--retain-days", type=float, default=0.0,
+                   help="prune events older than this every 10 minutes (0: keep; per-hour "
+                        "counts are kept 10x longer)")
     add_connection(p)
 
 
@@ -421,13 +426,15 @@ def _run_collect(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", stream=sys.stderr,
                         format="%(asctime)s wardtap %(levelname)s %(message)s")
     collector = Collector(args.db, broker_settings(args), args.group, args.id,
-                          args.session_expiry)
+                          args.session_expiry, retain_s=args.retain_days * 86400)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     collector.start()
+    from appliance.fleet.db import redact
+
     logging.getLogger("wardtap.collector").info(
-        "collecting into %s (group %s, id %s)", args.db, args.group, collector.id)
+        "collecting into %s (group %s, id %s)", redact(args.db), args.group, collector.id)
     try:
         while not stop.wait(30):
             c = collector.counts
@@ -451,9 +458,34 @@ _FLEET: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "push-policy": ("validate, sign and push a policy", _add_push, _run_push),
     "command": ("send a command (mode, bypass, identify, inventory, status, reload)",
                 _add_command, _run_command),
-    "collect": ("keep fleet state in SQLite (scales out by shared subscription)",
-                _add_collect, _run_collect),
+    "collect": ("keep fleet state in SQLite or PostgreSQL (scales out by shared "
+                "subscription)", _add_collect, _run_collect),
 }
+
+
+def _console(add: str, run: str) -> tuple[Callable[[argparse.ArgumentParser], None],
+                                           Callable[[argparse.Namespace], int]]:
+    """The console's commands live in appliance.cli.fleetconsole, imported when used."""
+    def configure(p: argparse.ArgumentParser) -> None:
+        from appliance.cli import fleetconsole
+
+        getattr(fleetconsole, add)(p)
+
+    def execute(args: argparse.Namespace) -> int:
+        from appliance.cli import fleetconsole
+
+        return int(getattr(fleetconsole, run)(args))
+    return configure, execute
+
+
+_FLEET.update({
+    "serve": ("the fleet console in a browser (fleet, devices, violations, policies, audit)",
+              *_console("add_serve", "run_serve")),
+    "user": ("console accounts: add, password, role, disable, enable, list",
+             *_console("add_user", "run_user")),
+    "prune": ("delete events older than N days (counts stay rolled up per hour)",
+              *_console("add_prune", "run_prune")),
+})
 
 
 def add_fleet(p: argparse.ArgumentParser) -> None:

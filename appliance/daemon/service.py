@@ -354,8 +354,9 @@ class Daemon:
         self._emit({"type": "policy_proposed", "path": path,
                     "conversations": len(snapshot.conversations)})
         log.info("proposed policy written to %s", path)
+        # the text goes with the answer (the fleet console shows it next to the running one)
         return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
-                **({} if path else {"policy": text})}
+                "policy": text, "current": self.policy.text if self.policy else None}
 
     # -- control requests ------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ class _Message:
 class Collector:
     def __init__(self, db_target: str, settings: BrokerSettings, group: str = "wardtap",
                  collector_id: str | None = None, session_expiry: int = 86400,
-                 batch: int = 1000, linger: float = 0.02) -> None:
+                 batch: int = 1000, linger: float = 0.02, retain_s: float = 0.0) -> None:
         self.db_target = db_target
         self.db: Database | None = connect(db_target)     # fails now, with one clear line
         self.settings = settings
@@ -58,6 +58,8 @@ class Collector:
         self.session_expiry = session_expiry
         self.batch = batch
         self.linger = linger
+        self.retain_s = retain_s
+        self._next_prune = time.monotonic() + 60
         self.client = make_client(settings, self.id, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -134,6 +136,8 @@ class Collector:
     def _write_loop(self) -> None:
         pending: list[_Message] = []
         while not (self._stop.is_set() and not pending and self._queue.empty()):
+            if self.retain_s and time.monotonic() >= self._next_prune:
+                self._prune()
             if not pending:
                 pending = self._take()
                 if not pending:
@@ -154,6 +158,19 @@ class Collector:
                 if m.qos:
                     self.client.ack(m.mid, m.qos)
             pending = []
+
+    def _prune(self) -> None:
+        from appliance.fleet.retention import prune
+
+        self._next_prune = time.monotonic() + 600
+        try:
+            deleted = prune(self._database(), self.retain_s, max_batches=50)
+        except (DatabaseError, *(self.db.errors if self.db else ())) as exc:
+            log.warning("collector: pruning failed (%s); next try in 10 minutes", exc)
+            self._drop_db()
+            return
+        if any(deleted.values()):
+            log.info("collector: pruned %s", ", ".join(f"{k} {v}" for k, v in deleted.items()))
 
     def _database(self) -> Database:
         if self.db is None:

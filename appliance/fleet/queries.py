@@ -110,12 +110,18 @@ def appliance(db: Database, site: str, name: str, now: float | None = None) -> d
 
 
 def data_span(db: Database, site: str, name: str) -> tuple[int, int] | None:
-    """(first, last) minute bucket with anything in the appliance's timeline."""
-    row = db.query("SELECT min(bucket), max(bucket) FROM timeline_hour "
-                   "WHERE site = ? AND appliance = ?", (site, name))
+    """(first, last) second with anything in the appliance's timeline; the last is that of
+    the newest events when there are any (a replayed capture keeps its own clock, its stats
+    are stamped when they were sent)."""
+    where = "WHERE site = ? AND appliance = ?"
+    row = db.query(f"SELECT min(bucket), max(bucket) FROM timeline_hour {where}", (site, name))
     if not row or row[0][0] is None:
         return None
-    return int(row[0][0]) * 60, int(row[0][1]) * 60 + 59
+    last = db.query(f"SELECT max(bucket) FROM timeline_minute {where} AND events > 0",
+                    (site, name))
+    end = int(last[0][0]) * 60 + 59 if last and last[0][0] is not None else \
+        int(row[0][1]) * 3600 + 3599
+    return int(row[0][0]) * 3600, end
 
 
 def timeline(db: Database, site: str, name: str, start: float, end: float,
