@@ -215,7 +215,8 @@ def audit_rows(db: Database, text: str = "", action: str = "", username: str = "
                since: float | None = None, limit: int = 500) -> list[dict[str, Any]]:
     from appliance.fleet.queries import like_pattern
 
-    conds, params = [], []
+    conds: list[str] = []
+    params: list[Any] = []
     if text:
         conds.append("(lower(targets) LIKE ? ESCAPE '\\' OR lower(detail) LIKE ? ESCAPE '\\' "
                      "OR lower(answers) LIKE ? ESCAPE '\\')")

@@ -165,7 +165,7 @@ class Collector:
         self._next_prune = time.monotonic() + 600
         try:
             deleted = prune(self._database(), self.retain_s, max_batches=50)
-        except (DatabaseError, *(self.db.errors if self.db else ())) as exc:
+        except Exception as exc:  # noqa: BLE001  (pruning must never stop the collector)
             log.warning("collector: pruning failed (%s); next try in 10 minutes", exc)
             self._drop_db()
             return
@@ -201,8 +201,8 @@ class Collector:
             try:
                 with db.transaction():
                     result = ingest.write_batch(db, parsed, self.id, now)
-                    for m, exc in bad:
-                        ingest.record_malformed(db, self.id, m.topic, exc, m.payload, now)
+                    for m, why in bad:
+                        ingest.record_malformed(db, self.id, m.topic, why, m.payload, now)
                     result.malformed = len(bad)
                     ingest.record_collector(db, self.id, len(messages), result, now)
                 break

@@ -118,6 +118,16 @@ def parse(topic_name: str, payload: bytes) -> Parsed | None:
     return Parsed(site, appliance, leaf, body, payload.decode("utf-8"))
 
 
+def _obj(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _list(body: dict[str, Any], key: str) -> list[Any]:
+    value = body.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _values(n_rows: int, n_cols: int) -> str:
     row = "(" + ", ".join("?" * n_cols) + ")"
     return ", ".join([row] * n_rows)
@@ -213,13 +223,13 @@ def write_batch(db: Database, messages: list[Parsed], collector: str,
                              "DO NOTHING RETURNING id",
                              (m.site, m.appliance, body["id"], _time(body.get("ts")), m.raw,
                               now))
-        counters = body.get("counters") if isinstance(body.get("counters"), dict) else {}
+        counters = _obj(body, "counters")
         if new_stats:
             rollup.count(m.site, m.appliance, _time(body.get("ts")),
                          allowed=_int(counters.get("allowed")) or 0,
                          denied=_int(counters.get("denied")) or 0,
                          packets=_int(counters.get("packets")) or 0)
-        spool = body.get("spool") if isinstance(body.get("spool"), dict) else {}
+        spool = _obj(body, "spool")
         appliance_updates.setdefault((m.site, m.appliance), {}).update(
             stats=m.raw, stats_ts=_time(body.get("ts")), last_seen=now,
             spool_depth=_int(spool.get("depth")))
@@ -231,8 +241,8 @@ def write_batch(db: Database, messages: list[Parsed], collector: str,
 
 def _state_values(m: Parsed, now: float) -> dict[str, Any]:
     body = m.body
-    policy = body.get("policy") if isinstance(body.get("policy"), dict) else {}
-    spool = body.get("spool") if isinstance(body.get("spool"), dict) else {}
+    policy = _obj(body, "policy")
+    spool = _obj(body, "spool")
     values: dict[str, Any] = {"status": _text(body.get("status"), 32), "state": m.raw,
                               "version": _text(body.get("version"), 64),
                               "state_ts": _time(body.get("ts"))}
@@ -261,7 +271,7 @@ def _upsert_appliance(db: Database, site: str, appliance: str,
 
 def device_search_text(d: dict[str, Any]) -> str:
     """What a fleet-wide device search matches: names, MAC, addresses, vendor, class."""
-    names = d.get("names") if isinstance(d.get("names"), list) else []
+    names = _list(d, "names")
     parts = [d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vendor"), d.get("class"),
              *names, d.get("make"), d.get("model")]
     return " ".join(str(p) for p in parts if p).lower()[:2048]
@@ -283,7 +293,7 @@ def _write_inventory(db: Database, m: Parsed, now: float) -> None:
         mac = _text(d.get("mac"), 32) if isinstance(d, dict) else None
         if not isinstance(d, dict) or not isinstance(d.get("mac"), str) or not mac:
             continue
-        names = d.get("names") if isinstance(d.get("names"), list) else []
+        names = _list(d, "names")
         confidence = d.get("class_confidence", d.get("confidence"))
         rows[mac] = (
             m.site, m.appliance, mac, _text(d.get("vendor")), _text(d.get("class")),

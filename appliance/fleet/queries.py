@@ -39,7 +39,8 @@ def derive_status(row: dict[str, Any], now: float, stale_after: float = STALE_AF
     if row.get("spool_overflow"):
         return "degraded"
     state = _json(row.get("state"))
-    spool = state.get("spool") if isinstance(state.get("spool"), dict) else {}
+    spool = state.get("spool")
+    spool = spool if isinstance(spool, dict) else {}
     if spool.get("disk_full") or spool.get("low_disk"):
         return "degraded"
     return "online"
@@ -60,7 +61,8 @@ def fleet_overview(db: Database, now: float | None = None, site: str | None = No
                    stale_after: float = STALE_AFTER_S) -> list[dict[str, Any]]:
     """One row per appliance: status, mode, policy, spool, last seen, violations 1 h / 1 d."""
     now = time.time() if now is None else now
-    where, params = "", [int((now - 3600) // 60), int((now - 86400) // 3600)]
+    where = ""
+    params: list[Any] = [int((now - 3600) // 60), int((now - 86400) // 3600)]
     if site:
         where = "WHERE a.site = ?"
         params.append(site)
@@ -94,7 +96,8 @@ def sites(db: Database) -> list[str]:
     return [r[0] for r in db.query("SELECT DISTINCT site FROM appliances ORDER BY site")]
 
 
-def appliance(db: Database, site: str, name: str, now: float | None = None) -> dict[str, Any] | None:
+def appliance(db: Database, site: str, name: str,
+              now: float | None = None) -> dict[str, Any] | None:
     now = time.time() if now is None else now
     rows = db.rows("SELECT * FROM appliances WHERE site = ? AND appliance = ?", (site, name))
     if not rows:
@@ -167,7 +170,8 @@ def _device(r: dict[str, Any]) -> dict[str, Any]:
 def search_devices(db: Database, q: str = "", field: str = "any", site: str | None = None,
                    limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
     """Devices across the fleet whose name, MAC, address, vendor or class contains `q`."""
-    conds, params = [], []
+    conds: list[str] = []
+    params: list[Any] = []
     if q:
         column = {"any": "search", "name": "names", "mac": "mac", "vendor": "vendor",
                   "class": "class"}.get(field, "search")
@@ -190,7 +194,8 @@ def search_devices(db: Database, q: str = "", field: str = "any", site: str | No
 def violation_groups(db: Database, since: float, site: str | None = None,
                      name: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """Violations since `since`, grouped by appliance, device, rule and reason."""
-    conds, params = ["type = 'violation'", "ts >= ?"], [since]
+    conds: list[str] = ["type = 'violation'", "ts >= ?"]
+    params: list[Any] = [since]
     if site:
         conds.append("site = ?")
         params.append(site)
@@ -216,9 +221,9 @@ def violation_groups(db: Database, since: float, site: str | None = None,
                              f"({', '.join('?' * len(chunk))})", (s, a, *chunk)):
                 names[(d["site"], d["appliance"], d["mac"])] = d
     for r in rows:
-        d = names.get((r["site"], r["appliance"], r["device"]))
-        r["device_class"] = d["class"] if d else None
-        r["device_vendor"] = d["vendor"] if d else None
+        found = names.get((r["site"], r["appliance"], r["device"]))
+        r["device_class"] = found["class"] if found else None
+        r["device_vendor"] = found["vendor"] if found else None
         r["violations"] = int(r["violations"] or 0)
     return rows
 

@@ -75,5 +75,5 @@ def policy_sha(text: str) -> str:
     return sha256(text)
 
 
-FILTERS = {"policy_sha": policy_sha, "when": when, "age": age, "num": num, "pretty": pretty, "short": short,
-           "extra": extra, "evidence": evidence}
+FILTERS = {"policy_sha": policy_sha, "when": when, "age": age, "num": num, "pretty": pretty,
+           "short": short, "extra": extra, "evidence": evidence}
