@@ -166,7 +166,7 @@ def approve(ctx: Ctx) -> Any:
     """Approve the reviewed text (exactly the one shown: its SHA-256 must match)."""
     site, name = _target(ctx)
     back = f"/policies/{site}/{name}"
-    text = ctx.field("policy")
+    text = ctx.field("policy").replace("\r\n", "\n")   # forms send line breaks as CRLF
     shown = ctx.field("sha256", limit=64)
     try:
         digest = rollout.sha256(text)

@@ -92,7 +92,7 @@ class Console:
         self.pool = Pool(config.db)
         self.commander = Commander(config.broker, config.key)
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
-                                 autoescape=True, undefined=jinja2.StrictUndefined)
+                                 autoescape=True, undefined=jinja2.ChainableUndefined)
         from appliance.fleet.web import filters
 
         env.filters.update(filters.FILTERS)
