@@ -29,7 +29,11 @@ Params = Sequence[Any]
 
 
 class DatabaseError(WardtapError):
-    """The fleet database cannot be reached or refused a statement."""
+    """The fleet database cannot be reached."""
+
+
+class QueryError(WardtapError):
+    """The fleet database refused one statement (the database itself is fine)."""
 
 
 def is_postgres(target: str) -> bool:
@@ -215,7 +219,11 @@ class Pool:
             try:
                 yield db
             except db.errors as exc:
-                self._failed(f"{redact(self.target)}: {str(exc).strip().splitlines()[0]}")
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                if db.alive() and not db.is_transient(exc):
+                    # the statement was refused, the database is fine
+                    raise QueryError(f"the database refused the request: {first}") from None
+                self._failed(f"{redact(self.target)}: {first}")
                 db.close()
                 db = None
                 raise DatabaseError(self.error or "database error") from None

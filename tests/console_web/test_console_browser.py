@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 
@@ -24,7 +24,7 @@ def _gone(element: Any) -> bool:
     try:
         element.is_enabled()
         return False
-    except StaleElementReferenceException:
+    except WebDriverException:          # stale, or its document is being replaced
         return True
 
 

@@ -161,7 +161,8 @@ def _publish_hostile_appliance(broker: Broker) -> None:
             {"mac": "02:00:00:00:00:01", "vendor": HOSTILE_NAME, "class": "infusion pump",
              "names": [HOSTILE_NAME, "pump-' OR 1=1 --"], "ipv4": "10.9.9.9",
              "make": "Acme <i>", "model": "X-1", "firmware": {"version": "1.2"}},
-            {"mac": "02:00:00:00:00:02", "names": ["%_\\"], "ipv4": "10.9.9.10"}]}),
+            {"mac": "02:00:00:00:00:02", "names": ["%_\\"], "ipv4": "10.9.9.10",
+             "vendor": '=HYPERLINK("http://evil.example")'}]}),
         qos=1, retain=True).wait_for_publish(5)
     client.publish(f"{base}/events", b"{not json", qos=1).wait_for_publish(5)
     client.disconnect()
@@ -232,6 +233,7 @@ def browser() -> Iterator[Any]:
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     driver.set_page_load_timeout(60)
+    driver.implicitly_wait(10)          # find_element waits for the next page's elements
     try:
         yield driver
     finally:

@@ -71,10 +71,10 @@ class Ctx:
 
     def arg(self, name: str, default: str = "", limit: int = 200) -> str:
         value = self.request.query_params.get(name, default)
-        return str(value)[:limit]
+        return str(value)[:limit].replace("\x00", "")    # no NUL reaches the database
 
     def field(self, name: str, default: str = "", limit: int = 200_000) -> str:
-        return str(self.form.get(name, default))[:limit]
+        return str(self.form.get(name, default))[:limit].replace("\x00", "")
 
 
 class Forbidden(Exception):
