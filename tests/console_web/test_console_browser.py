@@ -59,6 +59,14 @@ def test_admin_reviews_and_rolls_out_a_policy_in_a_browser(fleet: Fleet, browser
     assert f"{PILOT}" in fleet_text and "online" in fleet_text and "learn" in fleet_text
     _shot(d, artifacts, "fleet")
 
+    # an operator's action: the appliance publishes its inventory now
+    d.get(f"{url}/appliances/{SITE}/{PILOT}")
+    _click(d, "button.refresh-inventory")
+    assert "ok" in _answers(d) and "devices" in _answers(d)
+    wait_for(lambda: fleet.query("SELECT count(*) FROM devices WHERE appliance = ?",
+                                 (PILOT,))[0][0] > 5, timeout=30,
+             what="the refreshed inventory in the fleet database")
+
     # a device search across the fleet
     d.get(url + "/devices")
     d.find_element(By.ID, "q").send_keys("braun")
@@ -70,10 +78,10 @@ def test_admin_reviews_and_rolls_out_a_policy_in_a_browser(fleet: Fleet, browser
     # the appliance page: its timeline plot, zoomed by a click on a bar
     d.find_element(By.LINK_TEXT, f"{SITE}/{PILOT}").click()
     wait_for(lambda: d.find_elements(By.ID, "timeline-plot"), what="the appliance page")
+    d.get(d.find_element(By.LINK_TEXT, "all data").get_attribute("href"))
     plot = d.find_element(By.ID, "timeline-plot")
     assert plot.find_elements(By.CSS_SELECTOR, "rect")
     _shot(d, artifacts, "appliance")
-    d.get(d.find_element(By.LINK_TEXT, "all data").get_attribute("href"))
     bars = d.find_elements(By.CSS_SELECTOR, "#timeline-plot a")
     assert bars
     href = bars[-1].get_dom_attribute("href")          # "?start=..&end=..&step=minute"
@@ -142,9 +150,13 @@ def test_a_device_named_script_renders_as_text(fleet: Fleet, browser: Any,
         d.get(url + "/devices?q=script")
     results = d.find_element(By.ID, "device-results").text
     assert HOSTILE_NAME in results                      # shown as the literal text
-    assert not d.find_elements(By.CSS_SELECTOR, "#device-results script")
-    d.get(f"{url}/appliances/{SITE}/ward-9z")
-    body = _text(d)
-    assert HOSTILE_NAME in body and "make: Acme <i>" in body   # extra fields, as text
-    assert not d.find_elements(By.CSS_SELECTOR, "main script, main td i")
+    d.implicitly_wait(0)                                # absence: no need to wait for it
+    try:
+        assert not d.find_elements(By.CSS_SELECTOR, "#device-results script")
+        d.get(f"{url}/appliances/{SITE}/ward-9z")
+        body = _text(d)
+        assert HOSTILE_NAME in body and "make: Acme <i>" in body   # extra fields, as text
+        assert not d.find_elements(By.CSS_SELECTOR, "main script, main td i")
+    finally:
+        d.implicitly_wait(10)
     _shot(d, artifacts, "hostile-device")

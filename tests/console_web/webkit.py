@@ -194,9 +194,9 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory  # noqa: 
         console = ConsoleServer(directory, db, broker.url, key)
         f = Fleet(directory, broker, db, key, ap_dir, appliance, collector, console)
         try:
-            wait_for(lambda: f.query("SELECT count(*) FROM devices WHERE appliance = ?",
-                                     (PILOT,))[0][0] > 5, timeout=60,
-                     what="the appliance's inventory in the fleet database")
+            wait_for(lambda: f.query("SELECT status FROM appliances WHERE appliance = ?",
+                                     (PILOT,)) == [("online",)], timeout=60,
+                     what="the appliance online in the fleet database")
             _publish_hostile_appliance(broker)
             wait_for(lambda: f.query("SELECT count(*) FROM devices WHERE appliance = "
                                      "'ward-9z'")[0][0] == 2, timeout=20,

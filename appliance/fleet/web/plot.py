@@ -1,6 +1,7 @@
 """The appliance timeline as plain SVG, drawn on the server (no JavaScript).
 
-Two panels over the same time axis: verdicts (allowed and denied, stacked) and violations.
+Two panels over the same time axis: verdicts (allowed and denied, stacked, from the stats)
+and events (violations, then the other events such as new devices, stacked).
 Every bar is a link that zooms into its own time span, and the page offers wider ranges,
 so the range is zoomable without a script. The template escapes every text.
 """
@@ -26,6 +27,8 @@ class Bar:
     h_denied: float
     y_viol: float
     h_viol: float
+    y_other: float
+    h_other: float
     start: int
     end: int
     title: str
@@ -71,7 +74,8 @@ def build(rows: list[dict[str, Any]], start: int, end: int, step: str) -> Plot:
     inner = WIDTH - LEFT - 8
     slot = inner / n
     plot.max_verdicts = max([int(r["allowed"] or 0) + int(r["denied"] or 0) for r in rows] or [0])
-    plot.max_violations = max([int(r["violations"] or 0) for r in rows] or [0])
+    plot.max_violations = max([max(int(r["violations"] or 0), int(r["events"] or 0))
+                               for r in rows] or [0])
     top2 = PANEL + GAP
     for r in rows:
         i = int(r["bucket"]) - first
@@ -79,16 +83,21 @@ def build(rows: list[dict[str, Any]], start: int, end: int, step: str) -> Plot:
             continue
         allowed, denied = int(r["allowed"] or 0), int(r["denied"] or 0)
         viol = int(r["violations"] or 0)
+        # events counts each violation event once; a summary event counts many violations
+        other = max(0, int(r["events"] or 0) - viol)
         scale_v = (PANEL - 4) / plot.max_verdicts if plot.max_verdicts else 0
         scale_x = (PANEL - 4) / plot.max_violations if plot.max_violations else 0
         h_a, h_d, h_x = allowed * scale_v, denied * scale_v, viol * scale_x
+        h_o = min(other * scale_x, PANEL - 4 - h_x)
         b_start = int(r["bucket"]) * size
         plot.bars.append(Bar(
             x=LEFT + i * slot, width=max(1.0, slot * 0.85),
             y_allowed=PANEL - h_a, h_allowed=h_a, y_denied=PANEL - h_a - h_d, h_denied=h_d,
-            y_viol=top2 + PANEL - h_x, h_viol=h_x, start=b_start, end=b_start + size - 1,
+            y_viol=top2 + PANEL - h_x, h_viol=h_x, y_other=top2 + PANEL - h_x - h_o,
+            h_other=h_o, start=b_start, end=b_start + size - 1,
             title=(f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b_start))} UTC: "
-                   f"{allowed:,} allowed, {denied:,} denied, {viol:,} violations")))
+                   f"{allowed:,} allowed, {denied:,} denied, {viol:,} violations, "
+                   f"{other:,} other events")))
     for k in range(6):
         ts = start + (end - start) * k / 5
         plot.ticks.append((LEFT + inner * k / 5, _label(ts, end - start)))
