@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
+from webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
 
 
 def _shot(driver: Any, artifacts: Path, name: str) -> None:

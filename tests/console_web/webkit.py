@@ -37,7 +37,8 @@ PASSWORD = {"admin": "admin-pass-0123456789", "viewer": "viewer-pass-0123456789"
 HOSTILE_NAME = "<script>alert('x')</script>"
 
 
-def wardtap(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def wardtap(*args: str, stdin: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "appliance.cli", *args], input=stdin,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
@@ -46,7 +47,8 @@ def wardtap(*args: str, stdin: str | None = None, timeout: float = 60) -> subpro
 class ConsoleServer:
     """`wardtap fleet serve` as a real process on a free loopback port."""
 
-    def __init__(self, directory: Path, db: str, broker_url: str | None, key: str | None) -> None:
+    def __init__(self, directory: Path, db: str, broker_url: str | None,
+                 key: str | None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / f"console-{self.port}.log"
