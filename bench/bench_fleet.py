@@ -173,7 +173,7 @@ def fill(url: str, appliances: int, devices: int, events: int, now: float) -> di
             INSERT INTO events (site, appliance, id, ts, type, count, reason, rule, src, dst,
               proto, dport, smac, payload, received, collector)
             SELECT 'site-' || (a % 20), 'ap-' || lpad(a::text, 4, '0'), 'e-' || i,
-              %s - ((i * 7919) % %s), CASE WHEN i % 4 = 0 THEN 'new_device' ELSE 'violation' END,
+              %s - ((i::bigint * 7919) % %s), CASE WHEN i % 4 = 0 THEN 'new_device' ELSE 'violation' END,
               1, (ARRAY['no_rule','port_not_allowed','wrong_initiator'])[1 + i % 3], NULL,
               '10.0.' || (i % 250) || '.1', '10.20.0.40', 6, 443,
               to_char(a, 'FM0000') || ':' || to_char(i % 100, 'FM0000'),
