@@ -25,15 +25,18 @@ Everything runs on this machine, loopback only; nothing is asserted (a measureme
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +53,16 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-def _pg_dir() -> Path:
+@contextlib.contextmanager
+def _postgres() -> Iterator[Any]:
+    """A durable PostgreSQL in a temporary directory, removed afterwards."""
     d = Path(tempfile.mkdtemp(prefix="wardtap-bench-pg-"))
     d.chmod(0o755)
-    return d
+    try:
+        with running_postgres(d / "cluster", DURABLE) as pg:
+            yield pg
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -67,8 +76,15 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 def ingest(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="wardtap-bench-ingest-"))
+    try:
+        return _ingest(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     total = args.appliances * args.events
-    with running_postgres(_pg_dir() / "cluster", DURABLE) as pg:
+    with _postgres() as pg:
         db = pg.create_database("fleet")
         broker = Broker(work / "broker", tls=False)
         broker.start()
@@ -173,7 +189,8 @@ def fill(url: str, appliances: int, devices: int, events: int, now: float) -> di
             INSERT INTO events (site, appliance, id, ts, type, count, reason, rule, src, dst,
               proto, dport, smac, payload, received, collector)
             SELECT 'site-' || (a % 20), 'ap-' || lpad(a::text, 4, '0'), 'e-' || i,
-              %s - ((i::bigint * 7919) % %s), CASE WHEN i % 4 = 0 THEN 'new_device' ELSE 'violation' END,
+              %s - ((i::bigint * 7919) % %s),
+              CASE WHEN i % 4 = 0 THEN 'new_device' ELSE 'violation' END,
               1, (ARRAY['no_rule','port_not_allowed','wrong_initiator'])[1 + i % 3], NULL,
               '10.0.' || (i % 250) || '.1', '10.20.0.40', 6, 443,
               to_char(a, 'FM0000') || ':' || to_char(i % 100, 'FM0000'),
@@ -212,7 +229,7 @@ def pages(args: argparse.Namespace) -> dict[str, Any]:
     from appliance.fleet.db import connect
 
     now = time.time()
-    with running_postgres(_pg_dir() / "cluster", DURABLE) as pg:
+    with _postgres() as pg:
         url = pg.create_database("fleet")
         t = time.monotonic()
         steps = fill(url, args.appliances, args.devices, args.events, now)

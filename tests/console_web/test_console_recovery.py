@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from webkit import ConsoleServer, login, wait_for, wardtap
 def test_database_and_broker_loss_are_shown_on_every_page_and_recovered(tmp_path: Path) -> None:
     pg_dir = Path(tempfile.mkdtemp(prefix="wardtap-pg-"))
     pg_dir.chmod(0o755)
+    try:
+        _lose_and_recover(pg_dir, tmp_path)
+    finally:
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def _lose_and_recover(pg_dir: Path, tmp_path: Path) -> None:
     with running_postgres(pg_dir / "cluster") as pg, \
             running_broker(tmp_path / "broker", tls=False) as broker:
         db = pg.create_database()
