@@ -307,7 +307,39 @@ def _send(args: argparse.Namespace, name: str, cmd_args: dict[str, Any], signed:
     for (site, appliance), why in sorted(offline.items()):
         failed += 1
         print(f"{site + '/' + appliance:{width}}  offline  {why}")
+    if getattr(args, "audit_db", None):
+        _audit(args, name, cmd_args, results, offline, failed)
     return 1 if failed else 0
+
+
+def _audit(args: argparse.Namespace, name: str, cmd_args: dict[str, Any],
+           results: dict[tuple[str, str], dict[str, Any] | None],
+           offline: dict[tuple[str, str], str], failed: int) -> None:
+    """The command, its targets and every answer in the fleet database's audit log (the
+    console shows it next to its own actions)."""
+    from appliance.fleet.accounts import audit
+    from appliance.fleet.client import default_issuer
+    from appliance.fleet.db import connect
+
+    answers: dict[str, Any] = {f"{s}/{a}": answer or {"ok": False, "error": "no answer"}
+                               for (s, a), answer in results.items()}
+    answers.update({f"{s}/{a}": {"ok": False, "error": why} for (s, a), why in offline.items()})
+    shown = {k: v for k, v in cmd_args.items() if k != "policy"}
+    if "policy" in cmd_args:
+        shown["policy_lines"] = cmd_args["policy"].count("\n")
+    db = connect(args.audit_db)
+    try:
+        audit(db, name, username=default_issuer(), role="command line", client="wardtap fleet",
+              targets=sorted(answers), detail=json.dumps(shown)[:2000],
+              outcome="failed" if failed else "ok", answers=answers)
+    finally:
+        db.close()
+
+
+def _add_audit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audit-db", default=os.environ.get("WARDTAP_FLEET_DB"), metavar="DB",
+                   help="also record the command and every answer in this fleet database's "
+                        "audit log (env WARDTAP_FLEET_DB)")
 
 
 def _add_push(p: argparse.ArgumentParser) -> None:
@@ -318,6 +350,7 @@ def _add_push(p: argparse.ArgumentParser) -> None:
                    help="allow appliances to go back to this older version (audited)")
     p.add_argument("--validity", type=float, default=300.0,
                    help="seconds the signed request stays valid (default 300)")
+    _add_audit(p)
     add_connection(p)
 
 
@@ -357,6 +390,7 @@ def _add_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsigned", action="store_true",
                    help="send identify/inventory/status without a signature")
     p.add_argument("--validity", type=float, default=300.0)
+    _add_audit(p)
     add_connection(p)
 
 
