@@ -139,3 +139,11 @@ def test_injection_in_search_fields_is_only_text(fleet: Fleet) -> None:
     # a spreadsheet opening the export does not run a formula
     csv_text = client.get("/devices.csv", params={"q": "10.9.9"}).text
     assert "02:00:00:00:00:02" in csv_text and "'=HYPERLINK" in csv_text
+
+
+def test_malformed_appliance_messages_are_counted_and_shown(fleet: Fleet) -> None:
+    client = login(fleet.console.url, "viewer")
+    assert "malformed messages from appliances were counted" in client.get("/").text
+    page = client.get(f"/appliances/{SITE}/ward-9z").text
+    assert "Malformed messages (latest)" in page and "events: not JSON" in page
+    assert "{not json" in page                           # the sample, as text
