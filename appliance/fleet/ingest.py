@@ -232,7 +232,8 @@ def write_batch(db: Database, messages: list[Parsed], collector: str,
         spool = _obj(body, "spool")
         appliance_updates.setdefault((m.site, m.appliance), {}).update(
             stats=m.raw, stats_ts=_time(body.get("ts")), last_seen=now,
-            spool_depth=_int(spool.get("depth")))
+            spool_depth=_int(spool.get("depth")),
+            spool_disk=int(bool(spool.get("disk_full") or spool.get("low_disk"))))
     rollup.write(db)
     for (site, appliance), values in sorted(appliance_updates.items()):
         _upsert_appliance(db, site, appliance, values)
@@ -252,7 +253,8 @@ def _state_values(m: Parsed, now: float) -> dict[str, Any]:
                       policy_sha256=_text(policy.get("sha256"), 64),
                       started=_time(body.get("started")), last_seen=now,
                       spool_depth=_int(spool.get("depth")),
-                      spool_overflow=int(bool(spool.get("overflow"))))
+                      spool_overflow=int(bool(spool.get("overflow"))),
+                      spool_disk=int(bool(spool.get("disk_full") or spool.get("low_disk"))))
     return values
 
 

@@ -36,12 +36,7 @@ def derive_status(row: dict[str, Any], now: float, stale_after: float = STALE_AF
         return "stale"
     if row.get("mode") == "bypass":
         return "bypass"
-    if row.get("spool_overflow"):
-        return "degraded"
-    state = _json(row.get("state"))
-    spool = state.get("spool")
-    spool = spool if isinstance(spool, dict) else {}
-    if spool.get("disk_full") or spool.get("low_disk"):
+    if row.get("spool_overflow") or row.get("spool_disk"):
         return "degraded"
     return "online"
 
@@ -68,7 +63,8 @@ def fleet_overview(db: Database, now: float | None = None, site: str | None = No
         params.append(site)
     rows = db.rows(
         "SELECT a.site, a.appliance, a.status, a.mode, a.policy_name, a.policy_version, "
-        "a.policy_sha256, a.last_seen, a.spool_depth, a.spool_overflow, a.malformed, a.state, "
+        "a.policy_sha256, a.last_seen, a.spool_depth, a.spool_overflow, a.spool_disk, "
+        "a.malformed, "
         "coalesce(h.v, 0) AS violations_last_hour, coalesce(d.v, 0) AS violations_last_day "
         "FROM appliances a "
         "LEFT JOIN (SELECT site, appliance, sum(violations) AS v FROM timeline_minute "
@@ -85,7 +81,6 @@ def fleet_overview(db: Database, now: float | None = None, site: str | None = No
             r["last_seen"] is not None and now - r["last_seen"] > stale_after)
         r["violations_last_hour"] = int(r["violations_last_hour"] or 0)
         r["violations_last_day"] = int(r["violations_last_day"] or 0)
-        del r["state"]
     key = sort if sort in FLEET_SORTS else "site"
     rows.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0,
                              r["site"], r["appliance"]), reverse=descending)
@@ -173,10 +168,14 @@ def search_devices(db: Database, q: str = "", field: str = "any", site: str | No
     conds: list[str] = []
     params: list[Any] = []
     if q:
-        column = {"any": "search", "name": "names", "mac": "mac", "vendor": "vendor",
-                  "class": "class"}.get(field, "search")
+        column = {"name": "names", "mac": "mac", "vendor": "vendor",
+                  "class": "class"}.get(field)
         pattern = like_pattern(q)
-        if field == "ip":
+        if column is None and field != "ip":
+            # already lower case, and on PostgreSQL served by a trigram index
+            conds.append("search LIKE ? ESCAPE '\\'")
+            params.append(pattern)
+        elif field == "ip":
             conds.append("(lower(ipv4) LIKE ? ESCAPE '\\' OR lower(ipv6) LIKE ? ESCAPE '\\')")
             params += [pattern, pattern]
         else:

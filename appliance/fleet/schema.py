@@ -13,6 +13,7 @@ Types are spelled so both engines agree: DOUBLE PRECISION (SQLite: REAL affinity
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from appliance.errors import WardtapError
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 
 _LOCK_ID = 0x77617264  # "ward": the advisory lock taken while migrating
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+Step = str | Callable[["Database"], None]
+
+MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     (1, "fleet state, events, rollups, inventory, collectors", [
         """CREATE TABLE IF NOT EXISTS appliances (
             site TEXT NOT NULL, appliance TEXT NOT NULL, status TEXT, mode TEXT,
@@ -106,7 +109,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             previous TEXT, stage TEXT NOT NULL, approved_by TEXT,
             approved DOUBLE PRECISION, updated DOUBLE PRECISION)""",
     ]),
+    (3, "disk flags as a column; trigram index for device search (PostgreSQL)", [
+        "ALTER TABLE appliances ADD COLUMN spool_disk BIGINT",
+        lambda db: _trigram_index(db),
+    ]),
 ]
+
+
+def _trigram_index(db: Database) -> None:
+    """A fleet-wide device search is a substring match: on PostgreSQL a trigram index
+    (pg_trgm, a trusted extension shipped with the server) answers it without scanning every
+    device. Skipped where the extension is not installed (the search still works)."""
+    if not db.postgres or not db.scalar(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_trgm'"):
+        return
+    db.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    db.execute("CREATE INDEX IF NOT EXISTS devices_search_trgm ON devices "
+               "USING gin (search gin_trgm_ops)")
 
 LATEST = MIGRATIONS[-1][0]
 
@@ -136,7 +155,10 @@ def migrate(db: Database) -> int:
             if number <= version:
                 continue
             for statement in statements:
-                db.execute(_sql(db, statement))
+                if callable(statement):
+                    statement(db)
+                else:
+                    db.execute(_sql(db, statement))
             db.execute("INSERT INTO schema_version (version, description, applied) "
                        "VALUES (?, ?, ?)", (number, description, time.time()))
             version = number

@@ -16,6 +16,7 @@ from appliance.fleet.accounts import audit_rows
 from appliance.fleet.web import plot
 from appliance.fleet.web.app import SECURITY_HEADERS, Ctx, handler
 
+FLEET_PAGE = 250          # appliances per page of the fleet page (sorted across all)
 WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "all": None}
 
 
@@ -42,7 +43,15 @@ def fleet(ctx: Ctx) -> Any:
     rows = queries.fleet_overview(ctx.db, site=site, sort=sort, descending=desc,
                                   stale_after=ctx.console.config.stale_after)
     malformed = queries.malformed_total(ctx.db)
-    return ctx.console.render(ctx, "fleet.html", rows=rows, site=site or "",
+    totals: dict[str, int] = {}
+    for r in rows:
+        totals[r["status"]] = totals.get(r["status"], 0) + 1
+    pages = max(1, -(-len(rows) // FLEET_PAGE))
+    page = _int(ctx.arg("page", "0"), 0, 0, pages - 1)
+    return ctx.console.render(ctx, "fleet.html", rows=rows[page * FLEET_PAGE:
+                                                           (page + 1) * FLEET_PAGE],
+                              total=len(rows), totals=sorted(totals.items()), page=page,
+                              pages=pages, site=site or "",
                               sites=queries.sites(ctx.db), sort=sort, desc=desc,
                               sorts=queries.FLEET_SORTS, malformed=malformed,
                               collectors=queries.collectors(ctx.db))
