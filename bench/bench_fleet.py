@@ -123,6 +123,7 @@ def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                              "percentile_cont(0.99) WITHIN GROUP (ORDER BY received - ts), "
                              "max(received - ts) FROM events")[0]
             count, distinct, first, last, p50, p99, worst = row
+            load = os.getloadavg()[0]
             per_collector = dict(_query(db, "SELECT collector, count(*) FROM events "
                                             "GROUP BY collector"))
             rollup = _query(db, "SELECT sum(violations) FROM timeline_minute")[0][0]
@@ -140,7 +141,8 @@ def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "seconds_first_publish_to_last_commit": round(last - first, 2),
             "wall_s": round(elapsed_gen, 2), "lag_ms": {
                 "p50": round(p50 * 1000, 1), "p99": round(p99 * 1000, 1),
-                "max": round(worst * 1000, 1)}, "per_collector": per_collector}
+                "max": round(worst * 1000, 1)}, "per_collector": per_collector,
+            "load_average_1min": load}
 
 
 # -- pages -----------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def pages(args: argparse.Namespace) -> dict[str, Any]:
                 "device search": lambda: f"/devices?q=dev-{rng.randrange(args.appliances)}-"
                                          f"{rng.randrange(100)}",
             }
-            results: dict[str, Any] = {}
+            results: dict[str, Any] = {"load_average_before": os.getloadavg()[0]}
             for name, make in paths.items():
                 for _ in range(3):
                     _timed(client, make())                       # warm-up
@@ -291,6 +293,7 @@ def pages(args: argparse.Namespace) -> dict[str, Any]:
                                  "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
                                  "max_ms": round(times[-1], 1), "requests": len(times)}
             rss = _rss_kb(proc.pid)
+            results["load_average_after"] = os.getloadavg()[0]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
