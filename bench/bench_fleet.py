@@ -110,7 +110,8 @@ def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     [sys.executable, "-m", "demoward.loadgen", "--broker", broker.url,
                      "--site", f"site-{k}", "--appliance", "ap", "--appliances", str(n),
                      "--spool", str(work / f"spool-{k}"), "--events", str(args.events),
-                     "--batch", "50", "--drain-timeout", "600"],
+                     "--batch", "50", "--drain-timeout", "600",
+                     "--rate", str(args.rate / args.procs)],
                     cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT))
             for p in loadgens:
                 p.wait(timeout=3600)
@@ -308,7 +309,10 @@ def main() -> int:
     p.add_argument("--events", type=int, help="ingest: per appliance (100); pages: total "
                                                 "(10,000,000)")
     p.add_argument("--devices", type=int, default=100_000)
-    p.add_argument("--procs", type=int, default=4, help="ingest: load generator processes")
+    p.add_argument("--procs", type=int, default=20,
+                   help="ingest: load generator processes (appliances split between them)")
+    p.add_argument("--rate", type=float, default=5000.0,
+                   help="ingest: events/s offered by all appliances together (0: flat out)")
     p.add_argument("--requests", type=int, default=40)
     args = p.parse_args()
     if args.what == "ingest":
