@@ -77,10 +77,12 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 def ingest(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="wardtap-bench-ingest-"))
-    try:
-        return _ingest(args, work)
-    finally:
+    result = _ingest(args, work)
+    if result["loadgens_drained"]:
         shutil.rmtree(work, ignore_errors=True)
+    else:
+        result["logs"] = str(work)          # kept: a load generator did not end cleanly
+    return result
 
 
 def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -129,6 +131,7 @@ def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                             "GROUP BY collector"))
             rollup = _query(db, "SELECT sum(violations) FROM timeline_minute")[0][0]
             gen_ok = all(p.returncode == 0 for p in loadgens)
+            codes = sorted({p.returncode for p in loadgens})
         finally:
             for p in loadgens + collectors:
                 if p.poll() is None:
@@ -138,6 +141,7 @@ def _ingest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"appliances": args.appliances, "events_expected": total, "events_stored": count,
             "lost": total - distinct, "duplicates_stored": count - distinct,
             "rollup_violations": int(rollup or 0), "loadgens_drained": gen_ok,
+            "loadgen_exit_codes": codes,
             "events_per_s": round(total / (last - first), 1),
             "seconds_first_publish_to_last_commit": round(last - first, 2),
             "wall_s": round(elapsed_gen, 2), "lag_ms": {
