@@ -64,8 +64,8 @@ class LocalBroker:
         self.log.close()
 
 
-def prepare_console(directory: str, capture: str, policy_path: str, fleet_db: str,
-                    say: Any) -> tuple[str, str]:
+def prepare_console(directory: str, capture: str, policy_path: str,
+                    fleet_db: str) -> tuple[str, str]:
     """The fleet console's view of the demo: the learned-vs-running policy (what the
     appliance would answer to `propose`) and a one-off admin account; (user, password)."""
     import secrets
@@ -188,7 +188,7 @@ def run_demo(directory: str, packets: int, as_json: bool, serve: bool = False,
 
                 print(render(fleet_rows(fleet_db, time.time())))
         if broker is not None and not as_json:
-            user, password = prepare_console(directory, capture, policy, fleet_db, say)
+            user, password = prepare_console(directory, capture, policy, fleet_db)
             serve_console(fleet_db, broker.url, port if serve else (port or 8080), user,
                           password, serve)
         return code

@@ -18,7 +18,6 @@ console starts and recovers while the broker is away), requests signed per appli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -277,7 +276,3 @@ def _roll_back(db: Database, commander: Commander, r: dict[str, Any],
     db.execute("UPDATE rollouts SET stage = 'rolled-back', updated = ? WHERE id = ?",
                (time.time(), r["id"]))
     return answers
-
-
-def digest_of(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
