@@ -1,3 +1,3 @@
 """Fixtures for the console tests: see webkit.py."""
 
-from webkit import artifacts, browser, fleet, postgres  # noqa: F401
+from console_web.webkit import artifacts, browser, fleet, postgres  # noqa: F401

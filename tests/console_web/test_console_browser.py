@@ -13,7 +13,8 @@ from typing import Any
 
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
+
+from console_web.webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
 
 
 def _shot(driver: Any, artifacts: Path, name: str) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from brokerkit import running_broker
 from pgkit import running_postgres
-from webkit import ConsoleServer, login, wait_for, wardtap
+
+from console_web.webkit import ConsoleServer, login, wait_for, wardtap
 
 
 def test_database_and_broker_loss_are_shown_on_every_page_and_recovered(tmp_path: Path) -> None:

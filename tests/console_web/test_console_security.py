@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 import httpx
-from webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, csrf_of, login
 
 from appliance.fleet.accounts import MAX_FAILURES
+from console_web.webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, csrf_of, login
 
 
 def _audit(fleet: Fleet, action: str) -> list[tuple]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 from brokerkit import TestCA
-from webkit import ROOT, free_port, wait_for, wardtap
+
+from console_web.webkit import ROOT, free_port, wait_for, wardtap
 
 
 def test_plain_http_is_refused_off_loopback_and_https_serves_with_our_certificate(
