@@ -31,7 +31,6 @@ it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -52,63 +51,12 @@ for _path in (ROOT, ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from inlinekit import InlineAppliance, ns_socket, rules_state, ward_policy  # noqa: E402
 from netns import UPLINK_IP, Ward, wait_for  # noqa: E402
 
-from appliance.common.control import request  # noqa: E402
-
 OUT = ROOT / "bench" / "out"
-CLONE_NEWNET = 0x40000000
 TCP_PORT, UDP_PORT, SEQ_PORT = 8080, 5005, 5007
-_libc = ctypes.CDLL(None, use_errno=True)
 
-POLICY = """
-[policy]
-name = "bench-inline"
-version = 1
-
-[groups.ward]
-mac = ["{ward_mac}"]
-
-[groups.uplink]
-ip = ["10.77.0.20"]
-
-[[rules]]
-name = "tcp"
-from = "ward"
-to = "uplink"
-proto = "tcp"
-ports = [5201, 8080]
-
-[[rules]]
-name = "udp"
-from = "ward"
-to = "uplink"
-proto = "udp"
-ports = [5201, 5005, 5007]
-"""
-
-
-def in_netns(ns: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call fn in a thread that entered namespace `ns`; sockets made there stay there."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {ns}")
-        finally:
-            os.close(fd)
-        box["value"] = fn(*args)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
-    return box["value"]
-
-
-def ns_socket(ns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    return in_netns(ns, socket.socket, socket.AF_INET, kind)  # type: ignore[no-any-return]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -129,9 +77,9 @@ class Uplink:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("0.0.0.0", TCP_PORT))
         listener.listen(512)
-        echo = ns_socket(ns, socket.SOCK_DGRAM)
+        echo = ns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
         echo.bind(("0.0.0.0", UDP_PORT))
-        sink = ns_socket(ns, socket.SOCK_DGRAM)
+        sink = ns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
         sink.bind(("0.0.0.0", SEQ_PORT))
         for fn, sock in ((self._accept, listener), (self._echo, echo), (self._sink, sink)):
             self.socks.append(sock)
@@ -186,7 +134,7 @@ class Bench:
         self.wards = {"plain": Ward(suffix=f"{base}p"), "inline": Ward(suffix=f"{base}i")}
         self.ward = self.wards["inline"]
         self.tmp = Path(tempfile.mkdtemp(prefix="wardtap-bench-inline-"))
-        self.daemon: subprocess.Popen[str] | None = None
+        self.daemon: InlineAppliance | None = None
         self.procs: list[subprocess.Popen[str]] = []
         self.uplinks: dict[str, Uplink] = {}
 
@@ -201,36 +149,21 @@ class Bench:
 
     def start_daemon(self) -> None:
         w = self.ward
-        (self.tmp / "policy.toml").write_text(POLICY.format(ward_mac=w.mac(w.ward)))
-        (self.tmp / "wardtap.toml").write_text(
-            '[appliance]\nmode = "enforce"\n[datapath]\ntype = "inline"\nbridge = "br0"\n'
-            '[policy]\nfile = "policy.toml"\n[control]\nsocket = "control.sock"\n')
-        sock = self.tmp / "control.sock"
-        if sock.exists():
-            sock.unlink()
         nice = ["nice", "-n", str(self.args.daemon_nice)] if self.args.daemon_nice else []
-        self.daemon = w.popen(w.appliance, [*nice, sys.executable, "-m", "appliance.cli", "run",
-                                            "--config", str(self.tmp / "wardtap.toml")],
-                              cwd=self.tmp, stdout=subprocess.DEVNULL,
-                              stderr=open(self.tmp / "daemon.log", "a"),  # noqa: SIM115
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        wait_for(lambda: sock.exists() and request(str(sock), {"cmd": "status"})["ok"],
-                 timeout=20, what="the daemon")
+        policy = ward_policy(w.mac(w.ward), "bench-inline", tcp=[5201, TCP_PORT],
+                             udp=[5201, UDP_PORT, SEQ_PORT])
+        self.daemon = InlineAppliance(w, self.tmp, policy, prefix=nice).start(timeout=20)
 
     def daemon_status(self) -> dict[str, Any]:
-        return request(str(self.tmp / "control.sock"), {"cmd": "status"})
+        assert self.daemon is not None
+        return self.daemon.status()
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            os.kill(self.daemon.pid, signal.SIGCONT)
-            self.daemon.send_signal(sig)
-            self.daemon.wait(15)
+        if self.daemon is not None:
+            self.daemon.kill(sig)
 
     def rules_state(self) -> str:
-        w = self.ward
-        out = w.exec(w.appliance,
-                     [sys.executable, "-m", "appliance.sources.inlinectl", "status"]).stdout
-        return str(json.loads(out)["state"])
+        return str(rules_state(self.ward)["state"])
 
     # -- measurements, alternating between the two bridges ----------------------------------
 
@@ -273,7 +206,7 @@ class Bench:
         connects = self.alternate(self.connect_ms, a.connects)
         echo_socks = {}
         for w in self.wards.values():
-            s = ns_socket(w.ward, socket.SOCK_DGRAM)
+            s = ns_socket(w.ward, socket.AF_INET, socket.SOCK_DGRAM)
             s.settimeout(2)
             s.connect((UPLINK_IP, UDP_PORT))
             s.send(b"warm")
@@ -311,7 +244,7 @@ class Bench:
         self.start_daemon()
         tcp = ns_socket(w.ward)
         tcp.connect((UPLINK_IP, TCP_PORT))
-        udp = ns_socket(w.ward, socket.SOCK_DGRAM)
+        udp = ns_socket(w.ward, socket.AF_INET, socket.SOCK_DGRAM)
         udp.connect((UPLINK_IP, SEQ_PORT))
         stop = threading.Event()
         sent = [0, 0]
@@ -333,9 +266,8 @@ class Bench:
         thread.start()
         time.sleep(1.0)
         assert self.daemon is not None
-        self.daemon.kill()
         killed = time.monotonic()
-        self.daemon.wait(10)
+        self.daemon.kill()
 
         def new_flow() -> bool:
             s = ns_socket(w.ward)
@@ -373,11 +305,12 @@ class Bench:
             "bits_per_second"] / 1e9
 
         self.start_daemon()
-        os.kill(self.daemon.pid, signal.SIGSTOP)
+        assert self.daemon is not None and self.daemon.proc is not None
+        os.kill(self.daemon.proc.pid, signal.SIGSTOP)
         stopped = time.monotonic()
         wait_for(new_flow, timeout=5, interval=0.005, what="a new flow after SIGSTOP")
         out["sigstop_new_flow_ms"] = (time.monotonic() - stopped) * 1000
-        os.kill(self.daemon.pid, signal.SIGCONT)
+        os.kill(self.daemon.proc.pid, signal.SIGCONT)
         resumed = time.monotonic()
         wait_for(lambda: self.rules_state() == "enforce", timeout=5, interval=0.01,
                  what="enforcement after SIGCONT")

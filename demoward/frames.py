@@ -24,6 +24,8 @@ import struct
 from collections.abc import Sequence
 from functools import lru_cache
 
+from appliance.common.records import mac_bytes
+
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
 ETH_VLAN = 0x8100
@@ -53,14 +55,6 @@ _TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20,
 
 
 # --- addresses and checksums -------------------------------------------------------
-
-
-def mac_bytes(mac: str) -> bytes:
-    """``"00:11:22:33:44:55"`` (or ``-`` separated) to 6 bytes."""
-    raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
-    if len(raw) != 6:
-        raise ValueError(f"not a MAC address: {mac!r}")
-    return raw
 
 
 def ip_bytes(addr: str) -> bytes:

@@ -16,6 +16,8 @@ APT_PACKAGES=(
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image
+  dnsmasq-base isc-dhcp-client busybox lldpd chrony  # inventory tests: a ward of real daemons
+  openssl                                            #   (tests/realward.py, in namespaces only)
   postgresql                                         # fleet console: collectors and console on PostgreSQL
   chromium chromium-driver                           # fleet console tests: a real headless browser
 )

@@ -3,6 +3,11 @@
 Each entry names the module that implements the command and, in it, the function that adds
 its arguments and the function that runs it. Only the command being run has its module
 imported, so `wardtap status` does not pay for loading the learning or fleet code.
+
+Imports: appliance.common, appliance.contract, appliance.daemon, appliance.fleet,
+appliance.inventory, appliance.outputs, appliance.panel, appliance.policy, appliance.replay,
+appliance.review, appliance.sources, appliance.system, fastpath, and demoward for `wardtap
+demo` only (a missing demoward is said in one line). Nothing in the product imports it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ COMMANDS: dict[str, Command] = {
     "replay": Command("classify capture files and summarise", "replay"),
     "devices": Command("the device inventory: vendor, class, names, addresses, evidence",
                        "devices"),
+    "advisories": Command("security advisories (CSAF 2.0): import, list; matched against the "
+                          "inventory", "advisories"),
     "demo": Command("generate the demo ward and replay it", "demo"),
     "policy": Command("allow-list policy tools", "policy"),
     "learn": Command("learn each device's baseline and propose an allow-list", "learn"),

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.inventory.devices import inventory_list
+    from appliance.inventory.persist import inventory_list
     from appliance.inventory.render import render_csv, render_table, render_why
 
     if not os.path.exists(args.db):

@@ -1,5 +1,6 @@
 """`wardtap run`: the appliance daemon and the commands it serves.
 
-Imports: every package above it (common, contract, sources, outputs, inventory, policy,
-panel, replay, review, system); nothing imports it but the command line.
+Imports: appliance.common, appliance.contract, appliance.sources, appliance.outputs,
+appliance.inventory, appliance.policy, appliance.panel, appliance.replay, appliance.review,
+appliance.system, fastpath. Nothing imports it but the command line.
 """

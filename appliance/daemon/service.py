@@ -305,7 +305,7 @@ class Daemon:
         old = self.policy_info()
         changed = self._apply_policy(policy, compiled)
         changed_events = [event_dict(rec, self._rule_name) for rec in changed]
-        if self.source is not None and hasattr(self.source, "flows_changed"):
+        if self.source is not None:
             self.source.flows_changed(changed_events)
         self._emit({"type": "policy_loaded", "previous": old, "policy": self.policy_info(),
                     "flows_changed": len(changed_events)})
@@ -323,7 +323,7 @@ class Daemon:
         if mode == "learn" and self.baseline is None:
             self.baseline = Baseline()
         self.classifier.set_mode("learn" if mode in ("learn", "bypass") else mode)
-        if self.source is not None and hasattr(self.source, "set_bypass"):
+        if self.source is not None:
             self.source.set_bypass(mode == "bypass")
         self._emit({"type": "mode_changed", "previous": previous, "mode": mode})
         self._refresh_panel()

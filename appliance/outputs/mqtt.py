@@ -27,14 +27,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from appliance import __version__
 from appliance.contract.broker import (
     PAYLOAD_VERSION,
-    BrokerSettings,
-    check_id,
     make_client,
     start,
     topic,
@@ -45,6 +42,7 @@ from appliance.outputs.audit import AuditLog
 from appliance.outputs.base import Output
 from appliance.outputs.fleetcommands import FleetCommands, Submit
 from appliance.outputs.sender import SpoolSender
+from appliance.outputs.settings import ReporterSettings
 from appliance.outputs.spool import (
     KIND_EVENT,
     KIND_STATS,
@@ -63,56 +61,12 @@ SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 # Alerts are never evicted from the spool (see appliance.outputs.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
                          "policy_rejected", "bypass", "spool_overflow",
-                         "integrity_alarm", "integrity_restored"})
+                         "integrity_alarm", "integrity_restored",
+                         "patient_data_unencrypted", "advisory_match"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
 CONTROL_RESERVE = 16          # paho slots kept for state, inventory and command responses
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str).encode   # one encoder, reused
-
-
-@dataclass
-class ReporterSettings:
-    broker: BrokerSettings
-    site: str
-    appliance: str
-    spool: str
-    fleet_key: str | None = None
-    stats_interval: float = 300.0
-    inventory_interval: float = 300.0
-    summary_window: float = 60.0
-    per_group: int = 5
-    inflight: int = 100
-    batch: int = 100
-    linger: float = 0.2
-    min_interval: float = 10.0
-    spool_max_rows: int = 200_000
-    spool_max_bytes: int = 64 << 20
-    min_free_bytes: int = 8 << 20
-    max_command_bytes: int = 256 * 1024
-    drain_timeout: float = 5.0
-    # PUBACK 0x10 "no matching subscribers" on events: keep them and retry (nobody got them)
-    require_subscriber: bool = True
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> ReporterSettings:
-        """From a validated [broker] table (appliance.system.config) or command-line options."""
-        broker = BrokerSettings.from_options(
-            options["url"], ca=options.get("ca"), cert=options.get("cert"),
-            key=options.get("key"), username=options.get("username"),
-            password_file=options.get("password_file"),
-            keepalive=int(options.get("keepalive", 30)),
-            reconnect_max=float(options.get("reconnect_max", 30.0)))
-        if not options.get("spool"):
-            raise WardtapError("the MQTT reporter needs a spool file ([store] path or "
-                               "[broker] spool)")
-        known = {f for f in cls.__dataclass_fields__} - {"broker"}
-        values = {k: v for k, v in options.items() if k in known}
-        settings = cls(broker=broker, **values)
-        check_id(settings.site, "site")
-        check_id(settings.appliance, "appliance")
-        if not 1 <= settings.inflight <= 65000 or not 1 <= settings.batch <= 10000:
-            raise WardtapError("inflight must be 1..65000 and batch 1..10000")
-        return settings
 
 
 # -- the output ----------------------------------------------------------------------------
@@ -218,7 +172,11 @@ class MqttOutput(Output):
         self._snapshots += 1
         self._enqueue(self.summarizer.expire(now))
         self._devices = devices
-        identity = frozenset((d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vlan"))
+        # what the fleet's inventory shows: a device, its address, and what it was found to be
+        identity = frozenset((d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vlan"),
+                              d.get("class"), d.get("make"), d.get("model"),
+                              d.get("software_version"), bool(d.get("unencrypted_patient_data")),
+                              tuple(a.get("id") for a in d.get("advisories") or ()))
                              for d in devices)
         if identity != self._identity and (
                 self._identity is None
@@ -372,7 +330,9 @@ class MqttOutput(Output):
                                            "flows", "violations")}
             entry["vendor"] = (d.get("vendor")
                                or self._vendors.get((d.get("mac") or "")[:8]) or None)
-            for key in ("class", "class_confidence", "names"):   # from identification
+            for key in ("class", "class_confidence", "names", "roles", "make", "model",
+                        "software_version", "unencrypted_patient_data", "data_flows",
+                        "advisories"):                         # from identification
                 if key in d:
                     entry[key] = d[key]
             listed.append(entry)

@@ -22,7 +22,7 @@ from appliance.errors import WardtapError
 from appliance.outputs.spool import KIND_EVENT, KIND_STATS, Spool
 
 if TYPE_CHECKING:
-    from appliance.outputs.mqtt import ReporterSettings
+    from appliance.outputs.settings import ReporterSettings
 
 log = logging.getLogger("wardtap.mqtt")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from appliance.common.records import mac_bytes
 from appliance.policy.model import ICMP, PROTOCOL_NAMES, Group, Policy
 
 REASON_RANK = {"no_rule": 2, "wrong_initiator": 3, "proto_not_allowed": 4,
@@ -31,10 +32,6 @@ def net16(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]
     if net.version == 4:
         return _V4_MAPPED | int(net.network_address), 96 + net.prefixlen
     return int(net.network_address), net.prefixlen
-
-
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", "").replace("-", ""))
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ def run_job(args: ReplayJob,
         if ident is not None:
             result["dissect"] = ident.stats()
             result["inventory"] = inventory
+            result["inventory_events"] = ident.events
         print(json.dumps(result, indent=2))
     else:
         print(render(summary))

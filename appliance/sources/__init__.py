@@ -5,7 +5,7 @@ source is used, so system bindings (NFQUEUE) are needed only where they run. Als
 capture file reader (capture), the inline datapath's netfilter rules (netfilter) and its
 out-of-process watchdog and maintenance commands (inlinectl).
 
-Imports: appliance.common.
+Imports: appliance.common, fastpath.
 """
 
 from __future__ import annotations

@@ -44,6 +44,15 @@ class Source:
     def verdict(self, batch: Batch, verdicts: memoryview, mode: str) -> None:
         """Inline sources: apply the batch's verdicts (allow=1, deny=2, malformed=3)."""
 
+    def set_bypass(self, on: bool) -> None:
+        """The daemon entered (on) or left bypass. Sources that forward (inline) stop or
+        resume filtering; the others have nothing to change."""
+
+    def flows_changed(self, events: list[dict[str, Any]]) -> None:
+        """A new policy changed these flows' verdicts (appliance.common.records.event_dict
+        rows). Inline sources make the kernel decide those flows again; the others need
+        nothing."""
+
     def stats(self) -> dict[str, int]:
         """Source counters, e.g. kernel drops."""
         return {}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policies import pumps_to_server
 
 from appliance.common.capwriter import PcapWriter
 from appliance.errors import PolicyError, WardtapError
@@ -118,24 +119,7 @@ def deny(reason: str) -> tuple[str, str, None]:
     return ("deny", reason, None)
 
 
-BASE = """
-[policy]
-name = "test"
-version = 1
-
-[groups.pumps]
-oui = ["00:1a:2b"]
-
-[groups.server]
-ip = ["10.20.0.15", "fd00:20::15"]
-
-[[rules]]
-name = "pumps-to-server"
-from = "pumps"
-to = "server"
-proto = "tcp"
-ports = [443, "8000-8080"]
-"""
+BASE = pumps_to_server()
 
 
 # --- the documented example ----------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 from conftest import run_wardtap
+from policies import pumps_to_server
 
 from appliance.common.capwriter import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter
 from appliance.policy.model import load_policy
@@ -44,24 +45,7 @@ OTHER_MAC, OTHER_IP = "02:00:00:00:99:99", "10.9.9.9"
 T0 = 1_700_000_000_000_000_000           # ns
 MS = 1_000_000
 
-POLICY = """\
-[policy]
-name = "ward-test"
-version = 7
-
-[groups.pumps]
-oui = ["00:1a:2b"]
-
-[groups.server]
-ip = ["10.20.0.15"]
-
-[[rules]]
-name = "pumps-to-server"
-from = "pumps"
-to = "server"
-proto = "tcp"
-ports = [443, "8000-8080"]
-"""
+POLICY = pumps_to_server("ward-test", 7, server=["10.20.0.15"])
 
 
 def tcp4(smac: str, src: str, sport: int, dmac: str, dst: str, dport: int, flags: str = "S",

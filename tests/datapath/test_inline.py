@@ -13,7 +13,6 @@ Every wait is bounded; namespaces and processes are removed even when a test fai
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -28,55 +27,18 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
+from inlinekit import InlineAppliance, ns_socket, ward_policy
 from netns import UPLINK_IP, UPLINK_IP6, WARD_IP, Ward, wait_for
-
-from appliance.common.control import request
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
-CLONE_NEWNET = 0x40000000
 TCP_OK, TCP_DENIED, UDP_OK, UDP_DENIED = 8080, 9090, 5005, 5006
-_libc = ctypes.CDLL(None, use_errno=True)
 
-POLICY = """
-[policy]
-name = "inline-test"
-version = 1
 
-[groups.ward]
-mac = ["{ward_mac}"]              # the initiator by MAC: the SLL header carries it
+def policy(ward: Ward) -> str:
+    return ward_policy(ward.mac(ward.ward), "inline-test", tcp=[TCP_OK], udp=[UDP_OK],
+                       ping=True, ping6=True)
 
-[groups.uplink]
-ip = ["10.77.0.20", "fd77::20"]
-
-[[rules]]
-name = "ward-web"
-from = "ward"
-to = "uplink"
-proto = "tcp"
-ports = [8080]
-
-[[rules]]
-name = "ward-dns"
-from = "ward"
-to = "uplink"
-proto = "udp"
-ports = [5005]
-
-[[rules]]
-name = "ward-ping"
-from = "ward"
-to = "uplink"
-proto = "icmp"
-icmp_types = [8]
-
-[[rules]]
-name = "ward-ping6"
-from = "ward"
-to = "uplink"
-proto = "icmpv6"
-icmp_types = [128]
-"""
 
 # The source under a minimal driver: for options the daemon's config does not carry.
 DRIVER = """
@@ -102,36 +64,7 @@ with make_source("inline", **options) as source:
 """
 
 
-# -- sockets inside namespaces -------------------------------------------------------------
-
-def in_netns(ns: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call fn in a thread that has entered network namespace `ns` (sockets stay there)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            box["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
-            box["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def ns_socket(ns: str, family: int = socket.AF_INET,
-              kind: int = socket.SOCK_STREAM) -> socket.socket:
-    return in_netns(ns, socket.socket, family, kind)  # type: ignore[no-any-return]
-
+# -- servers in the uplink ------------------------------------------------------------------
 
 class Uplink:
     """Echo servers in the uplink namespace (TCP and UDP, IPv4 and IPv6); every TCP
@@ -276,77 +209,6 @@ class Stream:
 
 # -- the appliance -------------------------------------------------------------------------
 
-class Appliance:
-    """`wardtap run` in the appliance namespace, with its config, policy and event log."""
-
-    def __init__(self, ward: Ward, workdir: Path, mode: str = "enforce") -> None:
-        self.ward = ward
-        self.dir = workdir
-        self.sock = str(workdir / "control.sock")
-        (workdir / "policy.toml").write_text(
-            POLICY.format(ward_mac=ward.mac(ward.ward)))
-        (workdir / "wardtap.toml").write_text(
-            f'[appliance]\nmode = "{mode}"\n[datapath]\ntype = "inline"\nbridge = "br0"\n'
-            'queue = 0\n[policy]\nfile = "policy.toml"\n[events]\nlog = "events.jsonl"\n'
-            '[control]\nsocket = "control.sock"\n')
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = open(workdir / "daemon.log", "a")  # noqa: SIM115  (closed in kill)
-
-    def start(self) -> Appliance:
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ward.appliance, sys.executable, "-m",
-             "appliance.cli", "run", "--config", str(self.dir / "wardtap.toml")],
-            cwd=self.dir, env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {(self.dir / 'daemon.log').read_text()}")
-            return os.path.exists(self.sock) and bool(self.status().get("ok"))
-
-        wait_for(ready, timeout=20, what="the daemon to start")
-        return self
-
-    def status(self) -> dict[str, Any]:
-        return request(self.sock, {"cmd": "status"})
-
-    def command(self, **body: Any) -> dict[str, Any]:
-        return request(self.sock, body)
-
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        path = self.dir / "events.jsonl"
-        if not path.exists():
-            return []
-        events = [json.loads(line) for line in path.read_text().splitlines() if line]
-        return [e for e in events if kind is None or e["type"] == kind]
-
-    def rules(self) -> dict[str, Any]:
-        out = self.ward.exec(self.ward.appliance,
-                             [sys.executable, "-m", "appliance.sources.inlinectl", "status"])
-        return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-    def watchdog_pid(self) -> int:
-        assert self.proc is not None
-        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
-        with open(path) as fh:
-            children = [int(pid) for pid in fh.read().split()]
-        watchdogs = [pid for pid in children
-                     if b"appliance.sources.inlinectl" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert len(watchdogs) == 1, children
-        return watchdogs[0]
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if sig == signal.SIGKILL:
-                os.kill(self.proc.pid, signal.SIGCONT)   # so a stopped one can die
-            self.proc.send_signal(sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM):
-                self.proc.wait(timeout=15)
-
-
 @pytest.fixture
 def ward() -> Iterator[Ward]:
     with Ward() as w:
@@ -361,11 +223,11 @@ def uplink(ward: Ward) -> Iterator[Uplink]:
 
 
 @pytest.fixture
-def appliances(ward: Ward, tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
-    made: list[Appliance] = []
+def appliances(ward: Ward, tmp_path: Path) -> Iterator[Callable[..., InlineAppliance]]:
+    made: list[InlineAppliance] = []
 
-    def make(mode: str = "enforce") -> Appliance:
-        appliance = Appliance(ward, tmp_path, mode)
+    def make(mode: str = "enforce") -> InlineAppliance:
+        appliance = InlineAppliance(ward, tmp_path, policy(ward), mode)
         made.append(appliance)
         return appliance.start()
 
@@ -436,7 +298,7 @@ def test_open_fails_with_one_clear_line(ward: Ward, tmp_path: Path) -> None:
 
 
 def test_enforce_allows_the_allowed_and_drops_the_rest(
-        ward: Ward, uplink: Uplink, appliances: Callable[..., Appliance]) -> None:
+        ward: Ward, uplink: Uplink, appliances: Callable[..., InlineAppliance]) -> None:
     # Namespace-wide bridge netfilter off: the per-bridge switches the rules set suffice.
     ward.exec(ward.appliance, "sysctl -qw net.bridge.bridge-nf-call-iptables=0 "
                               "net.bridge.bridge-nf-call-ip6tables=0")
@@ -463,7 +325,7 @@ def test_enforce_allows_the_allowed_and_drops_the_rest(
     assert {v["reason"] for v in violations if v["proto"] == 17} == {"port_not_allowed"}
     assert any(v["proto"] == 1 and v["src"] == UPLINK_IP for v in violations)
     allowed = [e for e in app.events("new_flow") if e["verdict"] == "allow"]
-    assert {e["rule"] for e in allowed} >= {"ward-web", "ward-dns", "ward-ping", "ward-ping6"}
+    assert {e["rule"] for e in allowed} >= {"ward-tcp", "ward-udp", "ward-ping", "ward-ping6"}
     assert all(e["smac"] == ward.mac(ward.ward) for e in allowed)   # MAC group, initiator
 
     # After its first packet a flow never leaves the kernel: 4 MiB, a handful in userspace.
@@ -507,7 +369,7 @@ def test_enforce_allows_the_allowed_and_drops_the_rest(
 
 
 def test_monitor_passes_everything_and_mode_changes_redecide_live_flows(
-        ward: Ward, uplink: Uplink, appliances: Callable[..., Appliance]) -> None:
+        ward: Ward, uplink: Uplink, appliances: Callable[..., InlineAppliance]) -> None:
     app = appliances("monitor")
     assert tcp_exchange(ward.ward, UPLINK_IP, TCP_OK)
     assert tcp_exchange(ward.ward, UPLINK_IP, TCP_DENIED)
@@ -538,7 +400,7 @@ def test_monitor_passes_everything_and_mode_changes_redecide_live_flows(
 
 
 def test_kill_9_fails_open_and_enforcement_resumes_after_restart(
-        ward: Ward, uplink: Uplink, appliances: Callable[..., Appliance],
+        ward: Ward, uplink: Uplink, appliances: Callable[..., InlineAppliance],
         record_property: Callable[[str, object], None]) -> None:
     app = appliances("enforce")
     stream = Stream(ward, uplink)
@@ -576,7 +438,7 @@ def test_kill_9_fails_open_and_enforcement_resumes_after_restart(
 
 
 def test_stopped_classifier_fails_open_through_the_watchdog(
-        ward: Ward, uplink: Uplink, appliances: Callable[..., Appliance],
+        ward: Ward, uplink: Uplink, appliances: Callable[..., InlineAppliance],
         record_property: Callable[[str, object], None]) -> None:
     app = appliances("enforce")
     assert app.proc is not None
@@ -617,7 +479,7 @@ def test_stopped_classifier_fails_open_through_the_watchdog(
 def test_full_queue_fails_open_without_the_watchdog(
         ward: Ward, uplink: Uplink, tmp_path: Path,
         record_property: Callable[[str, object], None]) -> None:
-    (tmp_path / "policy.toml").write_text(POLICY.format(ward_mac=ward.mac(ward.ward)))
+    (tmp_path / "policy.toml").write_text(policy(ward))
     options = json.dumps({"bridge": "br0", "queue": 3, "max_len": 32, "watchdog": False})
     driver = ward.popen(ward.appliance, [sys.executable, "-c", DRIVER, options,
                                          str(tmp_path / "policy.toml")],

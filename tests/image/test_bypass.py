@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -18,32 +19,13 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-from netns import UPLINK_IP, Ward, wait_for
-
-from appliance.common.control import request as control
+from inlinekit import InlineAppliance, rules_state, ward_policy
+from netns import UPLINK_IP, Ward
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 SCRIPT = ROOT / "image" / "stage-wardtap" / "files" / "wardtap-bypass"
 ALLOWED, DENIED = 8080, 9090
-POLICY = """
-[policy]
-name = "bypass-test"
-version = 1
-
-[groups.ward]
-mac = ["{ward_mac}"]
-
-[groups.uplink]
-ip = ["10.77.0.20"]
-
-[[rules]]
-name = "ward-web"
-from = "ward"
-to = "uplink"
-proto = "tcp"
-ports = [8080]
-"""
 SERVER = """
 import socket, threading
 def serve(port):
@@ -72,13 +54,6 @@ def connects(ward: Ward, port: int) -> bool:
                      check=False, timeout=10).returncode == 0
 
 
-def rules_state(ward: Ward) -> dict[str, Any]:
-    import json
-
-    out = ward.exec(ward.appliance, [sys.executable, "-m", "appliance.sources.inlinectl", "status"])
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
 PREPARE = ROOT / "image" / "stage-wardtap" / "files" / "wardtap-prepare"
 # As wardtap.service runs it: user nobody, CAP_NET_ADMIN and CAP_NET_RAW only (ambient and
 # bounding), no new privileges; root's part done first by wardtap-prepare (ExecStartPre=+).
@@ -103,49 +78,28 @@ def enforcing(request: pytest.FixtureRequest) -> Iterator[tuple[Ward, Path]]:
     tmp_path = Path(tempfile.mkdtemp(prefix="wardtap-bypass-", dir="/tmp"))
     tmp_path.chmod(0o777)            # the unprivileged daemon writes its control socket here
     ward = Ward().create()
-    procs: list[subprocess.Popen[str]] = []
+    server: subprocess.Popen[str] | None = None
+    appliance: InlineAppliance | None = None
     try:
         server = ward.popen(ward.uplink, [sys.executable, "-c", SERVER],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        procs.append(server)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        (tmp_path / "policy.toml").write_text(POLICY.format(ward_mac=ward.mac(ward.ward)))
-        (tmp_path / "wardtap.toml").write_text(
-            '[appliance]\nmode = "enforce"\n[datapath]\ntype = "inline"\nbridge = "br0"\n'
-            'queue = 0\n[policy]\nfile = "policy.toml"\n[control]\nsocket = "control.sock"\n'
-            '[panel]\nenabled = false\n')
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        prefix: list[str] = []
-        python = sys.executable
+        options: dict[str, Any] = {}
         if unprivileged:
             ward.exec(ward.appliance, ["env", "WARDTAP_PORTS=ward0 uplink0", str(PREPARE)])
-            prefix = UNPRIVILEGED
-            python, env["PYTHONPATH"] = system_python()
-        daemon = subprocess.Popen(
-            ["ip", "netns", "exec", ward.appliance, *prefix, python, "-m",
-             "appliance.cli", "run", "--config", str(tmp_path / "wardtap.toml")],
-            cwd=tmp_path, env=env,
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"), text=True)
-        procs.append(daemon)
-        sock = str(tmp_path / "control.sock")
-
-        def ready() -> bool:
-            if daemon.poll() is not None:
-                raise AssertionError((tmp_path / "daemon.log").read_text())
-            return os.path.exists(sock) and bool(control(sock, {"cmd": "status"})["ok"])
-
-        wait_for(ready, timeout=30, what="the daemon to enforce")
+            python, pythonpath = system_python()
+            options = {"prefix": UNPRIVILEGED, "python": python, "pythonpath": pythonpath}
+        appliance = InlineAppliance(
+            ward, tmp_path, ward_policy(ward.mac(ward.ward), "bypass-test", tcp=[ALLOWED]),
+            extra_config="[panel]\nenabled = false\n", **options).start()
         assert rules_state(ward)["state"] == "enforce"
         yield ward, tmp_path
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        if appliance is not None:
+            appliance.kill(signal.SIGTERM)
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
         ward.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
 

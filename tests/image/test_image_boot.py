@@ -28,7 +28,8 @@ from fleet.brokerkit import Broker
 
 from appliance.sources.netfilter import CHAIN
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds and boots an image: root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="builds and boots an image: root"),
+              pytest.mark.xdist_group("image")]     # one build, one worker
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,13 @@ def test_stage_builds_in_a_chroot(image: Path) -> None:
               "import fastpath, appliance.system.provision, appliance.system.integrity;"
               " print('ok')")
     assert out.stdout.strip() == "ok", out.stderr
+    # the image holds the product only: no demo ward, no test support
+    out = run("chroot", str(root), "/opt/wardtap/bin/python", "-c",
+              "import importlib.util as u; print([m for m in ('demoward', 'tests', 'support')"
+              " if u.find_spec(m)])")
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    demo = run("chroot", str(root), "/opt/wardtap/bin/wardtap", "demo")
+    assert demo.returncode == 2 and "not installed here" in demo.stderr, demo.stderr
     out = run("chroot", str(root), "/opt/wardtap/bin/wardtap", "integrity", "verify",
               "/usr/share/wardtap/install.manifest.json")
     assert out.returncode == 0 and ": ok," in out.stdout, out.stdout + out.stderr

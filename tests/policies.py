@@ -1,0 +1,31 @@
+"""Allow-lists the tests share. Each is the plain TOML a person would write (docs/policy.md),
+so a test reads as what it checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def pumps_to_server(name: str = "test", version: int = 1,
+                    server: Sequence[str] = ("10.20.0.15", "fd00:20::15")) -> str:
+    """Infusion pumps (by the maker's OUI) may open TLS and the 8000-8080 service range to
+    their server; nothing else is allowed."""
+    ips = ", ".join(f'"{ip}"' for ip in server)
+    return f"""\
+[policy]
+name = "{name}"
+version = {version}
+
+[groups.pumps]
+oui = ["00:1a:2b"]
+
+[groups.server]
+ip = [{ips}]
+
+[[rules]]
+name = "pumps-to-server"
+from = "pumps"
+to = "server"
+proto = "tcp"
+ports = [443, "8000-8080"]
+"""
