@@ -114,7 +114,8 @@ def serve_console(fleet_db: str, broker_url: str | None, port: int, user: str,
         return
     import uvicorn
 
-    from appliance.fleet.web.app import ConsoleConfig, create_app
+    from appliance.fleet.web.app import ConsoleConfig
+    from appliance.fleet.web.server import create_app
 
     config = ConsoleConfig(db=fleet_db, broker=BrokerSettings.from_options(broker_url)
                            if broker_url else None)

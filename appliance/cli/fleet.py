@@ -19,41 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.cli.fleetopts import DEFAULT_KEY, add_connection, add_key, broker_settings
 from appliance.errors import WardtapError
 from appliance.fleet.listing import age
-
-DEFAULT_KEY = os.path.join(os.path.expanduser("~"), ".config", "wardtap", "fleet.key")
-
-
-# -- options -------------------------------------------------------------------------------
-
-def add_connection(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    g = p.add_argument_group("broker connection")
-    g.add_argument("--broker", default=env("WARDTAP_BROKER"),
-                   help="mqtt://HOST:PORT or mqtts://HOST:PORT (env WARDTAP_BROKER)")
-    g.add_argument("--ca", default=env("WARDTAP_CA"), help="CA certificate (PEM)")
-    g.add_argument("--tls-cert", default=env("WARDTAP_TLS_CERT"),
-                   help="client certificate (PEM)")
-    g.add_argument("--tls-key", default=env("WARDTAP_TLS_KEY"), help="client private key")
-    g.add_argument("--username", default=env("WARDTAP_MQTT_USERNAME"))
-    g.add_argument("--password-file",
-                   help="file with the MQTT password (or env WARDTAP_MQTT_PASSWORD)")
-
-
-def broker_settings(args: argparse.Namespace) -> Any:
-    from appliance.contract.broker import BrokerSettings
-
-    if not args.broker:
-        raise WardtapError("no broker: give --broker mqtts://HOST:PORT or set WARDTAP_BROKER")
-    return BrokerSettings.from_options(args.broker, ca=args.ca, cert=args.tls_cert,
-                                       key=args.tls_key, username=args.username,
-                                       password_file=args.password_file)
-
-
-def _add_key(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", default=os.environ.get("WARDTAP_FLEET_KEY", DEFAULT_KEY),
-                   help="fleet signing key (Ed25519, from `wardtap fleet keygen`)")
 
 
 def _add_target(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -345,7 +313,7 @@ def _add_audit(p: argparse.ArgumentParser) -> None:
 def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="policy file (TOML); validated here before it is sent")
     _add_target(p)
-    _add_key(p)
+    add_key(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="allow appliances to go back to this older version (audited)")
     p.add_argument("--validity", type=float, default=300.0,
@@ -386,7 +354,7 @@ def _add_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("value", nargs="?",
                    help="mode: learn|monitor|enforce; bypass: on|off; identify: seconds")
     _add_target(p)
-    _add_key(p)
+    add_key(p)
     p.add_argument("--unsigned", action="store_true",
                    help="send identify/inventory/status without a signature")
     p.add_argument("--validity", type=float, default=300.0)

@@ -48,7 +48,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 # -- serve -----------------------------------------------------------------------------------
 
 def add_serve(p: argparse.ArgumentParser) -> None:
-    from appliance.cli.fleet import _add_key, add_connection
+    from appliance.cli.fleetopts import add_connection, add_key
 
     _add_db(p)
     p.add_argument("--listen", default="127.0.0.1:8080",
@@ -59,12 +59,12 @@ def add_serve(p: argparse.ArgumentParser) -> None:
                    help="its private key")
     p.add_argument("--stale-after", type=float, default=900.0,
                    help="seconds without a report before an appliance shows as stale")
-    _add_key(p)
+    add_key(p)
     add_connection(p)
 
 
 def console_config(args: argparse.Namespace) -> Any:
-    from appliance.cli.fleet import broker_settings
+    from appliance.cli.fleetopts import broker_settings
     from appliance.fleet.web.app import ConsoleConfig
 
     tls = bool(args.https_cert or args.https_key)
@@ -85,7 +85,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from appliance.fleet.db import connect, redact
-    from appliance.fleet.web.app import create_app
+    from appliance.fleet.web.server import create_app
 
     host, port = parse_listen(args.listen)
     config = console_config(args)

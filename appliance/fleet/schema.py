@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from appliance.errors import WardtapError
 
-if TYPE_CHECKING:
-    from appliance.fleet.db import Database
+
+class Database(Protocol):
+    """What a migration needs of a connection (appliance.fleet.db.Database; not imported
+    here, since db runs the migrations)."""
+
+    postgres: bool
+
+    def execute(self, sql: str, params: Any = ()) -> Any: ...
+
+    def scalar(self, sql: str, params: Any = ()) -> Any: ...
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
 
 _LOCK_ID = 0x77617264  # "ward": the advisory lock taken while migrating
 
-Step = str | Callable[["Database"], None]
+Step = str | Callable[[Database], None]
 
 MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     (1, "fleet state, events, rollups, inventory, collectors", [

@@ -206,35 +206,3 @@ def _audit_refusal(ctx: Ctx, why: str) -> None:
     audit(ctx.db, "refused", username=ctx.session.username, role=ctx.session.role,
           client=ctx.client, detail=f"{ctx.request.method} {ctx.request.url.path}: {why}",
           outcome="refused")
-
-
-def create_app(config: ConsoleConfig) -> Any:
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
-    from starlette.staticfiles import StaticFiles
-
-    from appliance.fleet.web import actions, pages
-
-    console = Console(config)
-    routes = [*pages.ROUTES, *actions.ROUTES,
-              Mount("/static", app=StaticFiles(directory=os.path.join(HERE, "static")),
-                    name="static")]
-
-    async def startup() -> None:
-        console.commander.start()
-
-    async def shutdown() -> None:
-        console.commander.close()
-        console.pool.close()
-
-    import contextlib
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> Any:
-        await startup()
-        yield
-        await shutdown()
-
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.console = console
-    return app
