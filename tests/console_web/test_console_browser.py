@@ -11,10 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 from console_web.webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
+
+# one fleet (broker, PostgreSQL, appliance, console) and one browser: on one worker
+pytestmark = pytest.mark.xdist_group("console_web")
+
 
 
 def _shot(driver: Any, artifacts: Path, name: str) -> None:

@@ -9,9 +9,14 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from appliance.fleet.accounts import MAX_FAILURES
 from console_web.webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, csrf_of, login
+
+# one fleet (broker, PostgreSQL, appliance, console) and one browser: on one worker
+pytestmark = pytest.mark.xdist_group("console_web")
+
 
 
 def _audit(fleet: Fleet, action: str) -> list[tuple]:
