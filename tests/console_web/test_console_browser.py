@@ -15,7 +15,16 @@ import pytest
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
-from console_web.webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, wait_for
+from console_web.webkit import (
+    HOSTILE_NAME,
+    HOSTILE_SITE,
+    NEIGHBOUR,
+    PASSWORD,
+    PILOT,
+    SITE,
+    Fleet,
+    wait_for,
+)
 
 # one fleet (broker, PostgreSQL, appliance, console) and one browser: on one worker
 pytestmark = pytest.mark.xdist_group("console_web")
@@ -123,19 +132,30 @@ def test_admin_reviews_and_rolls_out_a_policy_in_a_browser(fleet: Fleet, browser
     assert "FAILED" not in _answers(d)
     wait_for(lambda: fleet.query("SELECT mode FROM appliances WHERE appliance = ?",
                                  (PILOT,)) == [("enforce",)], timeout=30, what="enforce")
+    # stage 3: the rest of the site (its mode unchanged)
+    d.get(f"{url}/policies/{SITE}/{PILOT}")
+    _click(d, "button.stage-site")
+    answers = _answers(d)
+    assert f"{SITE}/{NEIGHBOUR}" in answers and "FAILED" not in answers, answers
+    wait_for(lambda: fleet.query("SELECT mode, policy_version FROM appliances WHERE "
+                                 "appliance = ?", (NEIGHBOUR,)) == [("learn", 2)],
+             timeout=30, what="the rest of the site on the new policy")
+    assert "site" in d.find_element(By.TAG_NAME, "body").text
+    # roll back: every appliance reached gets its previous policy and mode
     d.get(f"{url}/policies/{SITE}/{PILOT}")
     _click(d, "button.danger")
     answers = _answers(d)
-    assert "FAILED" not in answers, answers
-    wait_for(lambda: fleet.query("SELECT mode, policy_version FROM appliances WHERE "
-                                 "appliance = ?", (PILOT,)) == [("learn", 1)], timeout=30,
-             what="the appliance back on its previous policy and mode")
+    assert "FAILED" not in answers and f"{SITE}/{NEIGHBOUR}" in answers, answers
+    wait_for(lambda: fleet.query("SELECT appliance, mode, policy_version FROM appliances "
+                                 "WHERE site = ? ORDER BY appliance", (SITE,)) ==
+             [(PILOT, "learn", 1), (NEIGHBOUR, "learn", 1)], timeout=30,
+             what="both appliances back on their previous policy and mode")
 
     # the audit log: who did what, to which appliance, and its answer
     d.get(url + "/audit")
     audit = d.find_element(By.ID, "audit").text
     for action in ("propose", "policy_approve", "rollout_pilot-monitor",
-                   "rollout_pilot-enforce", "rollout_rolled-back", "login"):
+                   "rollout_pilot-enforce", "rollout_site", "rollout_rolled-back", "login"):
         assert action in audit, action
     assert f"{SITE}/{PILOT}" in audit and "admin (admin)" in audit
     _shot(d, artifacts, "audit")
@@ -159,7 +179,7 @@ def test_a_device_named_script_renders_as_text(fleet: Fleet, browser: Any,
     d.implicitly_wait(0)                                # absence: no need to wait for it
     try:
         assert not d.find_elements(By.CSS_SELECTOR, "#device-results script")
-        d.get(f"{url}/appliances/{SITE}/ward-9z")
+        d.get(f"{url}/appliances/{HOSTILE_SITE}/ward-9z")
         body = _text(d)
         assert HOSTILE_NAME in body and "make: Acme <i>" in body   # extra fields, as text
         assert not d.find_elements(By.CSS_SELECTOR, "main script, main td i")

@@ -12,7 +12,16 @@ import httpx
 import pytest
 
 from appliance.fleet.accounts import MAX_FAILURES
-from console_web.webkit import HOSTILE_NAME, PASSWORD, PILOT, SITE, Fleet, csrf_of, login
+from console_web.webkit import (
+    HOSTILE_NAME,
+    HOSTILE_SITE,
+    PASSWORD,
+    PILOT,
+    SITE,
+    Fleet,
+    csrf_of,
+    login,
+)
 
 # one fleet (broker, PostgreSQL, appliance, console) and one browser: on one worker
 pytestmark = pytest.mark.xdist_group("console_web")
@@ -149,6 +158,6 @@ def test_injection_in_search_fields_is_only_text(fleet: Fleet) -> None:
 def test_malformed_appliance_messages_are_counted_and_shown(fleet: Fleet) -> None:
     client = login(fleet.console.url, "viewer")
     assert "malformed messages from appliances were counted" in client.get("/").text
-    page = client.get(f"/appliances/{SITE}/ward-9z").text
+    page = client.get(f"/appliances/{HOSTILE_SITE}/ward-9z").text
     assert "Malformed messages (latest)" in page and "events: not JSON" in page
     assert "{not json" in page                           # the sample, as text

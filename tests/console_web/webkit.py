@@ -32,6 +32,8 @@ from pgkit import Postgres, postgres  # noqa: E402,F401
 
 SITE = "st-marys"
 PILOT = "ward-4b"
+NEIGHBOUR = "ward-4c"          # the rest of the site in a staged rollout
+HOSTILE_SITE = "elsewhere"     # a misbehaving 'appliance', on another site
 PASSWORD = {"admin": "admin-pass-0123456789", "viewer": "viewer-pass-0123456789",
             "operator": "operator-pass-0123456789"}
 HOSTILE_NAME = "<script>alert('x')</script>"
@@ -114,6 +116,7 @@ class Fleet:
     key: str
     appliance_dir: Path
     appliance: ApplianceProcess
+    neighbour: ApplianceProcess
     collector: Any
     console: ConsoleServer
     extra: dict[str, Any] = field(default_factory=dict)
@@ -128,7 +131,8 @@ class Fleet:
             db.close()
 
 
-def _appliance_dir(directory: Path, broker_url: str, fleet_pub: str) -> Path:
+def _appliance_dir(directory: Path, broker_url: str, fleet_pub: str,
+                   name: str = PILOT) -> Path:
     from demoward.ward import DEMO_POLICY, write_demo_ward
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -139,7 +143,7 @@ def _appliance_dir(directory: Path, broker_url: str, fleet_pub: str) -> Path:
         '[datapath]\ntype = "replay"\nfiles = ["ward.pcap"]\nstay = true\n'
         '[policy]\nfile = "policy.toml"\n[store]\npath = "wardtap.db"\n'
         '[control]\nsocket = "control.sock"\n'
-        f'[broker]\nurl = "{broker_url}"\nsite = "{SITE}"\nappliance = "{PILOT}"\n'
+        f'[broker]\nurl = "{broker_url}"\nsite = "{SITE}"\nappliance = "{name}"\n'
         f'fleet_key = "{fleet_pub}"\nreconnect_max = 2\nlinger = 0.05\nmin_interval = 0.2\n'
         'stats_interval = 2\ninventory_interval = 2\n')
     return directory
@@ -153,7 +157,7 @@ def _publish_hostile_appliance(broker: Broker) -> None:
     client = make_client(settings, "hostile-appliance")
     connect_and_wait(client, settings)
     now = time.time()
-    base = f"wardtap/v1/{SITE}/ward-9z"
+    base = f"wardtap/v1/{HOSTILE_SITE}/ward-9z"
     client.publish(f"{base}/state", json.dumps({
         "v": 1, "status": "online", "ts": now, "mode": "monitor", "version": "0.1.0",
         "policy": {"name": "<b>bold</b>", "version": 1, "sha256": "x"}}), qos=1,
@@ -193,12 +197,15 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory  # noqa: 
         ap_dir = _appliance_dir(directory / "appliance", broker.url, pub)
         appliance = ApplianceProcess(ap_dir)
         appliance.start()
+        neighbour = ApplianceProcess(_appliance_dir(directory / "neighbour", broker.url, pub,
+                                                    NEIGHBOUR))
+        neighbour.start()
         console = ConsoleServer(directory, db, broker.url, key)
-        f = Fleet(directory, broker, db, key, ap_dir, appliance, collector, console)
+        f = Fleet(directory, broker, db, key, ap_dir, appliance, neighbour, collector, console)
         try:
-            wait_for(lambda: f.query("SELECT status FROM appliances WHERE appliance = ?",
-                                     (PILOT,)) == [("online",)], timeout=60,
-                     what="the appliance online in the fleet database")
+            wait_for(lambda: f.query("SELECT count(*) FROM appliances WHERE site = ? AND "
+                                     "status = 'online'", (SITE,)) == [(2,)], timeout=60,
+                     what="both appliances online in the fleet database")
             _publish_hostile_appliance(broker)
             wait_for(lambda: f.query("SELECT count(*) FROM devices WHERE appliance = "
                                      "'ward-9z'")[0][0] == 2, timeout=20,
@@ -207,6 +214,7 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory  # noqa: 
         finally:
             console.close()
             appliance.close()
+            neighbour.close()
             collector.close()
 
 
