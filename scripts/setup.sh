@@ -19,6 +19,8 @@ APT_PACKAGES=(
   rsyslog rsyslog-gnutls                             # SIEM export tests: a real syslog receiver (TLS)
   dnsmasq-base isc-dhcp-client busybox lldpd chrony  # inventory tests: a ward of real daemons
   openssl                                            #   (tests/realward.py, in namespaces only)
+  postgresql                                         # fleet console: collectors and console on PostgreSQL
+  chromium chromium-driver                           # fleet console tests: a real headless browser
 )
 # image tests: the built image booted (qemu for this machine's architecture)
 case "$(dpkg --print-architecture)" in
@@ -47,7 +49,7 @@ log=.venv/setup.log
 quiet() { "$@" >>"$log" 2>&1 || { echo "setup: failed: $*; see $log" >&2; tail -20 "$log" >&2; exit 1; }; }
 : >"$log"
 quiet .venv/bin/python -m pip install --upgrade pip setuptools wheel "cython>=3.0,<4" numpy
-extras="test,bench,dissect,fleet"
+extras="test,bench,dissect,fleet,console"
 case "$(uname -m)" in aarch64|armv7l) extras="$extras,pi" ;; esac
 # compat editable mode: a plain .pth path entry, no import hook on every start-up.
 quiet .venv/bin/python -m pip install --no-build-isolation -e ".[${extras}]" \

@@ -96,6 +96,10 @@ def bases(f: dict[str, str]) -> dict[tuple[str, ...], list[str]]:
         ("fleet", "push-policy"): [f["policy"], "--to", "st-marys", *fleet],
         ("fleet", "command"): ["status", "--to", "st-marys", "--unsigned", *fleet],
         ("fleet", "collect"): ["--db", f["dir"] + "/fleet.db", *fleet],
+        # not loopback and no certificate: refused before anything listens
+        ("fleet", "serve"): ["--db", f["dir"] + "/fleet.db", "--listen", "192.0.2.1:8443"],
+        ("fleet", "user"): ["list", "--db", f["dir"] + "/fleet.db"],
+        ("fleet", "prune"): ["--db", f["dir"] + "/fleet.db", "--days", "30"],
     }
 
 

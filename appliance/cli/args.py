@@ -66,17 +66,18 @@ def devices(text: str) -> int:
     return count(DEVICES_MIN, DEVICES_MAX, "device table slots")(text)
 
 
-def seconds(lo: float = 0.0, hi: float = 86400.0 * 366, *, zero: bool = False
-            ) -> Callable[[str], float]:
-    """A number of seconds above lo (or equal to it when `zero`), at most hi."""
+def seconds(lo: float = 0.0, hi: float = 86400.0 * 366, *, zero: bool = False,
+            unit: str = "seconds") -> Callable[[str], float]:
+    """A number of seconds (or another `unit`) above lo (or equal to it when `zero`), at
+    most hi."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
         if not math.isfinite(value) or value > hi or value < lo or (value == lo and not zero):
             bound = f"{lo:g} or more" if zero else f"more than {lo:g}"
-            raise argparse.ArgumentTypeError(f"{text} seconds: must be {bound} and at most "
+            raise argparse.ArgumentTypeError(f"{text} {unit}: must be {bound} and at most "
                                              f"{hi:g}")
         return value
     parse.__name__ = "seconds"
@@ -112,6 +113,21 @@ def output_file(text: str) -> str:
                                           and not os.access(text, os.W_OK)):
         raise argparse.ArgumentTypeError(f"{text}: permission denied")
     return text
+
+
+def fleet_db(text: str) -> str:
+    """A fleet database to write: postgresql://... (checked when connecting), or a SQLite
+    file."""
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    return output_file(text)
+
+
+def fleet_db_to_read(text: str) -> str:
+    """A fleet database to read: postgresql://..., or an existing SQLite file."""
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    return store_file(text)
 
 
 def output_dir(text: str) -> str:

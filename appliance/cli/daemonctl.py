@@ -145,6 +145,9 @@ def run_propose(args: argparse.Namespace) -> int:
     from appliance.policy.writer import write_text
 
     answer = _ask(args, {"cmd": "propose", "text": bool(args.output)})
+    answer.pop("current", None)                 # the running policy: for the fleet console
+    if answer.get("path"):
+        answer.pop("policy", None)              # the daemon wrote it to the file in "path"
     if args.json:
         return _json(answer)
     if not answer.get("ok"):

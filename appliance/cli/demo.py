@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"{MAX_PACKETS:,}; default 20,000)")
     p.add_argument("--json", action="store_true", help="the summary and inventory as JSON")
     p.add_argument("--wide", action="store_true", help="tables at full width")
+    p.add_argument("--serve", action="store_true",
+                   help="keep the fleet console running on loopback after the demo")
+    p.add_argument("--port", type=checked.count(0, 65535, "port"), default=0,
+                   help="the console's port with --serve (default: a free one)")
 
 
 
@@ -30,4 +34,5 @@ def run(args: argparse.Namespace) -> int:
         raise WardtapError("the demo ward is not installed here: it comes with the source "
                            "tree (scripts/setup.sh), not with the appliance image") from None
     checked.make_dir(args.dir)
-    return run_demo(args.dir, args.packets, args.json, wide=args.wide)
+    return run_demo(args.dir, args.packets, args.json, wide=args.wide, serve=args.serve,
+                    port=args.port)

@@ -20,50 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.cli import args as checked
+from appliance.cli.fleetopts import DEFAULT_KEY, add_connection, add_key, broker_settings
 from appliance.common.when import Clock, local
 from appliance.errors import WardtapError
 from appliance.fleet.listing import age
-
-DEFAULT_KEY = os.path.join(os.path.expanduser("~"), ".config", "wardtap", "fleet.key")
-
-
-# -- options -------------------------------------------------------------------------------
-
-def add_connection(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    g = p.add_argument_group("broker connection")
-    g.add_argument("--broker", default=env("WARDTAP_BROKER"), type=checked.broker_url,
-                   help="mqtt://HOST:PORT or mqtts://HOST:PORT (env WARDTAP_BROKER)")
-    g.add_argument("--ca", default=env("WARDTAP_CA"), type=checked.input_file,
-                   help="CA certificate (PEM)")
-    g.add_argument("--tls-cert", default=env("WARDTAP_TLS_CERT"), type=checked.input_file,
-                   help="client certificate (PEM)")
-    g.add_argument("--tls-key", default=env("WARDTAP_TLS_KEY"), type=checked.input_file,
-                   help="client private key")
-    g.add_argument("--username", default=env("WARDTAP_MQTT_USERNAME"))
-    g.add_argument("--password-file", type=checked.input_file,
-                   help="file with the MQTT password (or env WARDTAP_MQTT_PASSWORD)")
-    g.add_argument("--connect-timeout", type=checked.seconds(0, 300), default=10.0,
-                   help="seconds to wait for the broker to accept the connection (default "
-                        "10; --timeout also bounds it)")
-
-
-def broker_settings(args: argparse.Namespace) -> Any:
-    from appliance.contract.broker import BrokerSettings
-
-    if not args.broker:
-        raise WardtapError("no broker: give --broker mqtts://HOST:PORT or set WARDTAP_BROKER")
-    settings = BrokerSettings.from_options(args.broker, ca=args.ca, cert=args.tls_cert,
-                                           key=args.tls_key, username=args.username,
-                                           password_file=args.password_file)
-    timeout = getattr(args, "timeout", None)
-    settings.connect_timeout = min(args.connect_timeout, timeout or args.connect_timeout)
-    return settings
-
-
-def _add_key(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", default=os.environ.get("WARDTAP_FLEET_KEY", DEFAULT_KEY),
-                   help="fleet signing key (Ed25519, from `wardtap fleet keygen`)")
 
 
 def _add_target(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -95,8 +55,9 @@ def _run_keygen(args: argparse.Namespace) -> int:
 # -- list --------------------------------------------------------------------------------
 
 def _add_list(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=checked.store_file,
-                   help="read a collector's database instead of the broker")
+    p.add_argument("--db", type=checked.fleet_db_to_read,
+                   help="read a collector's database (SQLite file or postgresql://...) "
+                        "instead of the broker")
     p.add_argument("--site", type=checked.ident("site"), help="only this site")
     checked.add_output_format(p)
     add_connection(p)
@@ -332,18 +293,51 @@ def _send(args: argparse.Namespace, name: str, cmd_args: dict[str, Any], signed:
     for (site, appliance), why in sorted(offline.items()):
         failed += 1
         print(f"{site + '/' + appliance:{width}}  offline  {why}")
+    if getattr(args, "audit_db", None):
+        _audit(args, name, cmd_args, results, offline, failed)
     return 1 if failed else 0
+
+
+def _audit(args: argparse.Namespace, name: str, cmd_args: dict[str, Any],
+           results: dict[tuple[str, str], dict[str, Any] | None],
+           offline: dict[tuple[str, str], str], failed: int) -> None:
+    """The command, its targets and every answer in the fleet database's audit log (the
+    console shows it next to its own actions)."""
+    from appliance.fleet.accounts import audit
+    from appliance.fleet.client import default_issuer
+    from appliance.fleet.db import connect
+
+    answers: dict[str, Any] = {f"{s}/{a}": answer or {"ok": False, "error": "no answer"}
+                               for (s, a), answer in results.items()}
+    answers.update({f"{s}/{a}": {"ok": False, "error": why} for (s, a), why in offline.items()})
+    shown = {k: v for k, v in cmd_args.items() if k != "policy"}
+    if "policy" in cmd_args:
+        shown["policy_lines"] = cmd_args["policy"].count("\n")
+    db = connect(args.audit_db)
+    try:
+        audit(db, name, username=default_issuer(), role="command line", client="wardtap fleet",
+              targets=sorted(answers), detail=json.dumps(shown)[:2000],
+              outcome="failed" if failed else "ok", answers=answers)
+    finally:
+        db.close()
+
+
+def _add_audit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audit-db", default=os.environ.get("WARDTAP_FLEET_DB"), metavar="DB",
+                   help="also record the command and every answer in this fleet database's "
+                        "audit log (env WARDTAP_FLEET_DB)")
 
 
 def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=checked.input_file,
                    help="policy file (TOML); validated here before it is sent")
     _add_target(p)
-    _add_key(p)
+    add_key(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="allow appliances to go back to this older version (audited)")
     p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
                    help="seconds the signed request stays valid (default 300)")
+    _add_audit(p)
     add_connection(p)
 
 
@@ -379,11 +373,12 @@ def _add_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("value", nargs="?",
                    help="mode: learn|monitor|enforce; bypass: on|off; identify: seconds")
     _add_target(p)
-    _add_key(p)
+    add_key(p)
     p.add_argument("--unsigned", action="store_true",
                    help="send identify/inventory/status without a signature")
     p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
                    help="seconds the signed request stays valid (default 300)")
+    _add_audit(p)
     add_connection(p)
 
 
@@ -431,14 +426,19 @@ def _run_command(args: argparse.Namespace) -> int:
 # -- collect -----------------------------------------------------------------------------
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, type=checked.output_file,
-                   help="fleet database (SQLite)")
+    p.add_argument("--db", required=True, type=checked.fleet_db,
+                   help="fleet database: a SQLite file, or postgresql://USER@HOST/DB shared by "
+                        "several collectors and the console")
     p.add_argument("--group", default="wardtap", type=checked.ident("group"),
                    help="shared-subscription group: collectors in one group split the load")
     p.add_argument("--id", type=checked.ident("collector id"),
                    help="this collector's client id (stable: it names its session)")
     p.add_argument("--session-expiry", type=checked.count(0, 2**32 - 1), default=86400,
                    help="seconds the broker keeps this collector's share while it is away")
+    p.add_argument("--retain-days", default=0.0,
+                   type=checked.seconds(0, 100 * 365, zero=True, unit="days"),
+                   help="prune events older than this every 10 minutes (0: keep; per-hour "
+                        "counts are kept 10x longer)")
     add_connection(p)
 
 
@@ -453,13 +453,16 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     settings = broker_settings(args)
     probe(settings, settings.connect_timeout)      # a wrong URL is said now, not retried
-    collector = Collector(args.db, settings, args.group, args.id, args.session_expiry)
+    collector = Collector(args.db, settings, args.group, args.id, args.session_expiry,
+                          retain_s=args.retain_days * 86400)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     collector.start()
+    from appliance.fleet.db import redact
+
     logging.getLogger("wardtap.collector").info(
-        "collecting into %s (group %s, id %s)", args.db, args.group, collector.id)
+        "collecting into %s (group %s, id %s)", redact(args.db), args.group, collector.id)
     try:
         while not stop.wait(30):
             c = collector.counts
@@ -483,9 +486,34 @@ _FLEET: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "push-policy": ("validate, sign and push a policy", _add_push, _run_push),
     "command": ("send a command (mode, bypass, identify, inventory, status, reload)",
                 _add_command, _run_command),
-    "collect": ("keep fleet state in SQLite (scales out by shared subscription)",
-                _add_collect, _run_collect),
+    "collect": ("keep fleet state in SQLite or PostgreSQL (scales out by shared "
+                "subscription)", _add_collect, _run_collect),
 }
+
+
+def _console(add: str, run: str) -> tuple[Callable[[argparse.ArgumentParser], None],
+                                           Callable[[argparse.Namespace], int]]:
+    """The console's commands live in appliance.cli.fleetconsole, imported when used."""
+    def configure(p: argparse.ArgumentParser) -> None:
+        from appliance.cli import fleetconsole
+
+        getattr(fleetconsole, add)(p)
+
+    def execute(args: argparse.Namespace) -> int:
+        from appliance.cli import fleetconsole
+
+        return int(getattr(fleetconsole, run)(args))
+    return configure, execute
+
+
+_FLEET.update({
+    "serve": ("the fleet console in a browser (fleet, devices, violations, policies, audit)",
+              *_console("add_serve", "run_serve")),
+    "user": ("console accounts: add, password, role, disable, enable, list",
+             *_console("add_user", "run_user")),
+    "prune": ("delete events older than N days (counts stay rolled up per hour)",
+              *_console("add_prune", "run_prune")),
+})
 
 
 def add_fleet(p: argparse.ArgumentParser) -> None:

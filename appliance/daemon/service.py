@@ -377,10 +377,11 @@ class Daemon:
         else:
             log.info("proposed policy handed out: %d rules, %d left out for review",
                      rules, left)
+        # the text goes with every answer: the fleet console shows it beside the running one
         return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
                 "rules": rules, "left_out": left, "groups": len(draft.groups),
-                "left_out_reasons": dict(caution.counts()),
-                **({} if path else {"policy": text})}
+                "left_out_reasons": dict(caution.counts()), "policy": text,
+                "current": self.policy.text if self.policy else None}
 
     # -- control requests ------------------------------------------------------------------
 
