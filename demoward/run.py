@@ -104,13 +104,16 @@ def serve_console(fleet_db: str, broker_url: str | None, port: int, user: str,
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
-    print(f"\nthe fleet console: {url}  (log in as {user} / {password})")
+    if keep_running:
+        print(f"\nthe fleet console: {url}  (log in as {user} / {password})")
+    else:
+        print(f"\nthe fleet console (`wardtap demo --serve` runs it; log in as {user} / "
+              f"{password}):")
     print(f"  the appliance:   {url}appliances/{SITE}/{APPLIANCE}")
     print(f"  its violations:  {url}violations?window=all")
     print(f"  policy review:   {url}policies/{SITE}/{APPLIANCE} (learned vs running)")
     if not keep_running:
-        print(f"  (`wardtap demo --serve` keeps it running; or `wardtap fleet serve --db "
-              f"{fleet_db}`)")
+        print(f"  or: wardtap fleet serve --db {fleet_db}")
         return
     import uvicorn
 

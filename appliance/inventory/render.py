@@ -31,12 +31,13 @@ def _ips(d: dict[str, Any], limit: int = 2) -> str:
 
 
 # The inventory's columns: priority 0 always shown, higher numbers dropped first when the
-# terminal is narrow; wrapped columns wrap instead of being cut.
+# terminal is narrow; wrapped columns wrap instead of being cut. MAKE / MODEL falls back to
+# the MAC's vendor (marked "by MAC"), so the VENDOR column is the first to go.
 TABLE_COLUMNS = (
-    Column("MAC"), Column("VENDOR", 1, wrap=True, min_width=16),
+    Column("MAC"), Column("VENDOR", 8, wrap=True, min_width=16),
     Column("CLASS", wrap=True, min_width=16), Column("CONF", 7, align=">"),
     Column("NAME", 4, wrap=True, min_width=10),
-    Column("MAKE / MODEL", 3, wrap=True, min_width=12), Column("VERSION", 6, wrap=True),
+    Column("MAKE / MODEL", 1, wrap=True, min_width=22), Column("VERSION", 6, wrap=True),
     Column("ADDRESSES", 2, wrap=True, min_width=15),
     Column("PROTOCOLS", 9, wrap=True, min_width=16), Column("FIRST SEEN", 10),
     Column("LAST SEEN", 5), Column("BYTES", 11, align=">"), Column("RISK", 1),
@@ -54,7 +55,8 @@ def render_table(devices: Sequence[dict[str, Any]], width: int | None = None,
                     [p for p in d["protocols"] if " " in p]
         proto = ", ".join(protocols[:3]) + (f" +{len(protocols) - 3}"
                                             if len(protocols) > 3 else "")
-        model = " ".join(x for x in (d.get("make"), d.get("model")) if x) or "-"
+        model = " ".join(x for x in (d.get("make"), d.get("model")) if x) or \
+            (f"{d['vendor']} (by MAC)" if d["vendor"] else "-")
         rows.append((d["mac"], vendor, d["class"] + (" (router)" if d["router"] else ""),
                      f"{d['confidence']:.2f}", (d["names"] or ["-"])[0], model,
                      d.get("software_version") or "-", _ips(d) or "-",
