@@ -431,15 +431,19 @@ def test_unknown_ip_protocol_decodes_without_ports() -> None:
 # --- tunnels ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame", [
-    eth4(P.gre(0x0800, P.ipv4("192.168.0.1", "192.168.0.2", 6, P.tcp(1, 2))), 47),
-    eth4(P.gre(0x86DD, P.ipv6("fd99::1", "fd99::2", 17, P.udp(3, 4, b"")), key=7), 47),
-    eth4(P.ipv4("192.168.0.1", "192.168.0.2", 1, P.icmp(8, 0, 1, 1)), 4),
-    eth4(P.ipv6("fd99::1", "fd99::2", 58, P.icmpv6(128, 0, bytes(4))), 41),
+TUNNEL = {name: code for code, name in fastpath.TUNNEL_NAMES.items()}
+
+
+@pytest.mark.parametrize(("frame", "kind"), [
+    (eth4(P.gre(0x0800, P.ipv4("192.168.0.1", "192.168.0.2", 6, P.tcp(1, 2))), 47), "gre"),
+    (eth4(P.gre(0x86DD, P.ipv6("fd99::1", "fd99::2", 17, P.udp(3, 4, b"")), key=7), 47),
+     "gre"),
+    (eth4(P.ipv4("192.168.0.1", "192.168.0.2", 1, P.icmp(8, 0, 1, 1)), 4), "ipip"),
+    (eth4(P.ipv6("fd99::1", "fd99::2", 58, P.icmpv6(128, 0, bytes(4))), 41), "6in4"),
 ], ids=["gre-ipv4", "gre-ipv6-key", "ipip", "6in4"])
-def test_tunnels_report_outer_header(frame: bytes) -> None:
+def test_tunnels_report_outer_header(frame: bytes, kind: str) -> None:
     rec = ok(frame)
-    assert rec["tunnel"] == 1 and rec["l3"] == 4
+    assert rec["tunnel"] == TUNNEL[kind] and rec["l3"] == 4
     assert (rec["src_ip"], rec["dst_ip"]) == (A4, B4)
     assert (rec["sport"], rec["dport"], rec["icmp_type"]) == (0, 0, 0)
 
@@ -449,7 +453,8 @@ def test_tunnels_over_ipv6() -> None:
                          (4, P.ipv4("1.1.1.1", "2.2.2.2", 17, P.udp(1, 2, b""))),
                          (41, P.ipv6("fd99::1", "fd99::2", 59, b""))]:
         rec = ok(eth6(inner, proto, ext_headers=[P.dest_options()]))
-        assert rec["tunnel"] == 1 and rec["proto"] == proto and rec["src_ip"] == A6
+        assert rec["tunnel"] == {47: TUNNEL["gre"], 4: TUNNEL["ipip"], 41: TUNNEL["6in4"]}[proto]
+        assert rec["proto"] == proto and rec["src_ip"] == A6
 
 
 # --- Linux cooked captures, raw IP and link types ---------------------------------------
@@ -514,7 +519,7 @@ def test_single_version_raw_link_types() -> None:
 
 
 def test_unsupported_linktype() -> None:
-    for linktype in (0, 105, 127, 65535):
+    for linktype in (2, 106, 147, 65535):
         reason, rec = one(tcp4(), linktype)
         assert reason == "unsupported_linktype" and rec["l3"] == 0
 
