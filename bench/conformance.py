@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,12 +42,12 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 TSHARK_FIELDS = [
-    "frame.number", "frame.protocols", "eth.src", "sll.src.eth", "vlan.id",
+    "frame.number", "frame.protocols", "eth.src", "sll.src.eth", "wlan.sa", "vlan.id",
     "ip.src", "ip.dst", "ip.proto", "ip.frag_offset", "ip.flags.mf",
     "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.hopopts.nxt", "ipv6.routing.nxt",
     "ipv6.fraghdr.nxt", "ipv6.fraghdr.offset", "ipv6.fraghdr.more", "ipv6.dstopts.nxt",
     "ah.next_header", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport",
-    "udplite.srcport", "udplite.dstport", "sctp.srcport", "sctp.dstport",
+    "sctp.srcport", "sctp.dstport",
     "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
     "_ws.malformed", "_ws.short", "_ws.expert.severity",
     "_ws.expert.message",  # last: free text
@@ -55,7 +56,7 @@ TEXT_FIELDS = ("frame.protocols", "_ws.malformed", "_ws.short", "_ws.expert.mess
 IPV6_EXT = {"ipv6.hopopts": "ipv6.hopopts.nxt", "ipv6.routing": "ipv6.routing.nxt",
             "ipv6.fraghdr": "ipv6.fraghdr.nxt", "ipv6.dstopts": "ipv6.dstopts.nxt",
             "ah": "ah.next_header"}
-PORT_LAYER = {6: "tcp", 17: "udp", 136: "udplite", 132: "sctp"}
+PORT_LAYER = {6: "tcp", 17: "udp", 136: "udp", 132: "sctp"}   # tshark: UDP-Lite as udp.*
 # wardtap's tunnel names and the layer tshark shows after the outer IP header.
 TUNNEL_LAYER = {"gre": {"gre"}, "ipip": {"ip"}, "6in4": {"ipv6"}, "etherip": {"etherip"},
                 "l2tpv3": {"l2tp"}, "mpls-in-ip": {"mpls"}}
@@ -183,7 +184,7 @@ def compare_packet(w: dict[str, Any], t: dict[str, Any]) -> list[tuple[str, Any,
     if malformed and any(f"Malformed Packet: {name}" in malformed for name in OWN_LAYERS) \
             and not w.get("tunnel"):
         bad.append(("malformed", "decoded", malformed[:80]))
-    tmac = first(t, "eth.src") or first(t, "sll.src.eth")
+    tmac = first(t, "eth.src") or first(t, "sll.src.eth") or first(t, "wlan.sa")
     if "smac" in w or tmac:
         if w.get("smac") != tmac:
             bad.append(("source MAC", w.get("smac"), tmac))
@@ -327,8 +328,7 @@ def summarise(results: list[Result], elapsed: float) -> dict[str, Any]:
         for i in {d[0] for d in r.disagreements}:
             for name in {d[1] for d in r.disagreements if d[0] == i}:
                 packets_by_field[name] += 1
-    refusals = Counter(r.message.split(": ", 1)[-1].split(" (after")[0][:100]
-                       for r in results if r.status == "refused")
+    refusals = Counter(refusal(r.message) for r in results if r.status == "refused")
     return {
         "captures": len(results), "status": dict(status),
         "crashes": [r.path for r in results if r.status == "crashed"],
@@ -339,6 +339,13 @@ def summarise(results: list[Result], elapsed: float) -> dict[str, Any]:
         "partial": {r.path: r.message for r in results if r.status == "partial"},
         "elapsed_s": round(elapsed, 1),
     }
+
+
+def refusal(message: str) -> str:
+    """The reason of a one-line refusal ("wardtap: error: PATH at byte N: REASON")."""
+    found = re.search(r" at byte \d+: (.*)", message)
+    reason = found.group(1) if found else message.rsplit(": ", 1)[-1]
+    return re.sub(r"; supported: .*", "", reason)
 
 
 def print_report(report: dict[str, Any], results: list[Result], show: int) -> None:

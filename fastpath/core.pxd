@@ -24,6 +24,8 @@ cdef enum:
     R_FRAGMENT_UNMATCHED = 9  # later fragment whose first fragment was not seen
     R_RELATED = 10            # ICMP error about a known flow: that flow's verdict
     R_UNSOLICITED = 11        # looks like an answer, but no request can have been missed
+    R_PENDING = 12            # allowed for this packet only: the receiver, who may be the
+                              # initiator, is not identified yet (no MAC on this link)
     R_MALFORMED_FIRST = 16    # reasons from here on come with VERDICT_MALFORMED
     R_BAD_OFFSET = 16         # batch offset/length outside the buffer
     R_LINKTYPE = 17           # link type the decoder does not know
@@ -95,8 +97,8 @@ cdef enum:
 # tracking knows of the packet's conversation. 0: nothing known (files, taps).
 cdef enum:
     HINT_NONE = 0
-    HINT_TWO_WAY = 1          # the kernel has seen this conversation in both directions
-    HINT_ONE_WAY = 2          # the kernel has seen nothing from the receiver within its timeout
+    HINT_KNOWN = 1            # the kernel tracked this conversation before this packet
+    HINT_NEW = 2              # this packet is the first the kernel has seen of it
 
 # Tunnels, reported (pkt_t.tunnel) and not decapsulated: the outer header is classified.
 cdef enum:
@@ -111,6 +113,11 @@ cdef enum:
     FLOW_EMPTY = 0
     FLOW_ACTIVE = 1
     FLOW_CLOSING = 2
+
+cdef enum:
+    PENDING_NONE = 0
+    PENDING_A = 1
+    PENDING_B = 2
 
 cdef enum:
     FRAG_NONE = 0
@@ -216,7 +223,8 @@ ctypedef struct flow_t:
     uint8_t sampled[2]       # per direction: packets marked for dissection (255: gave up)
     uint16_t nearest         # denied: the rule that came closest (see `reason`), else NO_RULE
     uint8_t orient           # ORIENT_*: how the initiator was decided
-    uint8_t pad[5]
+    uint8_t pending          # PENDING_*: decided when this side (key.a or key.b) speaks
+    uint8_t pad[4]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:
@@ -360,6 +368,9 @@ cdef class Classifier:
     cdef uint32_t svc_mask
     cdef uint64_t start_ns           # the first packet's time: the request of an early
                                      # answer may predate the classifier
+    cdef uint64_t* addr_tags         # address -> device: a receiver's MAC on links that
+    cdef uint32_t* addr_devs         # carry the sender's only (inline, Linux cooked)
+    cdef uint32_t addr_mask
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
@@ -379,3 +390,4 @@ cdef class Classifier:
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
     cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil
     cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil
+    cdef void _settle_pending(self, flow_t* f, const policy_t* pol, uint64_t ts) noexcept nogil

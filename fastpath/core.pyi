@@ -19,8 +19,8 @@ BUCKET_SIZE: int
 STATS_FIELDS: tuple[str, ...]
 ORIENT_NAMES: dict[int, str | None]
 TUNNEL_NAMES: dict[int, str]
-HINT_TWO_WAY_SEEN: int
-HINT_ONE_WAY_SEEN: int
+HINT_KNOWN_CONVERSATION: int
+HINT_NEW_CONVERSATION: int
 LINKTYPES: tuple[int, ...]
 KNOWN_SERVICE_PORTS: tuple[int, ...]
 SERVICE_SLOTS: int

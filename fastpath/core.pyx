@@ -38,7 +38,7 @@ REASON_NAMES = {
     R_WRONG_INITIATOR: "wrong_initiator", R_PROTO_NOT_ALLOWED: "proto_not_allowed",
     R_PORT_NOT_ALLOWED: "port_not_allowed", R_ARP: "arp", R_NON_IP: "non_ip",
     R_FRAGMENT: "fragment", R_FRAGMENT_UNMATCHED: "fragment_unmatched", R_RELATED: "related",
-    R_UNSOLICITED: "unsolicited_answer",
+    R_UNSOLICITED: "unsolicited_answer", R_PENDING: "pending_receiver",
     R_BAD_OFFSET: "bad_offset", R_LINKTYPE: "unsupported_linktype",
     R_ETH_SHORT: "ethernet_truncated", R_VLAN_SHORT: "vlan_truncated",
     R_VLAN_DEPTH: "vlan_too_deep", R_SLL_SHORT: "sll_truncated",
@@ -63,8 +63,8 @@ ORIENT_NAMES = {0: None, ORIENT_SYN: "syn", ORIENT_ICMP: "icmp", ORIENT_GROUP: "
                 ORIENT_PAYLOAD: "payload", ORIENT_POLICY: "policy", ORIENT_SERVICE: "service",
                 ORIENT_PORTS: "ports", ORIENT_LOWER_PORT: "lower_port",
                 ORIENT_FIRST: "first_sender", ORIENT_UNSOLICITED: "unsolicited"}
-HINT_TWO_WAY_SEEN = HINT_TWO_WAY
-HINT_ONE_WAY_SEEN = HINT_ONE_WAY
+HINT_KNOWN_CONVERSATION = HINT_KNOWN
+HINT_NEW_CONVERSATION = HINT_NEW
 TUNNEL_NAMES = {TUN_IPIP: "ipip", TUN_IPV6: "6in4", TUN_GRE: "gre", TUN_ETHERIP: "etherip",
                 TUN_L2TP: "l2tpv3", TUN_MPLS: "mpls-in-ip"}
 LINKTYPES = SUPPORTED_LINKTYPES
@@ -229,9 +229,13 @@ cdef class Classifier:
         self.ring = <event_t*>calloc(self.ring_mask + 1, sizeof(event_t))
         self.svc_mask = SERVICE_SLOTS - 1
         self.svc_keys = <uint64_t*>calloc(SERVICE_SLOTS, sizeof(uint64_t))
+        self.addr_mask = ADDR_SLOTS - 1
+        self.addr_tags = <uint64_t*>calloc(ADDR_SLOTS, sizeof(uint64_t))
+        self.addr_devs = <uint32_t*>calloc(ADDR_SLOTS, sizeof(uint32_t))
         if (self.flows == NULL or self.tags == NULL or self.devices == NULL
                 or self.dev_tags == NULL or self.frag_keys == NULL or self.frag_flows == NULL or self.frag_flow_ids == NULL
-                or self.ring == NULL or self.svc_keys == NULL):
+                or self.ring == NULL or self.svc_keys == NULL or self.addr_tags == NULL
+                or self.addr_devs == NULL):
             raise MemoryError("cannot allocate the classifier's tables")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
@@ -256,6 +260,8 @@ cdef class Classifier:
         free(self.frag_flow_ids)
         free(self.ring)
         free(self.svc_keys)
+        free(self.addr_tags)
+        free(self.addr_devs)
 
     # -- configuration, between batches ------------------------------------------------
 
@@ -278,7 +284,8 @@ cdef class Classifier:
         cdef uint8_t old
         changed = []
         for i in range(slots):
-            if self.tags[i] == 0 or self.flows[i].state != FLOW_ACTIVE:
+            if (self.tags[i] == 0 or self.flows[i].state != FLOW_ACTIVE
+                    or self.flows[i].pending):     # decided when its receiver speaks
                 continue
             f = &self.flows[i]
             old = f.verdict
@@ -387,7 +394,8 @@ cdef class Classifier:
         slots = <uint64_t>self.n_buckets * BUCKET_SLOTS
         return (slots * (sizeof(flow_t) + 4) + self.dev_capacity * (sizeof(device_t) + 4)
                 + (self.frag_mask + 1) * 20 + (self.ring_mask + 1) * sizeof(event_t)
-                + (self.svc_mask + 1) * sizeof(uint64_t))
+                + (self.svc_mask + 1) * sizeof(uint64_t)
+                + (self.addr_mask + 1) * (sizeof(uint64_t) + sizeof(uint32_t)))
 
     @property
     def flow_capacity(self):
@@ -408,7 +416,8 @@ cdef class Classifier:
         Fills verdicts, reasons and rules for every packet, and, when `samples` is given,
         samples[i] = 1 for packets marked for deep dissection (see set_sampling).
         `hints` (inline datapaths): per packet, what the kernel's connection tracking knows
-        of its conversation (HINT_TWO_WAY_SEEN, HINT_ONE_WAY_SEEN, 0 unknown).
+        of its conversation (HINT_KNOWN_CONVERSATION: tracked before this packet,
+        HINT_NEW_CONVERSATION: this packet is its first; 0: nothing known).
         Returns the packet count.
         """
         cdef uint8_t* sample_out = NULL
@@ -508,6 +517,8 @@ cdef class Classifier:
         if d == NO_DEVICE:
             return d
         device_learn_ip(&self.devices[d], k)
+        if k.has_mac == 1 and (k.l3 == L3_IPV4 or k.l3 == L3_IPV6):
+            address_learn(self, k.src, d)     # this link will not tell its MAC to its peers
         if created:
             e = event_slot(self)
             if e != NULL:
@@ -651,6 +662,15 @@ cdef class Classifier:
         if f.dev[1 - role] != NO_DEVICE:
             self.devices[f.dev[1 - role]].pkts_rx += 1
             self.devices[f.dev[1 - role]].bytes_rx += length
+        if f.pending:
+            if (f.pending == PENDING_A) != swapped:
+                self._settle_pending(f, pol, ts)  # the unidentified side speaks: decide now
+            elif k.has_mac == 1 and device_at(self, k.dst) != NO_DEVICE:
+                # ... or has spoken since, in another flow: its device knows its MAC.
+                if f.dev[1 - role] == NO_DEVICE:
+                    f.dev[1 - role] = device_at(self, k.dst)
+                    self.devices[f.dev[1 - role]].flows += 1
+                self._settle_pending(f, pol, ts)
         if k.proto == 6 and (k.tcp_flags & 0x05):
             self._tcp_close(f, k.tcp_flags, role, ts)
         if sample != NULL and (f.sampled[role] < self.sample_per_flow or discovery_port(k)):
@@ -682,11 +702,21 @@ cdef class Classifier:
         cdef uint8_t why = R_NO_POLICY
         cdef uint16_t rule = NO_RULE, nearest = NO_RULE, rule2, nearest2
         cdef event_t* e
-        cdef uint32_t d, peer
+        cdef uint32_t d
         cdef bint peer_created
+        # The receiver, if it is a device already known (on links that carry only the
+        # sender's MAC, found by its address): its MAC decides its groups.
+        cdef uint32_t peer = device_lookup(self, k, ts, &peer_created, 1)
+        cdef const uint8_t* rmac = k.dst_mac
+        cdef bint rhas = k.has_mac == 2
+        if k.has_mac == 1:
+            peer = device_at(self, k.dst)
+            if peer != NO_DEVICE and self.devices[peer].has_mac:
+                rmac = self.devices[peer].mac
+                rhas = 1
         if enforcing:
             groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gs)
-            groups_of(pol, k.dst_mac, k.has_mac == 2, k.dst, 1, k.vlan, gd)
+            groups_of(pol, rmac, rhas, k.dst, 1, k.vlan, gd)
             why = decide_oriented(pol, gs, gd, k, sender_first, &rule, &nearest)
             if why != R_RULE and orient >= ORIENT_GUESSED:
                 # Allowed the other way round only: that is the way it goes.
@@ -707,6 +737,17 @@ cdef class Classifier:
                 why = decide_oriented(pol, gs, gd, k, 1, &rule, &nearest)
                 if why != R_RULE:
                     why = R_UNSOLICITED
+        if (enforcing and why != R_RULE and orient != ORIENT_UNSOLICITED and not rhas
+                and k.has_mac == 1 and hint == HINT_KNOWN
+                and could_be_allowed(pol, gs, k, sender_first, orient >= ORIENT_GUESSED)):
+            # A conversation the kernel already carried, first met here from the side whose
+            # MAC the link shows (inline, after a restart): the receiver is not identified
+            # yet and its MAC may be what allows it. This packet passes; the flow is decided
+            # when the receiver speaks (its next packet carries its MAC).
+            why = R_PENDING
+            rule = NO_RULE
+            nearest = NO_RULE
+            f.pending = PENDING_A if swapped else PENDING_B
         f.id = self.next_flow_id
         self.next_flow_id += 1
         f.first_ns = ts
@@ -724,7 +765,6 @@ cdef class Classifier:
         if d != NO_DEVICE:
             self.devices[d].flows += 1
         # The receiving side, if it is a device already known, counts what it receives.
-        peer = device_lookup(self, k, ts, &peer_created, 1)
         f.dev[1 if sender_first else 0] = peer
         if peer != NO_DEVICE:
             self.devices[peer].flows += 1
@@ -733,7 +773,7 @@ cdef class Classifier:
         f.nearest = nearest
         if enforcing:
             f.policy_gen = pol.generation
-            f.verdict = VERDICT_ALLOW if why == R_RULE else VERDICT_DENY
+            f.verdict = VERDICT_ALLOW if why == R_RULE or why == R_PENDING else VERDICT_DENY
         else:
             f.verdict = VERDICT_ALLOW
         e = event_slot(self)
@@ -757,6 +797,20 @@ cdef class Classifier:
                 self._event_macs(e, k, sender_first)
                 if icmp:
                     e.icmp_type = f.dport
+
+    cdef void _settle_pending(self, flow_t* f, const policy_t* pol, uint64_t ts) noexcept nogil:
+        """Decide a pending flow now that both sides are known (their devices' MACs)."""
+        cdef event_t* e
+        f.pending = PENDING_NONE
+        self._decide(f, pol)
+        if f.verdict == VERDICT_DENY:
+            if f.dev[0] != NO_DEVICE:
+                self.devices[f.dev[0]].violations += 1
+            e = event_slot(self)
+            if e != NULL:
+                fill_flow_event(e, EV_VIOLATION, f, ts)
+                e.reason = f.reason
+                e.packet = self.st.packets - 1
 
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil:
         e.has_mac = k.has_mac

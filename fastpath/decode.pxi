@@ -408,11 +408,14 @@ cdef inline int decode_link(const uint8_t* p, uint32_t caplen, uint32_t linktype
     elif linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
         if caplen < 4:
             return R_LINK_SHORT
-        family = rd32(p)
-        if linktype == LINKTYPE_NULL and family > 0xFFFF:   # written little-endian
-            family = (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
-        et = family_ethertype(family)
         off = 4
+        if linktype == LINKTYPE_NULL and (p[0] == 0x0F or p[0] == 0x8F) and p[1] == 0:
+            et = rd16(p + 2)          # BSD/OS: a Cisco HDLC header in place of the family
+        else:
+            family = rd32(p)
+            if linktype == LINKTYPE_NULL and family > 0xFFFF:   # written little-endian
+                family = (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+            et = family_ethertype(family)
     elif linktype == LINKTYPE_PPP or linktype == LINKTYPE_PPP_HDLC:
         if caplen < 2:
             return R_LINK_SHORT

@@ -148,18 +148,18 @@ cdef inline bint answer_accepted(Classifier c, const pkt_t* k, uint8_t hint,
     """A first packet taken for an answer (its receiver the initiator): can its request have
     been missed? Its receiver's port must be one a client uses (not a well-known port unless
     both ports are the same or DHCP's, not a service the receiver offers); and, without a
-    connection to hold on to (UDP and the like), the kernel must have seen the conversation
-    both ways (inline), or, with no such knowledge, the classifier must be younger than the
-    UDP idle timeout, the longest a request is remembered."""
+    connection to hold on to (UDP and the like), the kernel must have tracked the
+    conversation before this packet (inline), or, with no such knowledge, the classifier
+    must be younger than the UDP idle timeout, the longest a request is remembered."""
     if k.sport != k.dport and not (k.sport == 67 and k.dport == 68) \
             and not (k.sport == 547 and k.dport == 546):
         if k.dport < 1024 or service_known(c, k.dst, k.proto, k.dport):
             return 0
     if k.proto == 6 or k.proto == 132:
         return 1         # a stray segment opens nothing: the receiving stack resets it
-    if hint == HINT_TWO_WAY:
+    if hint == HINT_KNOWN:
         return 1
-    if hint == HINT_ONE_WAY:
+    if hint == HINT_NEW:
         return 0
     return ts - c.start_ns <= c.timeouts[TIMEOUT_UDP]
 
@@ -220,3 +220,43 @@ cdef inline void flow_flip(flow_t* f) noexcept nogil:
     f.sampled[0] = f.sampled[1]
     f.sampled[1] = s
     f.fin = ((f.fin & 1) << 1) | ((f.fin >> 1) & 1)
+
+
+# -- address -> device, for the receiver's MAC on links that carry the sender's only ---------
+
+cdef enum:
+    ADDR_SLOTS = 4096
+
+
+cdef inline uint64_t addr_hash(uint64_t seed, const uint8_t* addr) noexcept nogil:
+    cdef uint64_t w[2]
+    memcpy(w, addr, 16)
+    return mix64(w[0] ^ mix64(w[1] ^ seed ^ 0x5A17)) | 1
+
+
+cdef inline void address_learn(Classifier c, const uint8_t* addr, uint32_t dev) noexcept nogil:
+    """`dev` sent from `addr` (direct-mapped: a newer address takes an older one's slot)."""
+    cdef uint64_t h = addr_hash(c.seed, addr)
+    c.addr_tags[<uint32_t>h & c.addr_mask] = h
+    c.addr_devs[<uint32_t>h & c.addr_mask] = dev
+
+
+cdef inline uint32_t device_at(Classifier c, const uint8_t* addr) noexcept nogil:
+    """The device last seen sending from `addr`, or NO_DEVICE."""
+    cdef uint64_t h = addr_hash(c.seed, addr)
+    if c.addr_tags[<uint32_t>h & c.addr_mask] == h:
+        return c.addr_devs[<uint32_t>h & c.addr_mask]
+    return NO_DEVICE
+
+
+cdef inline bint could_be_allowed(const policy_t* pol, const uint64_t* g_sender, const pkt_t* k,
+                                  bint sender_first, bint either_way) noexcept nogil:
+    """Whether the flow of `k` could be allowed if the receiver's unknown MAC put it in any
+    MAC or OUI group (one orientation, or `either_way` for a guessed one)."""
+    cdef uint64_t g_any[GROUP_WORDS]
+    cdef uint16_t rule, nearest
+    groups_of(pol, k.dst_mac, 0, k.dst, 1, k.vlan, g_any, 1)
+    if decide_oriented(pol, g_sender, g_any, k, sender_first, &rule, &nearest) == R_RULE:
+        return 1
+    return either_way and decide_oriented(pol, g_sender, g_any, k, not sender_first, &rule,
+                                          &nearest) == R_RULE

@@ -22,6 +22,7 @@ from fastpath import (
     MALFORMED_FIRST,
     NO_RULE_INDEX,
     REASON_NAMES,
+    TUNNEL_NAMES,
     VERDICT_NAMES,
     Classifier,
     decode_batch,
@@ -263,7 +264,10 @@ def write_packet_lines(out: IO[str], batch: Any, verdicts: Any, reasons: Any,
             ported = has_l4 and proto in (6, 17, 132, 136)
             line["sport"] = int(rec["sport"]) if ported else None
             line["dport"] = int(rec["dport"]) if ported else None
+        if rec["frag_off"] or rec["more_frags"]:
+            line["frag_offset"] = int(rec["frag_off"]) * 8
+            line["more_fragments"] = bool(rec["more_frags"])
         if rec["tunnel"]:
-            line["tunnel"] = True
+            line["tunnel"] = TUNNEL_NAMES.get(int(rec["tunnel"]), "other")
         lines.append(json.dumps(line, separators=(",", ":")))
     out.write("\n".join(lines) + "\n")

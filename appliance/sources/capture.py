@@ -58,6 +58,7 @@ class Batch:
     linktypes: memoryview       # uint16: link type of each packet
     count: int
     first_index: int            # packet number of offsets[0] within the file
+    hints: memoryview | None = None   # uint8, inline sources: what conntrack knows (fastpath)
 
 
 class CaptureFile:
