@@ -61,7 +61,7 @@ def clone(repo: str, into: Path) -> str:
     return str(into)
 
 
-def take(corpus: Corpus, gitdir: str, out: Path) -> list[dict[str, object]]:
+def take(corpus: Corpus, gitdir: str, out: Path) -> list[dict[str, str | int]]:
     commit = git(gitdir, "rev-parse", "HEAD").decode().strip()
     names = git(gitdir, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines()
     wanted = [n for n in names if n.startswith(corpus.prefix)
@@ -69,7 +69,7 @@ def take(corpus: Corpus, gitdir: str, out: Path) -> list[dict[str, object]]:
     rows = []
     folder = out / corpus.name
     folder.mkdir(parents=True, exist_ok=True)
-    missing = 0
+    missing = size = 0
     for path in wanted:
         try:
             data = git(gitdir, "show", f"{commit}:{path}")
@@ -78,11 +78,12 @@ def take(corpus: Corpus, gitdir: str, out: Path) -> list[dict[str, object]]:
             continue
         local = folder / path.replace("/", "__")
         local.write_bytes(data)
+        size += len(data)
         rows.append({"file": str(local.relative_to(out)), "source": corpus.name,
                      "repo": f"https://github.com/{corpus.repo}", "commit": commit,
                      "path": path, "bytes": len(data),
                      "sha256": hashlib.sha256(data).hexdigest()})
-    print(f"{corpus.name}: {len(rows)} captures, {sum(int(r['bytes']) for r in rows):,} bytes "
+    print(f"{corpus.name}: {len(rows)} captures, {size:,} bytes "
           f"from {corpus.repo} at {commit[:12]}"
           + (f" ({missing} not in this copy of the repository)" if missing else ""))
     return rows

@@ -144,8 +144,10 @@ def test_old_client_low_ephemeral_port_to_service_on_high_port() -> None:
     """A Windows XP-era cart (ephemeral ports 1025-5000) to DICOM on 11112 and an HL7 engine
     on 50000, caught mid-stream with the server's segment first."""
     run = Run()
-    got = run.feed([frame(PACS, 11112, CART, 1030, proto=6), frame(CART, 1030, PACS, 11112, proto=6),
-                    frame(PACS, 50000, CART, 1031, proto=6), frame(CART, 1031, PACS, 50000, proto=6)])
+    got = run.feed([frame(PACS, 11112, CART, 1030, proto=6),
+                    frame(CART, 1030, PACS, 11112, proto=6),
+                    frame(PACS, 50000, CART, 1031, proto=6),
+                    frame(CART, 1031, PACS, 50000, proto=6)])
     assert got == [ALLOW] * 4
     assert run.flows() == [(CART, 1030, PACS, 11112, "ports"), (CART, 1031, PACS, 50000, "policy")]
     # Without a policy (learning) the port classes still orient the DICOM one; the HL7 one
@@ -174,8 +176,8 @@ def test_unsolicited_answers_are_denied_counted_and_reported() -> None:
     run = Run()
     # The classifier has watched for two minutes: a DNS answer nobody asked for, towards a
     # port no flow uses, is no answer.
-    got = run.feed([frame(CART, 40001, DNS, 53, dns(True)), frame(DNS, 53, CART, 40002, dns(False))],
-                   [T0, T0 + 120 * S])
+    got = run.feed([frame(CART, 40001, DNS, 53, dns(True)),
+                    frame(DNS, 53, CART, 40002, dns(False))], [T0, T0 + 120 * S])
     assert got == [ALLOW, ("deny", "unsolicited_answer")]
     violation = next(e for e in run.events if e["type"] == "violation")
     assert (violation["src"], violation["sport"], violation["dst"], violation["dport"]) == (
