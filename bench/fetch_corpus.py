@@ -66,7 +66,7 @@ def take(corpus: Corpus, gitdir: str, out: Path) -> list[dict[str, str | int]]:
     names = git(gitdir, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines()
     wanted = [n for n in names if n.startswith(corpus.prefix)
               and n.lower().endswith(CAPTURE_SUFFIXES)]
-    rows = []
+    rows: list[dict[str, str | int]] = []
     folder = out / corpus.name
     folder.mkdir(parents=True, exist_ok=True)
     missing = size = 0
