@@ -217,12 +217,16 @@ cdef inline int decode_ipv4(const uint8_t* p, uint32_t off, uint32_t caplen,
     if ihl > caplen - off:
         return R_IPV4_SHORT
     total = rd16(b + 2)
-    if total < ihl:
-        return R_IPV4_TOTAL_LENGTH
-    end = off + total
-    if end > caplen:          # cut by the capture's snap length
+    if total == 0:            # TCP segmentation offload: the sender's NIC fills it in
         end = caplen
         snapped = 1
+    elif total < ihl:
+        return R_IPV4_TOTAL_LENGTH
+    else:
+        end = off + total
+        if end > caplen:      # cut by the capture's snap length
+            end = caplen
+            snapped = 1
     k.l3 = L3_IPV4
     set_v4_mapped(k.src, b + 12)
     set_v4_mapped(k.dst, b + 16)
@@ -394,6 +398,8 @@ cdef inline int decode_link(const uint8_t* p, uint32_t caplen, uint32_t linktype
     cdef uint32_t off = 0, family, hl, size
     cdef uint16_t et = ET_OTHER
     cdef int r
+    et_out[0] = ET_OTHER             # every early return is "not IP", never a stale value
+    off_out[0] = caplen
     if (linktype == LINKTYPE_RAW or linktype == LINKTYPE_IPV4 or linktype == LINKTYPE_IPV6
             or linktype == LINKTYPE_RAW_BSD or linktype == LINKTYPE_RAW_OPENBSD):
         # Raw IP: the version nibble decides; LINKTYPE_IPV4/IPV6 carry only that version.
@@ -500,7 +506,10 @@ cdef inline int decode_link(const uint8_t* p, uint32_t caplen, uint32_t linktype
                 off += 4
                 et = family_ethertype(family)
                 break
-            off += (size + 3) & ~(<uint32_t>3)
+            size = (size + 3) & ~(<uint32_t>3)
+            if size > caplen - off:
+                return R_LINK_SHORT
+            off += size
     elif linktype == LINKTYPE_RADIOTAP or linktype == LINKTYPE_IEEE802_11:
         if linktype == LINKTYPE_RADIOTAP:
             if caplen < 4:
@@ -521,8 +530,8 @@ cdef inline int decode_link(const uint8_t* p, uint32_t caplen, uint32_t linktype
 cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linktype,
                               pkt_t* k) noexcept nogil:
     """Fill `k` from one frame; return R_RULE (0) when decoded, else a malformed reason."""
-    cdef uint32_t off, tags = 0, depth = 0, n
-    cdef uint16_t et, vid
+    cdef uint32_t off = caplen, tags = 0, depth = 0, n
+    cdef uint16_t et = ET_OTHER, vid
     cdef int r
     # Zero every field before the addresses in one burst of stores (the MACs included);
     # addresses are always written before they are read.
@@ -555,7 +564,8 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
         r = decode_link(p, caplen, linktype, k, &et, &off)
         if r != R_RULE:
             return r
-    # Encapsulations between the link and IP: VLAN tags, PPPoE, MPLS, VN-Tag, NSH, LLC/SNAP.
+    # Encapsulations between the link and IP: VLAN tags, PPPoE, MPLS, VN-Tag, NSH, Arista
+    # timestamps, LLC/SNAP.
     # Untagged IP leaves at the first comparison.
     while et != 0x0800 and et != 0x86DD:
         if et == 0x8100 or et == 0x88A8 or et == 0x9100:
@@ -587,6 +597,9 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
                 if n == MAX_MPLS_LABELS:
                     return R_ENCAP_DEPTH
             et = ip_version_ethertype(p, off, caplen)
+            if et == ET_OTHER and off < caplen and (p[off] >> 4) == 0 and caplen - off >= 18:
+                et = rd16(p + off + 16)                   # pseudowire: control word, Ethernet
+                off += 18
         elif et == 0x8926:                                # VN-Tag
             if caplen - off < 6:
                 return R_ENCAP_SHORT
@@ -613,6 +626,18 @@ cdef inline int decode_packet(const uint8_t* p, uint32_t caplen, uint32_t linkty
                 off += 14
             else:
                 et = ET_OTHER
+        elif et == 0xD28B:                                # Arista timestamp header
+            if caplen - off < 4:
+                return R_ENCAP_SHORT
+            n = (rd16(p + off + 2) >> 4) & 0x0F           # format: 1 64-bit, 2 48-bit
+            if rd16(p + off) != 1 or (n != 1 and n != 2):
+                et = ET_OTHER
+            else:
+                n = 12 if n == 1 else 10                  # subtype, version, timestamp
+                if caplen - off < n + 2:
+                    return R_ENCAP_SHORT
+                et = rd16(p + off + n)
+                off += n + 2
         elif et < 0x0600:                                 # 802.3 length: LLC follows
             if caplen - off < 8 or p[off] != 0xAA or p[off + 1] != 0xAA or p[off + 2] != 0x03:
                 break
