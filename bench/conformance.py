@@ -313,7 +313,8 @@ def captures_in(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.name != "SOURCES.json")
+            out += sorted(f for f in p.rglob("*") if f.is_file()
+                          and f.name not in ("SOURCES.json", "SOURCES.md"))
         else:
             out.append(p)
     return out

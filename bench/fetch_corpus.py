@@ -1,6 +1,7 @@
 """Fetch the conformance corpus: real captures from public projects, into bench/corpus/.
 
     .venv/bin/python bench/fetch_corpus.py [--out bench/corpus] [--from NAME=GITDIR ...]
+    .venv/bin/python bench/fetch_corpus.py --subset tests/data/corpus   # the committed subset
 
 Each source is a public Git repository; only its capture files are taken (pcap, pcapng and
 the other formats tshark reads), at the commit fetched, with their path, commit and SHA-256
@@ -48,6 +49,38 @@ SOURCES = (
 )
 
 
+# The committed subset (tests/data/corpus/, used by tests/test_conformance.py): small
+# captures covering every link type and encapsulation the decoder knows that the corpus has,
+# fragments, IPv6 extension headers with AH, real DNS and NTP, a damaged file and a refused one.
+SUBSET = (
+    "tcpdump/tests__OSPFv3_with_AH.pcap",                              # IPv6 AH, OSPF
+    "tcpdump/tests__ppp_ip_udp_dns.pcap",                              # PPP in HDLC framing
+    "tcpdump/tests__pppoes.pcap",                                      # PPPoE session
+    "tcpdump/tests__nsh.pcap",                                         # NSH
+    "tcpdump/tests__loopback.pcap",                                    # Ethernet loopback
+    "tcpdump/tests__ntp.pcap",                                         # NTP client/server
+    "tcpdump/tests__nflog.pcap",                                       # Linux NFLOG
+    "tcpdump/tests__LINKTYPE_IPV4.pcap",                               # raw IPv4
+    "tcpdump/tests__LINKTYPE_IPV6.pcap",                               # raw IPv6
+    "tcpdump/tests__slip-bad-direction.pcap",                          # SLIP
+    "tcpdump/tests__unsupported-link-type-160.pcap",                   # refused, one line
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__NullLoopback.pcap",   # BSD loopback
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__CiscoHDLC.pcap",      # Cisco HDLC
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__PPPoESession.pcap",   # PPPoE session
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__MplsPackets.pcap",    # MPLS, pseudowire
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__QinQ_802.1_AD.pcapng",  # 802.1ad
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__GrePackets.pcap",     # GRE tunnels
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__IPv4Frag.pcap",       # fragments
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__ipv6_opt_fragments.pcap",
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__IPv4-TSO.pcap",       # total length 0
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__Sll2Packet.pcap",     # SLL2
+    "pcapplusplus/Tests__Packet++Test__PacketExamples__llc_vlan.pcap",       # 802.3 + LLC
+    "ppa/udp_dnsrequest.pcapng",                                       # DNS
+    "markofu/PracticalPacketAnalysis__ppa-capture-files__80211traffic.pcap",   # 802.11
+    "markofu/PracticalPacketAnalysis__ppa-capture-files__http-fault-post.pcap",  # damaged
+)
+
+
 def git(gitdir: str, *args: str) -> bytes:
     return subprocess.run(["git", f"--git-dir={gitdir}", *args], check=True,
                           capture_output=True, timeout=600).stdout
@@ -89,13 +122,42 @@ def take(corpus: Corpus, gitdir: str, out: Path) -> list[dict[str, str | int]]:
     return rows
 
 
+def write_subset(corpus: Path, target: Path) -> None:
+    """Copy SUBSET from a fetched corpus into `target`, with SOURCES.md naming each file's
+    repository, commit, path and SHA-256."""
+    manifest = json.loads((corpus / "SOURCES.json").read_text())
+    rows = {row["file"]: row for row in manifest["files"]}
+    target.mkdir(parents=True, exist_ok=True)
+    lines = ["# Captures from public projects, for tests/test_conformance.py", "",
+             "Copied by `bench/fetch_corpus.py --subset tests/data/corpus` from the corpus it",
+             "fetches (bench/conformance.py runs on all of it). Each file is the project's own,",
+             "unchanged; its name here is its path in the repository with `/` as `__`.", "",
+             "| file | repository | commit | path | SHA-256 |", "|---|---|---|---|---|"]
+    for name in SUBSET:
+        row = rows[name]
+        data = (corpus / name).read_bytes()
+        (target / Path(name).name).write_bytes(data)
+        lines.append(f"| {Path(name).name} | {row['repo']} | {str(row['commit'])[:12]} | "
+                     f"{row['path']} | {row['sha256']} |")
+    about = manifest["sources"]
+    lines += ["", *(f"- {name}: {info['repo']}: {info['about']}"
+                    for name, info in about.items())]
+    (target / "SOURCES.md").write_text("\n".join(lines) + "\n")
+    print(f"{len(SUBSET)} captures copied to {target}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(BENCH / "corpus"))
     ap.add_argument("--from", dest="local", action="append", default=[], metavar="NAME=GITDIR",
                     help="read source NAME from a local clone or mirror")
     ap.add_argument("--only", default="", help="comma-separated source names")
+    ap.add_argument("--subset", metavar="DIR",
+                    help="copy the committed subset from an already fetched --out into DIR")
     args = ap.parse_args(argv)
+    if args.subset:
+        write_subset(Path(args.out), Path(args.subset))
+        return 0
     local = dict(item.split("=", 1) for item in args.local)
     only = set(filter(None, args.only.split(",")))
     out = Path(args.out)
