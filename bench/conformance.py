@@ -62,7 +62,8 @@ PORT_LAYER = {6: "tcp", 17: "udp", 136: "udp", 132: "sctp"}   # tshark: UDP-Lite
 TUNNEL_LAYER = {"gre": {"gre"}, "ipip": {"ip"}, "6in4": {"ipv6"}, "etherip": {"etherip"},
                 "l2tpv3": {"l2tp"}, "mpls-in-ip": {"mpls"}}
 SEVERITY_ERROR = 0x00800000
-ZERO_MAC = "00:00:00:00:00:00"   # a link address of zeros (loopback) identifies no device
+ZERO_MAC = "00:00:00:00:00:00"   # a link address of zeros (loopback, tests) identifies no
+                                 # device: the same as none on either side
 # Layers wardtap decodes itself: a malformed label about one of them matters.
 OWN_LAYERS = ("Ethernet", "VLAN", "IEEE 802.1ad", "ARP/RARP", "IPv4", "IPv6", "TCP", "UDP",
               "UDP-Lite", "ICMP", "ICMPv6", "SCTP", "SLL", "PPPoE", "PPP", "Null/Loopback")
@@ -187,10 +188,9 @@ def compare_packet(w: dict[str, Any], t: dict[str, Any]) -> list[tuple[str, Any,
             and not w.get("tunnel") and not icmp_error(w):
         bad.append(("malformed", "decoded", malformed[:80]))
     tmac = first(t, "eth.src") or first(t, "sll.src.eth") or first(t, "wlan.sa")
-    if tmac == ZERO_MAC:
-        tmac = None
-    if w.get("smac") != tmac:
-        bad.append(("source MAC", w.get("smac"), tmac))
+    ours = w.get("smac")
+    if (ours if ours != ZERO_MAC else None) != (tmac if tmac != ZERO_MAC else None):
+        bad.append(("source MAC", ours, tmac))
     l3, idx = tshark_l3(layers)
     tags = tshark_tags(t, layers[:idx] if idx >= 0 else layers)
     ours = [v for v in (w.get("vlan_outer"), w["vlan"]) if v]

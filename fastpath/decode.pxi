@@ -305,8 +305,8 @@ cdef inline int decode_arp(const uint8_t* p, uint32_t off, uint32_t caplen,
     k.l3 = L3_ARP
     memset(k.src, 0, 16)
     memset(k.dst, 0, 16)
-    if caplen - off < 8:
-        return R_ARP_SHORT
+    if caplen - off < 8 or 8 + 2 * (<uint32_t>b[4] + b[5]) > caplen - off:
+        return R_ARP_SHORT                                # addresses past the frame
     if rd16(b) == 1 and rd16(b + 2) == 0x0800 and b[4] == 6 and b[5] == 4:
         if caplen - off < 28:
             return R_ARP_SHORT
@@ -449,11 +449,18 @@ cdef inline int decode_link(const uint8_t* p, uint32_t caplen, uint32_t linktype
         et = rd16(p + 2)
         off = 4
     elif linktype == LINKTYPE_FRELAY:
-        # Q.922 two-byte address, then RFC 2427 (control 0x03, NLPID) or Cisco (EtherType).
-        if caplen < 4 or (p[0] & 1) or not (p[1] & 1):
-            return R_LINK_SHORT if caplen < 4 else R_RULE
-        if p[2] == 0x03:
-            off = 3
+        # A Q.922 address of 2-4 bytes (the last has the EA bit), then RFC 2427 (control
+        # 0x03, NLPID) or Cisco (an EtherType).
+        off = 1
+        while off < 4 and off < caplen and not (p[off] & 1):
+            off += 1
+        if off >= caplen or caplen - off < 3:
+            return R_LINK_SHORT
+        if (p[0] & 1) or not (p[off] & 1):
+            return R_RULE                                 # not a Q.922 address
+        off += 1
+        if p[off] == 0x03:
+            off += 1
             if p[off] == 0x00:                            # padding before the NLPID
                 off += 1
             if off >= caplen:
@@ -470,13 +477,14 @@ cdef inline int decode_link(const uint8_t* p, uint32_t caplen, uint32_t linktype
                 et = rd16(p + off + 4)
                 off += 6
         else:
-            et = rd16(p + 2)
-            off = 4
+            et = rd16(p + off)
+            off += 2
     elif linktype == LINKTYPE_SLIP:
         if caplen < 16:
             return R_LINK_SHORT
         off = 16
-        et = ip_version_ethertype(p, off, caplen)
+        if p[0] <= 1:                                     # direction: received, sent
+            et = ip_version_ethertype(p, off, caplen)
     elif linktype == LINKTYPE_PFLOG:
         if caplen < 2:
             return R_LINK_SHORT
