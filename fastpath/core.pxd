@@ -72,19 +72,19 @@ cdef enum:
     END_REORIENTED = 6        # evidence contradicted a guessed initiator: started again
 
 # How a flow's initiator was decided (flow_t.orient, event_t.orient); docs/fastpath.md.
-# Up to ORIENT_PAYLOAD the packets said it; from ORIENT_POLICY on it is a guess, and a guess
-# is replaced when a later packet contradicts it (END_REORIENTED).
+# Up to ORIENT_UNSOLICITED the packets said it; from ORIENT_GUESSED on it is a guess, and a
+# guess is replaced when a later packet contradicts it (END_REORIENTED).
 cdef enum:
     ORIENT_SYN = 1            # TCP SYN (the sender) or SYN-ACK (the receiver)
     ORIENT_ICMP = 2           # ICMP request or reply type
     ORIENT_GROUP = 3          # broadcast or multicast receiver: the sender started it
     ORIENT_PAYLOAD = 4        # DNS, NTP or DHCP header: a request or an answer
-    ORIENT_POLICY = 5         # the policy allows the conversation one way only
-    ORIENT_SERVICE = 6        # one side offers a service known on its port
-    ORIENT_PORTS = 7          # service port against ephemeral port (port classes)
-    ORIENT_LOWER_PORT = 8     # same class: the lower port is the service
-    ORIENT_FIRST = 9          # same port both sides: the first sender
-    ORIENT_UNSOLICITED = 10   # an answer no request can explain: its sender started it
+    ORIENT_UNSOLICITED = 5    # an answer no request can explain: its sender started it
+    ORIENT_POLICY = 6         # the policy allows the conversation one way only
+    ORIENT_SERVICE = 7        # one side offers a service known on its port
+    ORIENT_PORTS = 8          # service port against ephemeral port (port classes)
+    ORIENT_LOWER_PORT = 9     # same class: the lower port is the service
+    ORIENT_FIRST = 10         # same port both sides: the first sender
     ORIENT_GUESSED = ORIENT_POLICY
 
 # Payload evidence in pkt_t.answer: what a DNS, NTP or DHCP header says the packet is.
@@ -114,10 +114,14 @@ cdef enum:
     FLOW_ACTIVE = 1
     FLOW_CLOSING = 2
 
+# A flow waiting for one side to speak (flow_t.pending): the side (key.a or key.b), and what
+# then happens: decided with that side identified, or started again from its packet.
 cdef enum:
     PENDING_NONE = 0
     PENDING_A = 1
     PENDING_B = 2
+    PENDING_SIDE = 3
+    PENDING_RESTART = 4       # after an unsolicited answer: its receiver speaks for itself
 
 cdef enum:
     FRAG_NONE = 0
@@ -171,7 +175,7 @@ ctypedef struct pkt_t:
     uint8_t inner_valid      # ICMP error quoting an IP header: the inner_* fields are set
     uint8_t inner_proto
     uint8_t inner_icmp_type
-    uint8_t answer           # ANSWER_*: a DNS, NTP or DHCP request or answer
+    uint8_t answer           # ANSWER_*: a TCP SYN / SYN-ACK, a DNS, NTP or DHCP request / answer
     uint8_t more_frags       # IP more-fragments flag
     uint16_t frag_off        # fragment offset, 8-byte units
     uint16_t inner_sport
@@ -223,7 +227,7 @@ ctypedef struct flow_t:
     uint8_t sampled[2]       # per direction: packets marked for dissection (255: gave up)
     uint16_t nearest         # denied: the rule that came closest (see `reason`), else NO_RULE
     uint8_t orient           # ORIENT_*: how the initiator was decided
-    uint8_t pending          # PENDING_*: decided when this side (key.a or key.b) speaks
+    uint8_t pending          # PENDING_*: decided again when this side (key.a or key.b) speaks
     uint8_t pad[4]
 
 # One device, keyed by its source MAC (or its address when the link has none).
@@ -371,6 +375,8 @@ cdef class Classifier:
     cdef uint64_t* addr_tags         # address -> device: a receiver's MAC on links that
     cdef uint32_t* addr_devs         # carry the sender's only (inline, Linux cooked)
     cdef uint32_t addr_mask
+    cdef const uint8_t* batch_hints  # the current batch's hints (or NULL), and the packet
+    cdef uint64_t batch_first        # number of its first packet: read at flow starts only
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
@@ -383,10 +389,12 @@ cdef class Classifier:
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint8_t* sample) noexcept nogil
     cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
-                         const policy_t* pol, uint8_t hint, uint8_t* verdict, uint8_t* reason,
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint16_t* rule, uint8_t* sample) noexcept nogil
+    cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
+                    bint from_initiator, uint64_t ts, int* settle) noexcept nogil
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
-                          const policy_t* pol, uint8_t hint) noexcept nogil
+                          const policy_t* pol) noexcept nogil
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
     cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil
     cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil

@@ -334,8 +334,7 @@ cdef class Classifier:
         groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
         groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
         f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule, &f.nearest)
-        if (f.reason != R_RULE and f.orient >= ORIENT_GUESSED and f.orient != ORIENT_UNSOLICITED
-                and has_ports(f.key.proto)):
+        if f.reason != R_RULE and f.orient >= ORIENT_GUESSED and has_ports(f.key.proto):
             if evaluate(pol, gr, gi, f.key.proto, f.key.pb if not f.init_is_a else f.key.pa,
                         &rule, &nearest) == R_RULE:
                 flow_flip(f)
@@ -452,6 +451,10 @@ cdef class Classifier:
         cdef uint32_t length
         cdef uint8_t no_sample = 0
         cdef uint8_t* sample = &no_sample
+        if self.start_ns == 0:
+            self.start_ns = ts[0]     # when the classifier started watching (capture time)
+        self.batch_hints = hints      # read at flow starts only (_start_flow)
+        self.batch_first = self.st.packets
         for i in range(n):
             if i + PREFETCH_AHEAD < n and offsets[i + PREFETCH_AHEAD] >= 0 and offsets[i + PREFETCH_AHEAD] < buflen:
                 WARDTAP_PREFETCH(buf + offsets[i + PREFETCH_AHEAD])
@@ -468,8 +471,6 @@ cdef class Classifier:
                 r = decode_packet(buf + offsets[i], length, linktypes[i], &k)
                 if ts[i] > self.now_ns:
                     self.now_ns = ts[i]
-                if self.start_ns == 0:
-                    self.start_ns = ts[i]
             if r != R_RULE:
                 self._malformed(&k, r, ts[i], i)
                 verdicts[i] = VERDICT_MALFORMED
@@ -477,8 +478,7 @@ cdef class Classifier:
                 rules[i] = NO_RULE
                 continue
             if k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
-                self._ip_packet(&k, length, ts[i], pol, hints[i] if hints != NULL else HINT_NONE,
-                                &verdicts[i], &reasons[i], &rules[i],
+                self._ip_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i], &rules[i],
                                 sample if samples != NULL else NULL)
             else:
                 self._l2_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i],
@@ -489,6 +489,7 @@ cdef class Classifier:
             else:
                 self.st.denied += 1
             self.st.reasons[reasons[i]] += 1
+        self.batch_hints = NULL
         sweep_idle(self, self.now_ns)
 
     cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil:
@@ -579,13 +580,14 @@ cdef class Classifier:
         verdict[0] = VERDICT_ALLOW if action == ACTION_ALLOW else VERDICT_DENY
 
     cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
-                         const policy_t* pol, uint8_t hint, uint8_t* verdict, uint8_t* reason,
+                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint16_t* rule, uint8_t* sample) noexcept nogil:
         cdef flow_key_t key
         cdef bint swapped, created, from_initiator
         cdef flow_t* f
         cdef uint32_t role, slot
         cdef uint64_t fh
+        cdef int settle
         if k.frag == FRAG_LATER:
             fh = frag_hash(k, self.seed)
             slot = fh & self.frag_mask
@@ -622,27 +624,14 @@ cdef class Classifier:
             f.key = key
             created = 1
         from_initiator = swapped != f.init_is_a
-        if (not created and f.orient >= ORIENT_GUESSED and f.state == FLOW_ACTIVE
-                and contradicts(f, k, 0 if from_initiator else 1)):
-            # The initiator was a guess and this packet says otherwise: the flow starts
-            # again from it, and is decided again.
-            self.st.flows_reoriented += 1
-            end_flow(self, f, END_REORIENTED, ts)
-            memset(f, 0, sizeof(flow_t))
-            f.key = key
-            created = 1
+        settle = 0
+        if not created and (k.answer | f.pending):
+            # Rare: a packet with a say (SYN, DNS/NTP/DHCP) or a flow waiting for a side.
+            created = self._heed(f, k, &key, swapped, from_initiator, ts, &settle)
         if created:
-            self._start_flow(f, k, swapped, ts, pol, hint)
+            self._start_flow(f, k, swapped, ts, pol)
             from_initiator = swapped != f.init_is_a
         role = 0 if from_initiator else 1
-        # Services seen offered, for orienting flows met in the middle: a SYN-ACK's sender;
-        # the first answer of a flow whose initiator was not guessed from ports.
-        if k.proto == 6:
-            if (k.tcp_flags & 0x12) == 0x12:
-                service_learn(self, k.src, 6, k.sport)
-        elif role == 1 and f.pkts[1] == 0 and f.orient <= ORIENT_POLICY and has_ports(k.proto) \
-                and f.orient != ORIENT_GROUP:
-            service_learn(self, k.src, k.proto, k.sport)
         f.pkts[role] += 1
         f.bytes[role] += length
         f.last_ns = ts
@@ -662,15 +651,13 @@ cdef class Classifier:
         if f.dev[1 - role] != NO_DEVICE:
             self.devices[f.dev[1 - role]].pkts_rx += 1
             self.devices[f.dev[1 - role]].bytes_rx += length
-        if f.pending:
-            if (f.pending == PENDING_A) != swapped:
-                self._settle_pending(f, pol, ts)  # the unidentified side speaks: decide now
-            elif k.has_mac == 1 and device_at(self, k.dst) != NO_DEVICE:
-                # ... or has spoken since, in another flow: its device knows its MAC.
-                if f.dev[1 - role] == NO_DEVICE:
-                    f.dev[1 - role] = device_at(self, k.dst)
-                    self.devices[f.dev[1 - role]].flows += 1
-                self._settle_pending(f, pol, ts)
+        if settle:
+            # The pending flow's unidentified side speaks, or has spoken in another flow: its
+            # device (touched above, or found by address) knows its MAC. Decide now.
+            if f.dev[1 - role] == NO_DEVICE and settle == 2:
+                f.dev[1 - role] = device_at(self, k.dst)
+                self.devices[f.dev[1 - role]].flows += 1
+            self._settle_pending(f, pol, ts)
         if k.proto == 6 and (k.tcp_flags & 0x05):
             self._tcp_close(f, k.tcp_flags, role, ts)
         if sample != NULL and (f.sampled[role] < self.sample_per_flow or discovery_port(k)):
@@ -691,8 +678,38 @@ cdef class Classifier:
         reason[0] = f.reason
         rule[0] = f.rule
 
+    cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
+                    bint from_initiator, uint64_t ts, int* settle) noexcept nogil:
+        """An existing flow's packet that says who is who (k.answer), or a flow waiting for
+        one side (f.pending). Returns 1 when the flow starts again from this packet: a
+        guessed initiator it contradicts, or the receiver of an unsolicited answer speaking
+        for itself. Sets *settle (1: the waited-for side sends this; 2: it has spoken in
+        another flow) for a flow waiting for its receiver to be identified."""
+        if k.answer == ANSWER_REPLY:
+            # A SYN-ACK or a DNS/NTP/DHCP answer: its sender offers that port.
+            service_learn(self, k.src, k.proto, k.sport)
+        if f.state != FLOW_ACTIVE:
+            return 0
+        if f.pending & PENDING_RESTART:
+            if not side_speaks(f.pending, swapped):
+                return 0
+        elif f.pending:
+            if side_speaks(f.pending, swapped):
+                settle[0] = 1
+            elif k.has_mac == 1 and device_at(self, k.dst) != NO_DEVICE:
+                settle[0] = 2
+            return 0
+        elif not (k.answer and f.orient >= ORIENT_GUESSED
+                  and contradicts(k, 0 if from_initiator else 1)):
+            return 0
+        self.st.flows_reoriented += 1
+        end_flow(self, f, END_REORIENTED, ts)
+        memset(f, 0, sizeof(flow_t))
+        f.key = key[0]
+        return 1
+
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
-                          const policy_t* pol, uint8_t hint) noexcept nogil:
+                          const policy_t* pol) noexcept nogil:
         cdef bint sender_first
         cdef uint8_t orient = orient_packet(self, k, &sender_first)
         cdef uint64_t gs[GROUP_WORDS]      # the sender's groups
@@ -704,6 +721,13 @@ cdef class Classifier:
         cdef event_t* e
         cdef uint32_t d
         cdef bint peer_created
+        # What the kernel knows of this conversation (inline datapaths): read here, once per
+        # flow, from the batch's hints (this packet is number st.packets - 1).
+        cdef uint8_t hint = HINT_NONE
+        if self.batch_hints != NULL:
+            hint = self.batch_hints[self.st.packets - 1 - self.batch_first]
+        if k.answer == ANSWER_REPLY:
+            service_learn(self, k.src, k.proto, k.sport)      # a SYN-ACK, a DNS/NTP answer
         # The receiver, if it is a device already known (on links that carry only the
         # sender's MAC, found by its address): its MAC decides its groups.
         cdef uint32_t peer = device_lookup(self, k, ts, &peer_created, 1)
@@ -732,6 +756,7 @@ cdef class Classifier:
             # started this conversation (never a hole for a packet that only looks right).
             sender_first = 1
             orient = ORIENT_UNSOLICITED
+            f.pending = PENDING_RESTART | (PENDING_A if swapped else PENDING_B)
             self.st.unsolicited_answers += 1
             if enforcing:
                 why = decide_oriented(pol, gs, gd, k, 1, &rule, &nearest)

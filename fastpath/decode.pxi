@@ -172,6 +172,8 @@ cdef inline int decode_l4(const uint8_t* p, uint32_t off, uint32_t end, bint sna
         k.sport = rd16(p + off)
         k.dport = rd16(p + off + 2)
         k.tcp_flags = p[off + 13]
+        if k.tcp_flags & 0x02:            # SYN: a request; SYN-ACK: its answer
+            k.answer = ANSWER_REPLY if k.tcp_flags & 0x10 else ANSWER_REQUEST
     elif proto == 17 or proto == 136:     # UDP, UDP-Lite
         if avail < 8:
             return R_UDP_SHORT
@@ -232,13 +234,13 @@ cdef inline int decode_ipv4(const uint8_t* p, uint32_t off, uint32_t caplen,
     set_v4_mapped(k.dst, b + 16)
     k.proto = b[9]
     frag_field = rd16(b + 6)
-    k.frag_id = rd16(b + 4)
-    k.frag_off = frag_field & 0x1FFF
-    k.more_frags = (frag_field >> 13) & 1
-    if k.frag_off:
-        k.frag = FRAG_LATER
-        return R_RULE
-    if k.more_frags:
+    if frag_field & 0x3FFF:   # more fragments, or an offset: a fragment
+        k.frag_id = rd16(b + 4)
+        k.frag_off = frag_field & 0x1FFF
+        k.more_frags = (frag_field >> 13) & 1
+        if k.frag_off:
+            k.frag = FRAG_LATER
+            return R_RULE
         k.frag = FRAG_FIRST
         snapped = 1           # the transport header's lengths cover the whole datagram
     return decode_l4(p, off + ihl, end, snapped, b[9], k)

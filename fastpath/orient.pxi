@@ -11,14 +11,15 @@
 #      ports, then the ephemeral ranges of the common stacks;
 #   5. the lower port is the service; equal ports: the first sender.
 # An orientation from 2-5 is a guess: a later packet that contradicts it (a request from the
-# side taken for the server) starts the flow again (END_REORIENTED).
+# side taken for the server) starts the flow again (END_REORIENTED); so does, after an
+# unsolicited answer, any packet its receiver sends of its own.
 #
 # A first packet taken for an answer (its receiver the initiator) is accepted as one only
 # when its request can have been missed (answer_accepted); otherwise it is an unsolicited
 # answer: its sender is the initiator, and a denied one says so (R_UNSOLICITED).
 #
 # Cost: all of this runs once per flow, never per packet, except two byte tests per packet
-# (learning services from SYN-ACKs, and the contradiction test of guessed flows).
+# (k.answer, set by the decoder for SYNs and DNS/NTP/DHCP only, and the flow's `pending`).
 
 cdef enum:
     PORT_WELL_KNOWN = 0        # 1-1023
@@ -164,20 +165,16 @@ cdef inline bint answer_accepted(Classifier c, const pkt_t* k, uint8_t hint,
     return ts - c.start_ns <= c.timeouts[TIMEOUT_UDP]
 
 
-cdef inline bint contradicts(const flow_t* f, const pkt_t* k, uint32_t role) noexcept nogil:
-    """A packet of a flow whose initiator was guessed (or taken from an unsolicited answer)
-    that says otherwise: a request from the side taken for the responder, an answer from the
-    side taken for the initiator. After an unsolicited answer, anything its receiver sends
-    is its own initiative (in enforce mode the answer never reached it)."""
-    if f.orient == ORIENT_UNSOLICITED:
-        return role == 1
-    if k.proto == 6:
-        if not (k.tcp_flags & 0x02):
-            return 0
-        return (role == 1) == (not (k.tcp_flags & 0x10))
-    if k.answer != ANSWER_UNKNOWN:
-        return (k.answer == ANSWER_REQUEST) == (role == 1)
-    return 0
+cdef inline bint contradicts(const pkt_t* k, uint32_t role) noexcept nogil:
+    """A packet with a say (k.answer: a SYN or SYN-ACK, a DNS/NTP/DHCP request or answer) that
+    contradicts a guessed initiator: a request from the side taken for the responder, or an
+    answer from the side taken for the initiator."""
+    return (k.answer == ANSWER_REQUEST) == (role == 1)
+
+
+cdef inline bint side_speaks(uint8_t pending, bint swapped) noexcept nogil:
+    """Whether the sender (key.b when `swapped`) is the side a pending flow waits for."""
+    return ((pending & PENDING_SIDE) == PENDING_A) != swapped
 
 
 cdef inline uint16_t responder_port(const pkt_t* k, bint sender_first) noexcept nogil:
