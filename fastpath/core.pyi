@@ -18,6 +18,13 @@ DEVICE_SLOT_BYTES: int
 EVENT_BYTES: int
 BUCKET_SIZE: int
 STATS_FIELDS: tuple[str, ...]
+ORIENT_NAMES: dict[int, str | None]
+TUNNEL_NAMES: dict[int, str]
+HINT_KNOWN_CONVERSATION: int
+HINT_NEW_CONVERSATION: int
+LINKTYPES: tuple[int, ...]
+KNOWN_SERVICE_PORTS: tuple[int, ...]
+SERVICE_SLOTS: int
 EVENT_FIELDS: tuple[str, ...]
 DEVICE_FIELDS: tuple[str, ...]
 
@@ -55,7 +62,9 @@ class Classifier:
     def reevaluate(self) -> list[tuple[Any, ...]]: ...
     def classify(self, buf: Buffer, offsets: Buffer, lengths: Buffer, timestamps: Buffer,
                  linktypes: Buffer, verdicts: Buffer, reasons: Buffer, rules: Buffer,
-                 samples: Buffer | None = ...) -> int: ...
+                 samples: Buffer | None = ..., hints: Buffer | None = ...) -> int: ...
+    def add_services(self, services: Any) -> int: ...
+    def knows_service(self, addr: bytes, proto: int, port: int) -> bool: ...
     def set_sampling(self, per_flow: int = ..., device_budget: int = ...,
                      device_window_s: float = ..., global_budget: int = ...) -> None: ...
     def drain(self, max_events: int = ...) -> list[tuple[Any, ...]]: ...

@@ -160,6 +160,23 @@ cdef inline Py_ssize_t put_addr_cached(uint8_t* out, Py_ssize_t at, const uint8_
     return end
 
 
+cdef inline const char* tunnel_text(uint8_t tunnel) noexcept nogil:
+    """TUNNEL_NAMES as JSON strings."""
+    if tunnel == TUN_IPIP:
+        return b'"ipip"'
+    if tunnel == TUN_IPV6:
+        return b'"6in4"'
+    if tunnel == TUN_GRE:
+        return b'"gre"'
+    if tunnel == TUN_ETHERIP:
+        return b'"etherip"'
+    if tunnel == TUN_L2TP:
+        return b'"l2tpv3"'
+    if tunnel == TUN_MPLS:
+        return b'"mpls-in-ip"'
+    return b'"other"'
+
+
 def packet_lines(const uint8_t[::1] buf, const int64_t[::1] offsets,
                  const uint32_t[::1] lengths, const uint16_t[::1] linktypes,
                  const uint64_t[::1] timestamps, const uint8_t[::1] verdicts,
@@ -249,8 +266,14 @@ def packet_lines(const uint8_t[::1] buf, const int64_t[::1] offsets,
                 at = put_u(&out[0], at, k.sport) if has_l4 else put_n(&out[0], at, b"null", 4)
                 at = put_n(&out[0], at, b',"dport":', 9)
                 at = put_u(&out[0], at, k.dport) if has_l4 else put_n(&out[0], at, b"null", 4)
+            if k.frag_off or k.more_frags:
+                at = put_n(&out[0], at, b',"frag_offset":', 15)
+                at = put_u(&out[0], at, <uint64_t>k.frag_off * 8)
+                at = put_n(&out[0], at, b',"more_fragments":', 18)
+                at = put(&out[0], at, b"true" if k.more_frags else b"false")
             if k.tunnel:
-                at = put_n(&out[0], at, b',"tunnel":true', 14)
+                at = put_n(&out[0], at, b',"tunnel":', 10)
+                at = put(&out[0], at, tunnel_text(k.tunnel))
             out[at] = 125
             out[at + 1] = 10
             at += 2

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   iproute2 iptables kmod conntrack                   # datapaths: namespaces, bridge, netfilter
   libnetfilter-queue1 libnetfilter-queue-dev         # NFQUEUE (inline enforcement)
   iputils-ping netcat-openbsd                        # end-to-end tests: real traffic
+  dnsmasq-base chrony                                # end-to-end tests: real DNS and NTP daemons
   iperf3 valgrind                                    # bench: throughput, instruction counts
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out

@@ -17,6 +17,7 @@ from fastpath import (
     FLOW_END_NAMES,
     NO_DEVICE_INDEX,
     NO_RULE_INDEX,
+    ORIENT_NAMES,
     REASON_NAMES,
     VERDICT_NAMES,
 )
@@ -66,6 +67,7 @@ _SRC, _DST, _SMAC, _DMAC, _SPORT, _DPORT, _VLAN, _RULE = (_E[k] for k in (
     "src", "dst", "smac", "dmac", "sport", "dport", "vlan", "rule"))
 _DEV, _PEER, _REASON, _VERDICT, _PROTO, _L3, _HASMAC, _ICMPT = (_E[k] for k in (
     "device", "peer_device", "reason", "verdict", "proto", "l3", "has_mac", "icmp_type"))
+_ORIENT = _E["orient"]
 
 
 def event_dict(rec: Sequence[Any], rule_name: Callable[[int], str | None] | None = None,
@@ -85,7 +87,8 @@ def event_dict(rec: Sequence[Any], rule_name: Callable[[int], str | None] | None
     proto = rec[_PROTO]
     out.update(flow=rec[_FLOW], src=address(rec[_SRC], l3), dst=address(rec[_DST], l3),
                proto=proto, vlan=rec[_VLAN], verdict=VERDICT_NAMES[rec[_VERDICT]],
-               device=_index(rec[_DEV]), peer_device=_index(rec[_PEER]))
+               device=_index(rec[_DEV]), peer_device=_index(rec[_PEER]),
+               orient=ORIENT_NAMES.get(rec[_ORIENT]))   # how the initiator (src) was decided
     if proto in (1, 58):
         out.update(icmp_type=rec[_ICMPT], icmp_id=rec[_SPORT])
     else:

@@ -54,8 +54,14 @@ RATE_INTERVAL = 1.0
 RATE_SAMPLES = 61
 RATE_WINDOW = 5
 RECENT_VIOLATIONS = 20
+TCP_IDLE, ICMP_IDLE, OTHER_IDLE, CLOSING_IDLE = 3600.0, 30.0, 120.0, 10.0   # the fast path's
 VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", "vlan",
                     "reason", "verdict", "rule", "smac")
+
+
+def flow_timeouts(udp: float) -> tuple[float, float, float, float, float]:
+    """Idle timeouts for the classifier: the fast path's defaults, UDP's from the config."""
+    return (TCP_IDLE, udp, ICMP_IDLE, OTHER_IDLE, CLOSING_IDLE)
 
 
 class Daemon:
@@ -74,7 +80,8 @@ class Daemon:
         self.outputs: list[Output] = []
         self.source: Source | None = None
         self.classifier = Classifier(flow_capacity=config.flows,
-                                     device_capacity=config.devices)
+                                     device_capacity=config.devices,
+                                     timeouts=flow_timeouts(config.udp_timeout))
         self.batches = 0
         self.last_batch = time.monotonic()
         self.baseline: Baseline | None = None
@@ -134,7 +141,11 @@ class Daemon:
 
                 self.integrity = IntegrityMonitor.from_config(cfg.integrity)
                 self.integrity.start()          # first check now, then every interval
-            self.source = make_source(cfg.datapath, **cfg.datapath_options)
+            options = dict(cfg.datapath_options)
+            if cfg.datapath == "inline":
+                # the kernel's hints mean something past the classifier's answer window
+                options["answer_window"] = cfg.udp_timeout
+            self.source = make_source(cfg.datapath, **options)
             if cfg.panel:
                 from appliance.panel.frontpanel import FrontPanel
 
@@ -209,11 +220,12 @@ class Daemon:
                     if n > n_max:
                         raise WardtapError(f"datapath batch of {n} packets exceeds {n_max}")
                     clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
-                                 batch.linktypes, verdicts, reasons, rules, samples)
+                                 batch.linktypes, verdicts, reasons, rules, samples,
+                                 batch.hints)
                     if ident is not None:
                         ident.offer(batch, n)   # copies the marked packets out, never waits
                     if self.source.inline:
-                        self.source.verdict(batch, verdicts[:n], self.mode)
+                        self.source.verdict(batch, verdicts[:n], self.mode, reasons[:n])
                 else:
                     clf.sweep(time.time_ns())
             except Exception as exc:  # noqa: BLE001  (first, do no harm: fail open, go on)

@@ -3,7 +3,7 @@
 A line holds the packet's number and capture time (`i`; `ts`, seconds since 1970 from the
 capture, to the microsecond), its verdict, reason and rule, and what was decoded (`vlan`,
 `src`, `dst`, `proto`, `sport`/`dport` or `icmp_type`/`icmp_code`, and when present
-`vlan_outer`, `smac`, `tunnel`):
+`vlan_outer`, `smac`, `frag_offset` and `more_fragments`, `tunnel`):
 
     {"i":0,"ts":1732788000.300000,"verdict":"allow","reason":"rule","rule":"ward-dns",...}
 

@@ -114,6 +114,10 @@ class Baseline:
         self.inventory.observe_events(events)
         for e in events:
             kind = e["type"]
+            if e.get("orient") == "unsolicited" and kind in ("new_flow", "flow_end"):
+                # An answer no request explains (docs/fastpath.md): no conversation of anyone's.
+                self.counters["unsolicited_answers"] += kind == "new_flow"
+                continue
             if kind == "new_flow":
                 key = (_mac(e.get("smac")), e["src"], _mac(e.get("dmac")), e["dst"],
                        int(e["vlan"]), int(e["proto"]), _port(e))
@@ -134,6 +138,15 @@ class Baseline:
 
     def _end(self, e: dict[str, Any]) -> None:
         key = self._open.pop(e["flow"], None)
+        if e.get("end") == "reoriented":
+            # Its initiator was a guess a later packet contradicted; the flow started again
+            # the right way round (its own new_flow), so the guess is taken back.
+            self.counters["flows_reoriented"] += 1
+            if key is not None and key in self.conversations:
+                self.conversations[key].flows -= 1
+                if self.conversations[key].flows <= 0:
+                    del self.conversations[key]
+            return
         if key is None:   # its new_flow was lost (event ring overflow): addresses only
             key = (None, e["src"], None, e["dst"], int(e["vlan"]), int(e["proto"]), _port(e))
             stats = self.conversations.setdefault(key, Stats())

@@ -29,6 +29,8 @@ socket = "/run/wardtap/control.sock"
 [tables]
 flows = 65536               # flow slots, 128 bytes each
 devices = 4096
+udp_timeout = 60            # seconds a UDP flow stays without packets; also how long an
+                            # answer may come without its request seen (docs/fastpath.md)
 
 [broker]                    # optional: report to the fleet over MQTT (docs/mqtt.md)
 url = "mqtts://broker.hosp.example:8883"
@@ -90,6 +92,7 @@ class Config:
     control_socket: str | None = DEFAULT_CONTROL
     flows: int = 65536
     devices: int = 4096
+    udp_timeout: float = 60.0
     learn_output: str | None = None
     learn_interval: int = 0
     panel: bool = True            # LEDs, button, relay heartbeat (simulated off a Pi)
@@ -116,7 +119,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "store": {"path": str},
     "events": {"log": str},
     "control": {"socket": str},
-    "tables": {"flows": int, "devices": int},
+    "tables": {"flows": int, "devices": int, "udp_timeout": (int, float)},
     "learn": {"output": str, "interval": int},
     "panel": {"enabled": bool},
     "broker": {"url": str, "site": str, "appliance": str, "ca": str, "cert": str, "key": str,
@@ -210,6 +213,10 @@ def load_config(path: str) -> Config:
     if mode in ("monitor", "enforce") and get("policy", "file") is None:
         raise ConfigError(path, f"mode {mode} needs a policy: [policy] file = \"...\"",
                           lines.key("[appliance]", "mode"), "policy.file")
+    udp_timeout = get("tables", "udp_timeout", 60)
+    if not 1 <= udp_timeout <= 3600:
+        raise ConfigError(path, "must be between 1 and 3600 seconds",
+                          lines.key("[tables]", "udp_timeout"), "tables.udp_timeout")
     broker = _broker(path, lines, doc, rel, get("store", "path"))
     integrity = None
     if "integrity" in doc:
@@ -234,7 +241,8 @@ def load_config(path: str) -> Config:
         event_log=rel(get("events", "log")),
         control_socket=rel(get("control", "socket", DEFAULT_CONTROL)),
         flows=get("tables", "flows", 65536), devices=get("tables", "devices", 4096),
-        learn_output=rel(get("learn", "output")), learn_interval=get("learn", "interval", 0),
+        udp_timeout=float(udp_timeout), learn_output=rel(get("learn", "output")),
+        learn_interval=get("learn", "interval", 0),
         panel=get("panel", "enabled", True), integrity=integrity,
     )
 

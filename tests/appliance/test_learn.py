@@ -383,3 +383,28 @@ def test_bad_name(small: dict, tmp_path: Path) -> None:
     result = run_wardtap("learn", small["capture"], "-o", str(tmp_path / "p.toml"),
                          "--name", "x" * 65)
     assert result.returncode == 2 and "--name" in result.stderr
+
+
+def _flow(kind: str, flow: int, src: str, dst: str, dport: int, orient: str,
+          **extra: object) -> dict:
+    return {"type": kind, "ts": 1.0, "flow": flow, "src": src, "dst": dst, "proto": 17,
+            "sport": 40000, "dport": dport, "vlan": 0, "orient": orient,
+            "smac": "02:00:00:00:00:01", "dmac": "02:00:00:00:00:02", **extra}
+
+
+def test_unsolicited_answers_and_taken_back_guesses_are_not_learned() -> None:
+    """An answer no request explains is no conversation; a guess that a later packet
+    contradicted is replaced by the flow started again the right way round."""
+    baseline = Baseline()
+    baseline.observe([
+        _flow("new_flow", 1, "10.9.0.53", "10.1.0.5", 40000, "unsolicited"),
+        _flow("flow_end", 1, "10.9.0.53", "10.1.0.5", 40000, "unsolicited", end="idle",
+              packets=1, bytes=80),
+        _flow("new_flow", 2, "10.9.0.10", "10.1.0.5", 40001, "lower_port"),
+        _flow("flow_end", 2, "10.9.0.10", "10.1.0.5", 40001, "lower_port", end="reoriented",
+              packets=1, bytes=60),
+        _flow("new_flow", 3, "10.1.0.5", "10.9.0.10", 7400, "syn"),
+    ])
+    assert [(k[1], k[3], k[6]) for k in baseline.conversations] == [
+        ("10.1.0.5", "10.9.0.10", 7400)]
+    assert baseline.counters == {"unsolicited_answers": 1, "flows_reoriented": 1}

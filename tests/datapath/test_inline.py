@@ -250,7 +250,10 @@ def test_rules_are_idempotent_and_leave_other_marks_alone(ward: Ward) -> None:
         chain = ward.exec(ward.appliance, f"{tool} -S WARDTAP_FWD").stdout
         assert "--queue-num 0 --queue-bypass" in chain
         assert "--nfmask 0xff000000 --ctmask 0xff000000" in chain   # other bits untouched
-        assert chain.count("0xff000000") == 10
+        assert chain.count("0xff000000") == 11
+        # The classifier's hint: this conversation was known to the kernel before.
+        assert "--ctstatus CONFIRMED -m comment --comment \"wardtap:known-conversation\" " \
+               "-j MARK --set-xmark 0x3000000/0xff000000" in chain
     status = json.loads(run("status").stdout)
     assert status["state"] == "enforce" and status["epoch"] == 1   # installing again: same
     assert status["bridge_nf_call"] == {"iptables": 1, "ip6tables": 1}
