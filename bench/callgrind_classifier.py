@@ -2,7 +2,7 @@
 
     valgrind --tool=callgrind [--instr-atstart=no] .venv/bin/python \
         bench/callgrind_classifier.py CAPTURE POLICY [--packets 100000] [--passes 2] \
-        [--client OUT/cgclient.so]
+        [--client OUT/cgclient.so] [--general]
 
 Loads the first --packets packets of CAPTURE into memory, runs one warm-up pass (it creates
 the flows), then --passes measured passes over the same packets in batches of 4096: every
@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=100_000)
     ap.add_argument("--passes", type=int, default=2, help="measured passes after the warm-up")
     ap.add_argument("--client", help="cgclient.so: callgrind client requests via ctypes")
+    ap.add_argument("--general", action="store_true",
+                    help="every packet through the general path (no compact path)")
     args = ap.parse_args()
 
     with CaptureFile(args.capture, args.packets) as cap:
@@ -52,7 +54,8 @@ def main() -> int:
     chunks = [(offsets[i:i + BATCH], lengths[i:i + BATCH], stamps[i:i + BATCH],
                links[i:i + BATCH]) for i in range(0, n, BATCH)]
 
-    clf = fastpath.Classifier(flow_capacity=65536, device_capacity=4096, seed=1)
+    clf = fastpath.Classifier(flow_capacity=65536, device_capacity=4096, seed=1,
+                              compact=not args.general)
     clf.set_mode("monitor")
     clf.set_policy(compile_policy(load_policy(args.policy)))
     verdicts = np.empty(BATCH, np.uint8)

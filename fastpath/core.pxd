@@ -215,7 +215,6 @@ ctypedef struct flow_t:
     uint64_t bytes[2]        # [0] initiator -> responder, [1] back
     uint32_t pkts[2]
     uint32_t dev[2]          # device index of initiator, responder
-    uint32_t policy_gen      # policy generation that decided the verdict
     uint16_t rule
     uint16_t dport           # responder's port (ICMP: request type)
     uint8_t verdict
@@ -228,7 +227,7 @@ ctypedef struct flow_t:
     uint16_t nearest         # denied: the rule that came closest (see `reason`), else NO_RULE
     uint8_t orient           # ORIENT_*: how the initiator was decided
     uint8_t pending          # PENDING_*: decided again when this side (key.a or key.b) speaks
-    uint8_t pad[4]
+    uint8_t pad[8]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:
@@ -325,6 +324,7 @@ ctypedef struct stats_t:
     uint64_t samples_over_budget
     uint64_t unsolicited_answers     # flows started by an answer no request explains
     uint64_t flows_reoriented        # guessed initiators a later packet contradicted
+    uint64_t compact                 # packets classified by the compact path (compact.pxi)
     uint64_t reasons[64]
 
 
@@ -377,6 +377,7 @@ cdef class Classifier:
     cdef uint32_t addr_mask
     cdef const uint8_t* batch_hints  # the current batch's hints (or NULL), and the packet
     cdef uint64_t batch_first        # number of its first packet: read at flow starts only
+    cdef bint compact                # plain IPv4 TCP/UDP hits take compact.pxi's path
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,

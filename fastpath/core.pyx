@@ -24,6 +24,7 @@ cdef enum:
     PREFETCH_AHEAD = 8
 
 include "decode.pxi"
+include "compact.pxi"
 include "policytable.pxi"
 include "flowtable.pxi"
 include "orient.pxi"
@@ -83,7 +84,7 @@ STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_cre
                 "flows_ended", "flows_evicted", "flows_active", "devices",
                 "device_table_full", "events_dropped", "fragments_attributed",
                 "fragments_unmatched", "samples", "samples_over_budget", "unsolicited_answers",
-                "flows_reoriented")
+                "flows_reoriented", "compact")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
@@ -205,10 +206,12 @@ cdef class Classifier:
     device_capacity: device slots (power of two), filled to 7/8 at most.
     event_capacity: events the ring holds between drains.
     timeouts: idle seconds per class: tcp, udp, icmp, other, closing.
+    compact: take the compact path (compact.pxi) for plain IPv4 TCP/UDP packets of known
+    flows; False sends every packet through the general path (for comparing the two).
     """
 
     def __cinit__(self, uint64_t flow_capacity=65536, uint64_t device_capacity=4096,
-                  uint64_t event_capacity=65536, seed=None, timeouts=None):
+                  uint64_t event_capacity=65536, seed=None, timeouts=None, bint compact=True):
         if flow_capacity < BUCKET_SLOTS or flow_capacity > (1 << 28):
             raise ValueError("flow_capacity must be between 8 and 268435456")
         if device_capacity < 16 or device_capacity > (1 << 24):
@@ -250,6 +253,7 @@ cdef class Classifier:
             self.timeouts[i] = <uint64_t>(seconds[i] * 1000000000)
         self.mode = MODE_LEARN
         self.policy = None
+        self.compact = compact
         self.set_sampling()
 
     def __dealloc__(self):
@@ -332,7 +336,6 @@ cdef class Classifier:
             f.rule = NO_RULE
             f.nearest = NO_RULE
             return
-        f.policy_gen = pol.generation
         groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
         groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
         f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule, &f.nearest)
@@ -453,6 +456,7 @@ cdef class Classifier:
         cdef uint32_t length
         cdef uint8_t no_sample = 0
         cdef uint8_t* sample = &no_sample
+        cdef bint compact = self.compact and WARDTAP_COMPACT_OK
         if self.start_ns == 0:
             self.start_ns = ts[0]     # when the classifier started watching (capture time)
         self.batch_hints = hints      # read at flow starts only (_start_flow)
@@ -470,9 +474,14 @@ cdef class Classifier:
             if offsets[i] < 0 or offsets[i] > buflen or length > buflen - offsets[i]:
                 r = R_BAD_OFFSET
             else:
-                r = decode_packet(buf + offsets[i], length, linktypes[i], &k)
                 if ts[i] > self.now_ns:
                     self.now_ns = ts[i]
+                if (compact and linktypes[i] == LINKTYPE_ETHERNET
+                        and compact_hit(self, buf + offsets[i], length, ts[i],
+                                        sample if samples != NULL else NULL,
+                                        &verdicts[i], &reasons[i], &rules[i])):
+                    continue
+                r = decode_packet(buf + offsets[i], length, linktypes[i], &k)
             if r != R_RULE:
                 self._malformed(&k, r, ts[i], i)
                 verdicts[i] = VERDICT_MALFORMED
@@ -799,7 +808,6 @@ cdef class Classifier:
         f.rule = rule
         f.nearest = nearest
         if enforcing:
-            f.policy_gen = pol.generation
             f.verdict = VERDICT_ALLOW if why == R_RULE or why == R_PENDING else VERDICT_DENY
         else:
             f.verdict = VERDICT_ALLOW
