@@ -1106,7 +1106,8 @@ def _callgrind_top(path: Path, n: int = 10) -> list[dict[str, Any]]:
 
 
 def m_callgrind(capture: Path, policy: Path, out: Path, packets: int = 100_000,
-                passes: int = 2) -> dict[str, Any]:
+                passes: int = 2, general: bool = False) -> dict[str, Any]:
+    """Instructions per flow-table hit; `general`: with the compact path turned off."""
     valgrind = shutil.which("valgrind")
     if not valgrind:
         return {"error": "valgrind not found"}
@@ -1117,7 +1118,10 @@ def m_callgrind(capture: Path, policy: Path, out: Path, packets: int = 100_000,
     script = str(BENCH / "callgrind_classifier.py")
     base = [valgrind, "--tool=callgrind", "--dump-instr=no"]
     common = [str(capture), str(policy), "--packets", str(packets)]
-    result: dict[str, Any] = {"packets": packets, "measured_passes": passes}
+    if general:
+        common.append("--general")
+    result: dict[str, Any] = {"packets": packets, "measured_passes": passes,
+                              "path": "general" if general else "compact"}
     # 1. Client requests: instrumentation on, counters zeroed, then the measured passes only.
     lib = out / "cgclient.so"
     cc = shutil.which("cc") or shutil.which("gcc")

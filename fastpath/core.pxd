@@ -325,6 +325,7 @@ ctypedef struct stats_t:
     uint64_t unsolicited_answers     # flows started by an answer no request explains
     uint64_t flows_reoriented        # guessed initiators a later packet contradicted
     uint64_t compact                 # packets classified by the compact path (compact.pxi)
+    uint64_t events_counted_only     # events of types nothing consumes (set_events): not queued
     uint64_t reasons[64]
 
 
@@ -378,6 +379,7 @@ cdef class Classifier:
     cdef const uint8_t* batch_hints  # the current batch's hints (or NULL), and the packet
     cdef uint64_t batch_first        # number of its first packet: read at flow starts only
     cdef bint compact                # plain IPv4 TCP/UDP hits take compact.pxi's path
+    cdef uint32_t event_types        # bit per EV_* type queued on the ring; others only counted
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,

@@ -84,7 +84,7 @@ STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_cre
                 "flows_ended", "flows_evicted", "flows_active", "devices",
                 "device_table_full", "events_dropped", "fragments_attributed",
                 "fragments_unmatched", "samples", "samples_over_budget", "unsolicited_answers",
-                "flows_reoriented", "compact")
+                "flows_reoriented", "compact", "events_counted_only")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
@@ -254,6 +254,7 @@ cdef class Classifier:
         self.mode = MODE_LEARN
         self.policy = None
         self.compact = compact
+        self.event_types = 0xFFFFFFFF
         self.set_sampling()
 
     def __dealloc__(self):
@@ -305,7 +306,7 @@ cdef class Classifier:
             if f.verdict == VERDICT_DENY:
                 if f.dev[0] != NO_DEVICE:
                     self.devices[f.dev[0]].violations += 1
-                v = event_slot(self)
+                v = event_slot(self, EV_VIOLATION)
                 if v != NULL:
                     v[0] = e
         return changed
@@ -507,7 +508,7 @@ cdef class Classifier:
         cdef event_t* e
         self.st.malformed += 1
         self.st.reasons[reason] += 1
-        e = event_slot(self)
+        e = event_slot(self, EV_MALFORMED)
         if e != NULL:
             e.type = EV_MALFORMED
             e.reason = reason
@@ -532,7 +533,7 @@ cdef class Classifier:
         if k.has_mac == 1 and (k.l3 == L3_IPV4 or k.l3 == L3_IPV6):
             address_learn(self, k.src, d)     # this link will not tell its MAC to its peers
         if created:
-            e = event_slot(self)
+            e = event_slot(self, EV_NEW_DEVICE)
             if e != NULL:
                 e.type = EV_NEW_DEVICE
                 e.ts_ns = ts
@@ -811,7 +812,7 @@ cdef class Classifier:
             f.verdict = VERDICT_ALLOW if why == R_RULE or why == R_PENDING else VERDICT_DENY
         else:
             f.verdict = VERDICT_ALLOW
-        e = event_slot(self)
+        e = event_slot(self, EV_NEW_FLOW)
         if e != NULL:
             fill_flow_event(e, EV_NEW_FLOW, f, ts)
             e.reason = f.reason
@@ -824,7 +825,7 @@ cdef class Classifier:
         if f.verdict == VERDICT_DENY:
             if sender_first and d != NO_DEVICE:
                 self.devices[d].violations += 1
-            e = event_slot(self)
+            e = event_slot(self, EV_VIOLATION)
             if e != NULL:
                 fill_flow_event(e, EV_VIOLATION, f, ts)
                 e.reason = f.reason
@@ -841,7 +842,7 @@ cdef class Classifier:
         if f.verdict == VERDICT_DENY:
             if f.dev[0] != NO_DEVICE:
                 self.devices[f.dev[0]].violations += 1
-            e = event_slot(self)
+            e = event_slot(self, EV_VIOLATION)
             if e != NULL:
                 fill_flow_event(e, EV_VIOLATION, f, ts)
                 e.reason = f.reason
@@ -887,6 +888,24 @@ cdef class Classifier:
             self.ring_tail += 1
             out.append(_event_tuple(e))
         return out
+
+    def set_events(self, types=None):
+        """Queue only events of these types (names of EVENT_NAMES) on the ring; None: all.
+
+        Events of other types are not built at all: the counters (flows_created,
+        flows_ended, devices, malformed, events_counted_only) still count them. What
+        nothing consumes costs no copy and no Python.
+        """
+        cdef uint32_t mask = 0
+        if types is None:
+            self.event_types = 0xFFFFFFFF
+            return
+        codes = {name: code for code, name in EVENT_NAMES.items()}
+        for name in types:
+            if name not in codes:
+                raise ValueError(f"unknown event type {name!r}")
+            mask |= <uint32_t>1 << <int>codes[name]
+        self.event_types = mask
 
     @property
     def pending_events(self):

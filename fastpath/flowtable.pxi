@@ -208,15 +208,20 @@ cdef inline void device_learn_ip(device_t* d, const pkt_t* k) noexcept nogil:
         d.multi_ip = 1
 
 
-cdef inline event_t* event_slot(Classifier c) noexcept nogil:
-    """Next free event in the ring, or NULL (counted) when the ring is full."""
+cdef inline event_t* event_slot(Classifier c, uint8_t type) noexcept nogil:
+    """Next free event in the ring, or NULL: when nothing consumes events of this type (only
+    counted: set_events), or when the ring is full (counted as dropped)."""
     cdef event_t* e
+    if not (c.event_types >> type) & 1:
+        c.st.events_counted_only += 1
+        return NULL
     if c.ring_head - c.ring_tail > c.ring_mask:
         c.st.events_dropped += 1
         return NULL
     e = &c.ring[c.ring_head & c.ring_mask]
     c.ring_head += 1
     memset(e, 0, sizeof(event_t))
+    e.type = type
     return e
 
 
@@ -259,7 +264,7 @@ cdef inline void end_flow(Classifier c, flow_t* f, uint8_t why, uint64_t ts) noe
     if f.state == FLOW_ACTIVE:
         c.st.flows_ended += 1
         c.st.flows_active -= 1
-        e = event_slot(c)
+        e = event_slot(c, EV_FLOW_END)
         if e != NULL:
             fill_flow_event(e, EV_FLOW_END, f, ts)
             e.reason = why

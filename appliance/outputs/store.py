@@ -206,6 +206,27 @@ class Store:
         if flows or violations:
             self._write(work)
 
+    def add_event_array(self, run: int, events: Any,
+                        rule_name: Callable[[int], str | None] | None = None) -> int:
+        """Store the flow ends and violations of a structured event array (as drained by
+        appliance.common.eventarrays.EventBuffer) in one transaction, rows built column by
+        column; returns the rows written."""
+        from appliance.common import eventarrays as ea
+
+        flows = ea.flow_rows(run, ea.of_type(events, "flow_end"), rule_name)
+        violations = ea.violation_rows(run, ea.of_type(events, "violation"), rule_name)
+
+        def work() -> None:
+            conn = self.db.conn
+            for table, columns, rows in (("flows", ea.FLOW_COLUMNS, flows),
+                                         ("violations", ea.VIOLATION_COLUMNS, violations)):
+                if rows:
+                    conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
+                                     f"VALUES ({', '.join('?' * len(columns))})", rows)
+        if flows or violations:
+            self._write(work)
+        return len(flows) + len(violations)
+
     def merge_devices(self, devices: list[dict[str, Any]]) -> None:
         """Add a run's device counters to the stored ones (first/last seen widened)."""
         rows = [[_device_key(d)] + [d.get(c) for c in _DEVICE_COLUMNS[1:]] for d in devices]

@@ -21,6 +21,7 @@ from appliance.sources.capture import DEFAULT_BATCH, CaptureFile
 from fastpath import MALFORMED_FIRST, REASON_NAMES, Classifier
 
 if TYPE_CHECKING:
+    from appliance.common.eventarrays import EventBuffer
     from appliance.inventory.identify import Identification
     from appliance.outputs.store import Store
 
@@ -78,6 +79,7 @@ class Replayer:
         # Deep dissection and the inventory (appliance.inventory.devices), when enabled: classify
         # marks samples, the marked packets are copied out, events feed the inventory.
         self.identify: Identification | None = None
+        self._buffer: EventBuffer | None = None
 
     def enable_identification(self, identify: Identification) -> None:
         identify.start(self.classifier, self.batch_size)
@@ -86,11 +88,26 @@ class Replayer:
     def rule_name(self, index: int) -> str | None:
         return self.policy.rule_name(index) if self.policy else None
 
+    def _queue_events(self, store: Store | None) -> None:
+        """Queue only the events something here reads: all of them for the event hooks and
+        the inventory; otherwise violations (the summary), and flow ends for the store. The
+        rest (new flows, new devices, malformed packets) are counted in C, never built."""
+        self._buffer = None
+        if self.on_events is not None or self.identify is not None:
+            self.classifier.set_events(None)
+            return
+        self.classifier.set_events(["violation", "flow_end"] if store else ["violation"])
+        if store is not None:
+            from appliance.common.eventarrays import EventBuffer
+
+            self._buffer = EventBuffer(EVENT_DRAIN)
+
     def run(self, paths: Sequence[str], store: Store | None = None,
             packets_out: IO[str] | None = None,
             progress: Callable[[int, int], None] | None = None) -> ReplaySummary:
         summary = ReplaySummary(list(paths), self.mode, _policy_info(self.policy))
         run_id = store.start_run("replay", paths, self.mode, self.policy) if store else None
+        self._queue_events(store)
         started = time.perf_counter()
         for path in paths:
             try:
@@ -133,6 +150,9 @@ class Replayer:
                 progress(capture.offset, capture.size)
 
     def _drain(self, store: Store | None, run_id: int | None) -> None:
+        if self._buffer is not None and store is not None and run_id is not None:
+            self._drain_array(store, run_id)
+            return
         while True:
             records = self.classifier.drain(EVENT_DRAIN)
             if not records:
@@ -145,6 +165,18 @@ class Replayer:
                 self.on_events(events)
             if self.identify is not None:
                 self.identify.on_events(events)
+
+    def _drain_array(self, store: Store, run_id: int) -> None:
+        """Into the store column by column; only violations become dicts (the summary)."""
+        from appliance.common import eventarrays as ea
+
+        assert self._buffer is not None
+        while True:
+            events = self._buffer.drain(self.classifier)
+            if not len(events):
+                return
+            store.add_event_array(run_id, events, self.rule_name)
+            self.violations.extend(ea.as_dicts(ea.of_type(events, "violation"), self.rule_name))
 
     def devices(self) -> list[dict[str, Any]]:
         return [device_dict(rec) for rec in self.classifier.device_list()]
