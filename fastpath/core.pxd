@@ -326,6 +326,7 @@ ctypedef struct stats_t:
     uint64_t flows_reoriented        # guessed initiators a later packet contradicted
     uint64_t compact                 # packets classified by the compact path (compact.pxi)
     uint64_t events_counted_only     # events of types nothing consumes (set_events): not queued
+    uint64_t flows_evicted_allowed   # evicted allowed flows of more than one packet
     uint64_t reasons[64]
 
 

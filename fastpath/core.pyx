@@ -84,7 +84,8 @@ STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_cre
                 "flows_ended", "flows_evicted", "flows_active", "devices",
                 "device_table_full", "events_dropped", "fragments_attributed",
                 "fragments_unmatched", "samples", "samples_over_budget", "unsolicited_answers",
-                "flows_reoriented", "compact", "events_counted_only")
+                "flows_reoriented", "compact", "events_counted_only",
+                "flows_evicted_allowed")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",

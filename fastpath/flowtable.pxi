@@ -4,7 +4,9 @@
 # BUCKET_SLOTS slots; each slot's 32-bit tag sits in a separate array so a lookup reads one
 # cache line of tags before touching a slot. A new flow takes an empty or idle-expired slot
 # of its bucket; if none, it evicts the least recently seen flow of that bucket (a flow-end
-# event with END_EVICTED and the flows_evicted counter). Memory never grows.
+# event with END_EVICTED and the flows_evicted counter): closed flows first, then denied
+# ones, then allowed flows of one packet, and an allowed conversation only when its whole
+# bucket is allowed conversations (flows_evicted_allowed). Memory never grows.
 
 cdef inline uint64_t mix64(uint64_t h) noexcept nogil:
     h ^= h >> 33
@@ -313,6 +315,24 @@ cdef inline flow_t* related_flow(Classifier c, const pkt_t* k) noexcept nogil:
     return flow_find(c, &key)
 
 
+# What a flow is worth keeping when its bucket is full (lowest evicted first).
+cdef enum:
+    WORTH_ENDED = 0           # closed (FIN, RST): kept only for stray packets
+    WORTH_DENIED = 1          # denied: a scan or a flood, or a device out of policy
+    WORTH_SINGLE = 2          # allowed, one packet so far: maybe a probe, maybe a new flow
+    WORTH_ALLOWED = 3         # allowed, and more than one packet: a conversation
+
+
+cdef inline uint32_t flow_worth(const flow_t* f) noexcept nogil:
+    if f.state != FLOW_ACTIVE:
+        return WORTH_ENDED
+    if f.verdict != VERDICT_ALLOW:
+        return WORTH_DENIED
+    if <uint64_t>f.pkts[0] + f.pkts[1] <= 1:
+        return WORTH_SINGLE
+    return WORTH_ALLOWED
+
+
 cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64_t ts,
                                      bint* created) noexcept nogil:
     """The flow for `key`, or a fresh zeroed slot for it (created=1)."""
@@ -321,13 +341,16 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
     cdef uint32_t base = (<uint32_t>h & c.bucket_mask) * BUCKET_SLOTS
     cdef uint32_t i, victim = BUCKET_SLOTS
     cdef uint64_t oldest = 0xFFFFFFFFFFFFFFFF
+    cdef uint32_t w, worth = WORTH_ALLOWED + 1
     cdef uint32_t* tags = c.tags + base
     cdef flow_t* f
     created[0] = 0
     for i in range(BUCKET_SLOTS):
         if tags[i] == tag and key_equal(&c.flows[base + i].key, key):
             return &c.flows[base + i]
-    # Miss: first empty slot, else an expired one, else the least recently seen.
+    # Miss: first empty slot, else an expired one, else the least worth keeping (flow_worth),
+    # and of those the least recently seen. Under a flood of new flows, the flows that carry
+    # allowed traffic are the last to go.
     for i in range(BUCKET_SLOTS):
         if tags[i] == 0:
             victim = i
@@ -338,12 +361,16 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
             f.state = FLOW_EMPTY          # ended once: not evicted again below
             victim = i
             break
-        if f.last_ns < oldest:
+        w = flow_worth(f)
+        if w < worth or (w == worth and f.last_ns < oldest):
+            worth = w
             oldest = f.last_ns
             victim = i
     f = &c.flows[base + victim]
     if tags[victim] != 0 and f.state == FLOW_ACTIVE:
         c.st.flows_evicted += 1
+        if worth == WORTH_ALLOWED:
+            c.st.flows_evicted_allowed += 1
         end_flow(c, f, END_EVICTED, ts)
     tags[victim] = tag
     memset(f, 0, sizeof(flow_t))

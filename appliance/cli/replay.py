@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wide", action="store_true", help="tables at full width")
     p.add_argument("--packets-out", metavar="FILE", type=checked.output_file,
                    help="write one JSON line per packet (verdict, addresses, ports)")
-    p.add_argument("--flows", type=checked.flows, default=65536,
-                   help="flow table slots (128 B each)")
+    p.add_argument("--flows", type=checked.flows, default=None,
+                   help="flow table slots (132 B each; default: sized from the captures, "
+                        "65,536 to 2,097,152)")
     p.add_argument("--devices", type=checked.devices, default=4096, help="device table slots")
     p.add_argument("--dissect", action="store_true",
                    help="identify devices: dissect sampled packets with tshark and build the "

@@ -25,7 +25,7 @@ class ReplayJob:
     db: str | None = None
     json: bool = False
     packets_out: str | None = None
-    flows: int = 65536
+    flows: int | None = None                # default: sized from the captures
     devices: int = 4096
     dissect: bool = False
     tshark: str = "tshark"
@@ -84,7 +84,10 @@ def run_job(args: ReplayJob,
     if args.mode in ("monitor", "enforce") and policy is None:
         raise WardtapError(f"--mode {args.mode} needs --policy")
     mode = args.mode or ("monitor" if policy else "learn")
-    replayer = Replayer(policy, mode, flow_capacity=args.flows, device_capacity=args.devices)
+    from appliance.replay.runner import flow_capacity_for
+
+    flows = args.flows or flow_capacity_for(args.captures)
+    replayer = Replayer(policy, mode, flow_capacity=flows, device_capacity=args.devices)
     store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None
     reporter = _reporter(args, mode, policy) if args.broker else None

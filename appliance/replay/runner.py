@@ -18,7 +18,7 @@ from appliance.errors import CaptureError
 from appliance.policy.model import Policy, compile_policy
 from appliance.replay.packetlines import PacketLines
 from appliance.sources.capture import DEFAULT_BATCH, CaptureFile
-from fastpath import MALFORMED_FIRST, REASON_NAMES, Classifier
+from fastpath import FLOW_SLOT_BYTES, MALFORMED_FIRST, REASON_NAMES, Classifier
 
 if TYPE_CHECKING:
     from appliance.common.eventarrays import EventBuffer
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from appliance.outputs.store import Store
 
 EVENT_DRAIN = 8192
+# Replay's flow table, sized from the captures: one slot per SLOT_PER_BYTES bytes of capture
+# (a flow has at least one packet, and a record of a minimal frame takes 58 bytes), within
+# these bounds and within a quarter of the memory available.
+SLOT_PER_BYTES = 128
+MIN_FLOWS, MAX_FLOWS = 1 << 16, 1 << 21
 NO_NEAREST_RULE = "(no rule joins these endpoints)"
 
 
@@ -211,6 +216,40 @@ class Replayer:
             store.add_events(run_id, self.active_flows())
             store.merge_devices(devices)
             store.finish_run(run_id, stats)
+
+
+def flow_capacity_for(paths: Sequence[str]) -> int:
+    """Flow slots for replaying `paths`: between MIN_FLOWS and MAX_FLOWS (8 MiB to 264 MiB of
+    table), a power of two, no more than a quarter of MemAvailable."""
+    import os
+
+    total = 0
+    for path in paths:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass                       # reported when the capture is opened
+    want = max(MIN_FLOWS, min(MAX_FLOWS, total // SLOT_PER_BYTES))
+    budget = _mem_available() // 4 // (FLOW_SLOT_BYTES + 4)
+    if budget:
+        want = max(MIN_FLOWS, min(want, budget))
+    slots = MIN_FLOWS
+    while slots < want:
+        slots <<= 1
+    if budget and slots > budget and slots > MIN_FLOWS:
+        slots >>= 1
+    return slots
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def process_memory() -> dict[str, int]:

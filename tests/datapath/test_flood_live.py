@@ -1,0 +1,124 @@
+"""A live flood of new flows: `wardtap run` on the tap keeps its allowed conversations.
+
+The daemon watches a real bridge in network namespaces with a small flow table (1,024
+slots). Twenty allowed conversations (ward -> server udp/53, each from its own port) are
+going when 20,000 new flows arrive (datagrams to 20,000 ports the policy does not allow).
+The flood fills every bucket; the denied and single-packet flows must be the ones evicted:
+each allowed conversation is one flow from its first packet to its last (never evicted, never
+started again), allowed, with every packet the daemon saw of it counted in it. The 1M-flow
+flood is bench/bench_scale.py's (docs/fastpath.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+from netns import UPLINK_IP, WARD_IP, Ward, wait_for
+
+from appliance.common.control import request
+
+POLICY = f"""
+[policy]
+name = "flood-test"
+version = 1
+
+[groups.ward-hosts]
+ip = ["{WARD_IP}"]
+
+[groups.servers]
+ip = ["{UPLINK_IP}"]
+
+[[rules]]
+name = "ward-dns"
+from = "ward-hosts"
+to = "servers"
+proto = "udp"
+ports = [53]
+"""
+
+CONVERSATIONS = 20
+FLOOD = 20_000
+# Each allowed conversation: `rounds` datagrams from its own source port to udp/53; the
+# flood (one datagram to each of FLOOD ports) goes out between round 2 and round 3.
+SEND = (
+    "import socket, sys\n"
+    "dst, n, flood, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 4\n"
+    "socks = []\n"
+    "for i in range(n):\n"
+    "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "    s.bind(('', 41000 + i))\n"
+    "    socks.append(s)\n"
+    "f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for r in range(rounds):\n"
+    "    for s in socks:\n"
+    "        s.sendto(b'allowed', (dst, 53))\n"
+    "    if r == 1:\n"
+    "        for port in range(flood):\n"
+    "            f.sendto(b'flood', (dst, 1024 + port))\n"
+)
+
+
+def events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_allowed_conversations_survive_a_flood_of_new_flows(tmp_path: Path) -> None:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    (tmp_path / "wardtap.toml").write_text(
+        '[appliance]\nmode = "monitor"\n[datapath]\ntype = "tap"\ninterface = "ward0"\n'
+        '[policy]\nfile = "policy.toml"\n[events]\nlog = "events.jsonl"\n'
+        '[control]\nsocket = "control.sock"\n[tables]\nflows = 1024\n')
+    log, sock = tmp_path / "events.jsonl", str(tmp_path / "control.sock")
+    with Ward() as ward:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        daemon = ward.popen(ward.appliance, [sys.executable, "-m", "appliance.cli", "run",
+                                             "--config", str(tmp_path / "wardtap.toml")],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: any(e["type"] == "started" for e in events(log)),
+                     timeout=20, what="the daemon to start")
+            ward.exec(ward.ward, [sys.executable, "-c", SEND, UPLINK_IP, str(CONVERSATIONS),
+                                  str(FLOOD)], timeout=60)
+            expected = CONVERSATIONS * 4 + FLOOD
+
+            last = [-1]
+
+            def seen() -> dict:
+                """The counters once every datagram is counted and nothing more arrives."""
+                status = request(sock, {"cmd": "status"})
+                counters = status["counters"]
+                captured = counters["packets"] + status["source"].get("kernel_drops", 0)
+                settled = captured == last[0]
+                last[0] = captured
+                return counters if captured >= expected and settled else {}
+
+            counters = wait_for(seen, timeout=30, interval=0.5,
+                                what="the daemon to see the flood")
+            assert isinstance(counters, dict)
+            flows = {e["flow"]: e for e in events(log) if e["type"] == "new_flow"}
+            allowed = [f for f in flows.values() if f.get("dport") == 53]
+            evicted = [e for e in events(log)
+                       if e["type"] == "flow_end" and e["end"] == "evicted"]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=15)
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+    # The flood overflowed the table, and what it pushed out was the flood.
+    assert counters["flows_evicted"] > FLOOD // 2
+    assert counters["flows_evicted_allowed"] == 0
+    assert not [e for e in evicted if e.get("dport") == 53]
+    # Each conversation is still the one flow it started as, allowed by its rule.
+    assert len(allowed) == CONVERSATIONS
+    assert {(f["src"], f["verdict"], f["rule"]) for f in allowed} == {
+        (WARD_IP, "allow", "ward-dns")}
