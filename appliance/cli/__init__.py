@@ -73,7 +73,8 @@ def _module(command: Command) -> object:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; only the command being run gets its arguments (and their imports)."""
+    """The parser; only the command being run gets its arguments (and their imports).
+    `wardtap --help` (no command) lists the commands without importing any of them."""
     words = sys.argv[1:] if argv is None else argv
     chosen = next((w for w in words if not w.startswith("-")), None)
     parser = WardtapParser(
@@ -82,7 +83,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command_parser = sub.add_parser(name, help=command.help, description=command.help)
-        if chosen is None or name == chosen:
+        if name == chosen:
             getattr(_module(command), command.add)(command_parser)
     return parser
 

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from appliance.common.records import mac_bytes
-
 # The fast path's table limits (fastpath/core.pyx: Classifier.__cinit__).
 FLOWS_MIN, FLOWS_MAX = 8, 1 << 28
 DEVICES_MIN, DEVICES_MAX = 16, 1 << 24
@@ -174,6 +172,8 @@ def mac(text: str) -> str:
     """A MAC address in any common form (00:11:.., 00-11-.., 0011.2233.4455, bare hex),
     returned as lower-case colon form."""
     try:
+        from appliance.common.records import mac_bytes  # (loads the fast path: only here)
+
         return mac_bytes(text).hex(":")
     except ValueError:
         raise argparse.ArgumentTypeError(

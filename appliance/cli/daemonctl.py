@@ -176,9 +176,13 @@ def add_status(p: argparse.ArgumentParser) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from appliance.panel import console
+    from appliance.panel.status import run_status
 
-    return console.run_status(args.socket, args.json)
+    def draw(v: dict[str, Any]) -> None:
+        from appliance.panel.console import print_status  # rich: only to draw
+
+        print_status(v)
+    return run_status(args.socket, args.json, draw)
 
 
 def add_top(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,6 @@ keeps retrying when the daemon goes away, and restores the terminal on q, Ctrl-C
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -30,71 +29,18 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from appliance.common.control import ANSWER_TIMEOUT, request
+from appliance.common.control import request
 from appliance.common.when import zone_name
 from appliance.errors import WardtapError
+from appliance.panel.status import BUSY, REQUEST_TIMEOUT, SCHEMA, view  # noqa: F401
 
-SCHEMA = 1                      # "v" of the --json document; bumped on incompatible changes
 STATUS_VIOLATIONS = 5           # violations listed by `wardtap status`
 COMPACT_WIDTH, COMPACT_HEIGHT = 80, 24
-REQUEST_TIMEOUT = ANSWER_TIMEOUT + 1.0   # the daemon answers "busy" after ANSWER_TIMEOUT
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 SPARK = "▁▂▃▄▅▆▇█"
 LED_SHORT = {"violation": "viol"}
 MODE_STYLES = {"enforce": "bold green", "monitor": "bold dark_orange",
                "learn": "bold dark_orange", "bypass": "bold white on red"}
-BUSY = (f"the daemon is running but busy: its main loop did not answer within "
-        f"{ANSWER_TIMEOUT:g} s (a hung datapath?); see its log")
-
-
-# -- the stable document ---------------------------------------------------------------------
-
-def view(answer: dict[str, Any]) -> dict[str, Any]:
-    """The daemon's `status` answer as the console's stable document (docs/console.md).
-
-    Every key is always present (null when it does not apply); `details` holds the rest of
-    the answer and is not part of the stable contract."""
-    c = answer.get("counters") or {}
-    source = answer.get("source") or {}
-    drops = source.get("kernel_drops", source.get("kernel_dropped"))
-    health = answer.get("health") or {}
-    integrity = answer.get("integrity")        # only with [integrity] manifests configured
-    rate = answer.get("rate") or {}
-    broker = answer.get("broker") or {}
-    violations = answer.get("violations") or {}
-    leds = answer.get("leds")
-    return {
-        "v": SCHEMA, "ok": True,
-        "pid": answer.get("pid"), "mode": answer.get("mode"),
-        "datapath": answer.get("datapath"), "uptime_s": answer.get("uptime_s"),
-        "policy": answer.get("policy"),
-        "health": {"state": "ok", "healthy": True, "datapath_running": True,
-                   "batch_failures": 0, **health,
-                   "integrity_alarm": (bool(integrity.get("alarm"))
-                                       if isinstance(integrity, dict) else None)},
-        "counters": {"packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0)),
-                     "allowed": int(c.get("allowed", 0)), "denied": int(c.get("denied", 0)),
-                     "malformed": int(c.get("malformed", 0)),
-                     "kernel_drops": None if drops is None else int(drops)},
-        "rate": {"packets_per_s": rate.get("packets_per_s"),
-                 "bytes_per_s": rate.get("bytes_per_s"), "window_s": rate.get("window_s"),
-                 "history": list(rate.get("history") or [])},
-        "flows": {"active": int(c.get("flows_active", 0)),
-                  "created": int(c.get("flows_created", 0))},
-        "devices": int(c.get("devices", 0)),
-        "violations": {"seen": int(violations.get("seen", 0)),
-                       "recent": list(violations.get("recent") or [])},
-        "broker": {"configured": bool(broker.get("configured")),
-                   "connected": bool(broker.get("connected")),
-                   "url": broker.get("url"), "spool_depth": broker.get("spool_depth"),
-                   "spool_overflow": broker.get("spool_overflow"),
-                   "spool_dropped": broker.get("spool_dropped")},
-        "leds": None if not leds else {
-            "patterns": leds.get("patterns") or {}, "line": leds.get("line") or "",
-            "colours": leds.get("colours") or {}, "backend": leds.get("backend")},
-        "details": {k: answer[k] for k in ("batches", "last_batch_age_s", "reasons", "source",
-                                           "memory_bytes", "dissect") if k in answer},
-    }
 
 
 # -- small formatters ------------------------------------------------------------------------
@@ -290,23 +236,10 @@ def render_status(v: dict[str, Any], width: int = 120) -> RenderableType:
     return Group(*parts)
 
 
-def run_status(socket_path: str, as_json: bool) -> int:
-    """`wardtap status`: 0 answered, 1 busy (or refused), 2 not running (WardtapError)."""
-    answer = request(socket_path, {"cmd": "status"}, timeout=REQUEST_TIMEOUT)
-    if not answer.get("ok"):
-        error = str(answer.get("error"))
-        busy = error == "busy"
-        if as_json:
-            print(json.dumps({"v": SCHEMA, "ok": False, "busy": busy, "error": error}))
-        print(f"wardtap: {BUSY if busy else 'the daemon answered: ' + error}", file=sys.stderr)
-        return 1
-    v = view(answer)
-    if as_json:
-        print(json.dumps(v, indent=2))
-        return 0
+def print_status(v: dict[str, Any]) -> None:
+    """`wardtap status` for a person: the document drawn (appliance.panel.status)."""
     console = Console(highlight=False)
     console.print(render_status(v, console.width))
-    return 0
 
 
 # -- wardtap top ------------------------------------------------------------------------------
