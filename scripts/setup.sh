@@ -14,6 +14,7 @@ APT_PACKAGES=(
   iputils-ping netcat-openbsd                        # end-to-end tests: real traffic
   dnsmasq-base chrony                                # end-to-end tests: real DNS and NTP daemons
   iperf3 valgrind                                    # bench: throughput, instruction counts
+  libndpi-bin                                        # bench: nDPI's ndpiReader, side by side
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image

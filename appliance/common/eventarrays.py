@@ -27,6 +27,18 @@ from fastpath import (
 )
 
 CODES = {name: code for code, name in EVENT_NAMES.items()}
+
+
+def _names_of(names: dict[int, str] | tuple[str, ...]) -> np.ndarray:
+    """A uint8 code -> name table, for whole columns at once."""
+    table = np.array(["unknown"] * 256, dtype=object)
+    for code, name in (names.items() if isinstance(names, dict) else enumerate(names)):
+        table[code] = name
+    return table
+
+
+_VERDICTS, _ENDS, _REASONS = (_names_of(n) for n in (VERDICT_NAMES, FLOW_END_NAMES,
+                                                      REASON_NAMES))
 RuleName = Callable[[int], "str | None"] | None
 
 
@@ -65,8 +77,8 @@ def _names(codes: list[int], rule_name: RuleName) -> list[str | None]:
 def _endpoints(events: np.ndarray) -> tuple[list[Any], ...]:
     """src, dst, proto, sport, dport, icmp_type columns as the store keeps them."""
     l3 = events["l3"].tolist()
-    src = [address(a, n) for a, n in zip(events["src"].tolist(), l3, strict=True)]
-    dst = [address(a, n) for a, n in zip(events["dst"].tolist(), l3, strict=True)]
+    src = list(map(address, events["src"].tolist(), l3))
+    dst = list(map(address, events["dst"].tolist(), l3))
     proto = events["proto"].tolist()
     icmp = (events["proto"] == 1) | (events["proto"] == 58)
     ports = ~icmp
@@ -83,8 +95,8 @@ def flow_rows(run: int, ends: np.ndarray, rule_name: RuleName = None) -> list[tu
     if not len(ends):
         return []
     src, dst, proto, sport, dport, itype = _endpoints(ends)
-    verdicts = [VERDICT_NAMES[v] for v in ends["verdict"].tolist()]
-    why = [FLOW_END_NAMES.get(r, "unknown") for r in ends["reason"].tolist()]
+    verdicts = _VERDICTS[ends["verdict"]].tolist()
+    why = _ENDS[ends["reason"]].tolist()
     return list(zip(
         [run] * len(ends), ends["flow_id"].tolist(), (ends["first_ns"] / 1e9).tolist(),
         (ends["ts_ns"] / 1e9).tolist(), src, dst, proto, sport, dport, itype,
@@ -101,7 +113,7 @@ def violation_rows(run: int, viol: np.ndarray, rule_name: RuleName = None
     has = viol["has_mac"].tolist()
     smac = [mac(m) if h else None for m, h in zip(viol["smac"].tolist(), has, strict=True)]
     dmac = [mac(m) if h == 2 else None for m, h in zip(viol["dmac"].tolist(), has, strict=True)]
-    reasons = [REASON_NAMES.get(r, "unknown") for r in viol["reason"].tolist()]
+    reasons = _REASONS[viol["reason"]].tolist()
     return list(zip(
         [run] * len(viol), (viol["ts_ns"] / 1e9).tolist(), viol["flow_id"].tolist(), src, dst,
         proto, sport, dport, itype, viol["vlan"].tolist(), reasons,

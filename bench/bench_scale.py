@@ -1,0 +1,470 @@
+"""The fast path at scale: concurrent flows by the million, events, start-up, instructions.
+
+    .venv/bin/python bench/bench_scale.py                       # everything (about 15 minutes)
+    .venv/bin/python bench/bench_scale.py --skip callgrind,marginal --repeat 1   # quick look
+    .venv/bin/python bench/bench_scale.py --only events,startup
+
+Sections (each can be left out with --skip or chosen with --only):
+- scale: captures of --packets packets (2,000,000) with 10k, 100k and 1M concurrent flows,
+  replayed by `wardtap replay` (RSS, time per packet, flows evicted), side by side with
+  `tcpdump -r CAPTURE -w /dev/null FILTER` (the allow-list as BPF) and nDPI's ndpiReader.
+- flood: the 1M-flow capture into the old default table (65,536 slots): what is evicted.
+- events: ring -> consumer (structured array, no Python per event) and into the SQLite store,
+  against the per-event path (tuples, dicts); the C cost of an event.
+- classifier: the classifier alone on flow-table hits, compact path against the general path,
+  packets/s on the demo ward's IMIX capture (bench_replay.py's), alternated runs.
+- callgrind: instructions per flow-table hit, compact and general (bench_replay.m_callgrind).
+- marginal: instructions per packet of a whole replay against tcpdump + BPF, as the difference
+  of runs over 300k and 600k packets of the ward capture (start-up cancels).
+- startup: `wardtap --help` and `wardtap status` wall time, against `python -c pass`.
+
+Every figure goes to OUT/scale.json and is printed with the issue's bars. Nothing is
+asserted: this is a measurement. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+import bench_replay as BR  # noqa: E402
+
+import fastpath  # noqa: E402
+from appliance.common import eventarrays as ea  # noqa: E402
+from appliance.common.records import event_dict  # noqa: E402
+from appliance.outputs.store import Store  # noqa: E402
+from appliance.policy.model import compile_policy, parse_policy  # noqa: E402
+from appliance.sources.capture import CaptureFile  # noqa: E402
+
+PY = sys.executable
+WARDTAP = str(Path(PY).parent / "wardtap")
+SECTIONS = ("scale", "flood", "events", "classifier", "callgrind", "marginal", "startup")
+CLIENTS = 64
+POLICY = """\
+[policy]
+name = "scale"
+version = 1
+
+[groups.clients]
+ip = ["10.40.0.0/24"]
+
+[groups.server]
+ip = ["10.20.0.15"]
+
+[[rules]]
+name = "clients-tls"
+from = "clients"
+to = "server"
+proto = "tcp"
+ports = [443]
+"""
+
+# A pcap record of a 54-byte TCP frame (Ethernet, IPv4, TCP; no payload), 70 bytes in all.
+RECORD = np.dtype({
+    "names": ["sec", "usec", "incl", "orig", "dhi", "dlo", "shi", "slo", "etype", "vihl",
+              "tlen", "frag", "ttl", "proto", "src", "dst", "sport", "dport", "doff", "flags",
+              "win"],
+    "formats": ["<u4", "<u4", "<u4", "<u4", ">u2", ">u4", ">u2", ">u4", ">u2", "u1", ">u2",
+                ">u2", "u1", "u1", ">u4", ">u4", ">u2", ">u2", "u1", "u1", ">u2"],
+    "offsets": [0, 4, 8, 12, 16, 18, 22, 24, 28, 30, 32, 36, 38, 39, 42, 46, 50, 52, 62, 63,
+                64],
+    "itemsize": 70})
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def write_flows(path: Path, flows: int, packets: int) -> Path:
+    """`packets` packets over `flows` concurrent TCP flows, round robin (every flow is open
+    for the whole capture). Flow f: client 10.40.0.(10 + f % 64) port 1024 + f // 64 to
+    10.20.0.15, port 443 (allowed) or, every tenth flow, 8080 (denied). Round 0 is each
+    flow's SYN; then ACKs, server and client in turn. 1 us apart."""
+    if path.exists() and path.stat().st_size == 24 + packets * RECORD.itemsize:
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        step = 1 << 20
+        for start in range(0, packets, step):
+            k = np.arange(start, min(packets, start + step), dtype=np.int64)
+            f, rnd = k % flows, k // flows
+            rec = np.zeros(len(k), RECORD)
+            rec["sec"], rec["usec"] = 1_700_000_000 + k // 1_000_000, k % 1_000_000
+            rec["incl"], rec["orig"] = 54, 60
+            client = f % CLIENTS
+            from_server = (rnd % 2) == 1
+            cmac, smac = 0x0200_0000_0000 + client, 0x0000_0C00_00FE
+            dmac = np.where(from_server, cmac, smac)
+            srcmac = np.where(from_server, smac, cmac)
+            rec["dhi"], rec["dlo"] = dmac >> 32, dmac & 0xFFFFFFFF
+            rec["shi"], rec["slo"] = srcmac >> 32, srcmac & 0xFFFFFFFF
+            rec["etype"], rec["vihl"], rec["tlen"], rec["frag"] = 0x0800, 0x45, 40, 0x4000
+            rec["ttl"], rec["proto"] = 64, 6
+            cip, sip = (10 << 24) | (40 << 16) | (10 + client), (10 << 24) | (20 << 16) | 15
+            cport = 1024 + f // CLIENTS
+            sport = np.where(f % 10 == 0, 8080, 443)
+            rec["src"] = np.where(from_server, sip, cip)
+            rec["dst"] = np.where(from_server, cip, sip)
+            rec["sport"] = np.where(from_server, sport, cport)
+            rec["dport"] = np.where(from_server, cport, sport)
+            rec["doff"], rec["win"] = 0x50, 65535
+            rec["flags"] = np.where(rnd == 0, 0x02, 0x10)
+            fh.write(rec.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def timed(argv: list[str], stdout: Any = subprocess.DEVNULL) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.PIPE if stdout is None else stdout,
+                          stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(argv[:3])}...: exit {done.returncode}: "
+                           f"{done.stderr[-400:]}")
+    return wall, done.stdout or ""
+
+
+def replay_rss(capture: Path, policy: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    mem = out / "scale-rss.json"
+    wall, text = timed([PY, str(BENCH / "replay_rss.py"), str(mem), "replay", str(capture),
+                        "--policy", str(policy), "--json", *extra], stdout=None)
+    summary = json.loads(text)
+    rss = json.loads(mem.read_text())
+    return {"wall_s": wall, "elapsed_s": summary["elapsed_s"], "packets": summary["packets"],
+            "counters": summary["counters"], "memory_bytes": summary["memory_bytes"],
+            "peak_rss_kib": rss["exit"]["VmHWM"], "rss_anon_kib": rss["exit"]["RssAnon"],
+            "capture_rss_kib": rss.get("before_unmap", {}).get("capture_mapping_rss")}
+
+
+def m_scale(out: Path, flow_counts: list[int], packets: int, repeat: int) -> dict[str, Any]:
+    policy = out / "scale-policy.toml"
+    policy.write_text(POLICY)
+    bpf = BR.bpf_filter(parse_policy(POLICY))
+    tcpdump, ndpi = shutil.which("tcpdump"), shutil.which("ndpiReader")
+    res: dict[str, Any] = {"packets": packets, "bpf": bpf,
+                           "ndpiReader": ndpi or "not installed (Debian: libndpi-bin)"}
+    for flows in flow_counts:
+        cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+        log(f"scale: {flows:,} flows")
+        rows: dict[str, list[Any]] = {"replay": [], "tcpdump": [], "ndpi": []}
+        for _ in range(repeat):              # alternated, so load hits all alike
+            rows["replay"].append(replay_rss(cap, policy, out, []))
+            if tcpdump:
+                rows["tcpdump"].append(timed([tcpdump, "-r", str(cap), "-w", "/dev/null",
+                                              bpf])[0])
+            if ndpi:
+                rows["ndpi"].append(timed([ndpi, "-i", str(cap), "-q"])[0])
+        best = min(rows["replay"], key=lambda r: r["elapsed_s"])
+        entry = {"flows": flows, "capture_bytes": cap.stat().st_size, "replay": best,
+                 "replay_wall_s": [r["wall_s"] for r in rows["replay"]],
+                 "ns_per_packet_loop": best["elapsed_s"] / packets * 1e9,
+                 "ns_per_packet_wall": min(r["wall_s"] for r in rows["replay"]) / packets * 1e9}
+        if rows["tcpdump"]:
+            entry["tcpdump_wall_s"] = rows["tcpdump"]
+            entry["replay_over_tcpdump"] = (min(r["wall_s"] for r in rows["replay"])
+                                            / min(rows["tcpdump"]))
+        if rows["ndpi"]:
+            entry["ndpi_wall_s"] = rows["ndpi"]
+            entry["replay_over_ndpi"] = (min(r["wall_s"] for r in rows["replay"])
+                                         / min(rows["ndpi"]))
+        res[str(flows)] = entry
+    small, large = str(min(flow_counts)), str(max(flow_counts))
+    if small != large:
+        res["large_over_small_per_packet"] = (res[large]["ns_per_packet_loop"]
+                                              / res[small]["ns_per_packet_loop"])
+    return res
+
+
+def m_flood(out: Path, flows: int, packets: int) -> dict[str, Any]:
+    """The largest capture into 65,536 slots (the old default): who is evicted."""
+    cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+    policy = out / "scale-policy.toml"
+    log("flood: 1M flows into 65,536 slots")
+    r = replay_rss(cap, policy, out, ["--flows", "65536"])
+    c = r["counters"]
+    return {"flow_slots": 65536, "flows_created": c["flows_created"],
+            "flows_evicted": c["flows_evicted"],
+            "flows_evicted_allowed": c["flows_evicted_allowed"], "elapsed_s": r["elapsed_s"],
+            "peak_rss_kib": r["peak_rss_kib"], "memory_bytes": r["memory_bytes"]}
+
+
+def _batches(cap: Path, limit: int) -> list[tuple[Any, ...]]:
+    out, n = [], 0
+    with CaptureFile(str(cap), 4096) as f:
+        for b in f.batches():
+            k = min(b.count, limit - n)
+            out.append((bytes(b.buf[b.offsets[0]:b.offsets[k - 1] + b.lengths[k - 1]]),
+                        np.array(b.offsets[:k]) - b.offsets[0], np.array(b.lengths[:k]),
+                        np.array(b.timestamps[:k]), np.array(b.linktypes[:k])))
+            n += k
+            if n >= limit:
+                break
+    return out
+
+
+def _storm(batches: list[tuple[Any, ...]], types: list[str] | None, drain: str
+           ) -> dict[str, Any]:
+    """Classify the batches (every packet a new flow); drain after each batch."""
+    clf = fastpath.Classifier(flow_capacity=1 << 21, device_capacity=4096,
+                              event_capacity=1 << 16, seed=1)
+    clf.set_policy(compile_policy(parse_policy(POLICY)))
+    clf.set_mode("monitor")
+    clf.set_events(types)
+    v, r, ru = (np.zeros(4096, t) for t in (np.uint8, np.uint8, np.uint16))
+    buf = ea.EventBuffer(1 << 16)
+    t_classify = t_drain = 0.0
+    events = 0
+    for data, off, ln, ts, lt in batches:
+        t0 = time.perf_counter()
+        clf.classify(data, off, ln, ts, lt, v, r, ru)
+        t1 = time.perf_counter()
+        if drain == "array":
+            events += len(buf.drain(clf))
+        elif drain == "dicts":
+            events += len([event_dict(t) for t in clf.drain(1 << 16)])
+        t_drain += time.perf_counter() - t1
+        t_classify += t1 - t0
+    return {"classify_s": t_classify, "drain_s": t_drain, "events": events,
+            "stats": {k: int(v) for k, v in clf.stats().items() if k != "reasons"}}
+
+
+def m_events(out: Path, flows: int, packets: int) -> dict[str, Any]:
+    cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+    log("events: a new-flow storm of 1M flows")
+    storm = _batches(cap, flows)              # round 0: one new flow per packet
+    res: dict[str, Any] = {"packets": flows}
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(3):
+        for name, types, drain in (("counted_only", [], "none"),
+                                   ("array", None, "array"),
+                                   ("dicts", None, "dicts")):
+            run = _storm(storm, types, drain)
+            if name not in best or run["classify_s"] + run["drain_s"] < (
+                    best[name]["classify_s"] + best[name]["drain_s"]):
+                best[name] = run
+    res.update(best)
+    arr, lean = best["array"], best["counted_only"]
+    res["ring_to_consumer_events_per_s"] = arr["events"] / arr["drain_s"]
+    res["per_event_path_events_per_s"] = best["dicts"]["events"] / best["dicts"]["drain_s"]
+    res["c_ns_per_event"] = ((arr["classify_s"] - lean["classify_s"]) / arr["events"] * 1e9)
+    # Into the store: 1M flow-end records (the active flows, flow-end shaped) in batches of
+    # 8192, one transaction each, as Replayer does.
+    log("events: into SQLite")
+    clf = fastpath.Classifier(flow_capacity=1 << 21, device_capacity=4096, seed=1)
+    clf.set_policy(compile_policy(parse_policy(POLICY)))
+    clf.set_mode("monitor")
+    v, r, ru = (np.zeros(4096, t) for t in (np.uint8, np.uint8, np.uint16))
+    for data, off, ln, ts, lt in storm:
+        clf.classify(data, off, ln, ts, lt, v, r, ru)
+        clf.drain(1 << 16)
+    records = np.zeros(flows, fastpath.EVENT_DTYPE)
+    n = clf.copy_flows(records.view(np.uint8))
+    rules = parse_policy(POLICY).rule_name
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        with Store(os.path.join(tmp, "wardtap.db")) as store:
+            run = store.start_run("replay", ["scale"], "monitor", None)
+            start = time.perf_counter()
+            written = 0
+            for i in range(0, n, 8192):
+                written += store.add_event_array(run, records[i:i + 8192], rules)
+            store_s = time.perf_counter() - start
+            sample = records[: min(n, 100_000)]
+            start = time.perf_counter()
+            for i in range(0, len(sample), 8192):
+                store.add_events(run, ea.as_dicts(sample[i:i + 8192], rules))
+            dict_s = time.perf_counter() - start
+    res["store"] = {"rows": written, "seconds": store_s, "events_per_s": written / store_s,
+                    "per_event_path_events_per_s": len(sample) / dict_s}
+    return res
+
+
+def m_classifier(out: Path, repeat: int) -> dict[str, Any]:
+    meta = BR.ensure_capture(out, 1_000_000, 2000, 1)
+    policy = parse_policy(BR.write_policy(out).read_text())
+    pre = BR.preload(Path(meta["path"]), 1_000_000)
+    chunks = pre.chunks()
+    log("classifier: compact against general, alternated")
+    clfs = {}
+    for name, compact in (("compact", True), ("general", False)):
+        clf = fastpath.Classifier(flow_capacity=65536, device_capacity=4096, seed=1,
+                                  compact=compact)
+        clf.set_mode("monitor")
+        clf.set_policy(compile_policy(policy))
+        BR.classify_pass(clf, pre.buf, chunks)              # warm-up: creates the flows
+        clfs[name] = clf
+    times: dict[str, list[float]] = {"compact": [], "general": []}
+    for _ in range(repeat):
+        for name, clf in clfs.items():
+            times[name].append(BR.classify_pass(clf, pre.buf, chunks))
+    res = {name: {"best_s": min(t), "mpps": pre.count / min(t) / 1e6,
+                  "median_mpps": pre.count / statistics.median(t) / 1e6}
+           for name, t in times.items()}
+    st = clfs["compact"].stats()
+    res["compact_share"] = st["compact"] / st["packets"]
+    res["speedup"] = res["compact"]["mpps"] / res["general"]["mpps"]
+    return res
+
+
+def m_callgrind(out: Path) -> dict[str, Any]:
+    meta = BR.ensure_capture(out, 1_000_000, 2000, 1)
+    policy = BR.write_policy(out)
+    res = {}
+    for name, general in (("compact", False), ("general", True)):
+        log(f"callgrind: {name} path")
+        r = BR.m_callgrind(Path(meta["path"]), policy, out, general=general)
+        res[name] = {"ir_per_packet": r["ir_per_packet"],
+                     "difference_ir_per_packet": r["difference"]["ir_per_packet"],
+                     "top": r.get("client_requests", {}).get("top_functions_exclusive", [])[:5]}
+    return res
+
+
+def _ir(argv: list[str], out_file: Path) -> int:
+    valgrind = shutil.which("valgrind")
+    assert valgrind
+    subprocess.run([valgrind, "--tool=callgrind", "--dump-instr=no",
+                    f"--callgrind-out-file={out_file}", *argv], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
+    return BR._callgrind_totals(out_file)
+
+
+def m_marginal(out: Path) -> dict[str, Any]:
+    """Instructions per packet of a whole replay and of tcpdump + BPF: the difference of
+    runs over 300k and 600k packets of the ward capture (start-up and teardown cancel)."""
+    policy_path = BR.write_policy(out)
+    bpf = BR.bpf_filter(parse_policy(policy_path.read_text()))
+    caps = {n: Path(BR.ensure_capture(out, n, 2000, 1)["path"]) for n in (300_000, 600_000)}
+    ir: dict[str, dict[int, int]] = {"replay": {}, "tcpdump": {}}
+    for n, cap in caps.items():
+        log(f"marginal: callgrind over {n:,} packets")
+        ir["replay"][n] = _ir([WARDTAP, "replay", str(cap), "--policy", str(policy_path),
+                               "--json"], out / f"marginal-replay-{n}.out")
+        ir["tcpdump"][n] = _ir([shutil.which("tcpdump") or "tcpdump", "-r", str(cap), "-w",
+                                "/dev/null", bpf], out / f"marginal-tcpdump-{n}.out")
+    per = {k: (v[600_000] - v[300_000]) / 300_000 for k, v in ir.items()}
+    return {"ir": {k: {str(n): x for n, x in v.items()} for k, v in ir.items()},
+            "replay_ir_per_packet": per["replay"], "tcpdump_ir_per_packet": per["tcpdump"],
+            "ratio": per["replay"] / per["tcpdump"]}
+
+
+def m_startup(repeat: int) -> dict[str, Any]:
+    missing = "/nonexistent/wardtap-bench.sock"
+    cases = {"python -c pass": [PY, "-c", "pass"], "wardtap --help": [WARDTAP, "--help"],
+             "wardtap status (not running)": [WARDTAP, "status", "--socket", missing],
+             "wardtap status --json (not running)": [WARDTAP, "status", "--json", "--socket",
+                                                     missing],
+             "status drawn (imports to draw it)": [PY, "-c",
+                                                   "import appliance.cli.daemonctl, "
+                                                   "appliance.panel.console"]}
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeat * 5):
+        for name, argv in cases.items():
+            start = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {k: {"median_ms": statistics.median(v) * 1e3, "best_ms": min(v) * 1e3}
+            for k, v in times.items()}
+
+
+def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+    cg = res.get("callgrind")
+    if cg:
+        ir = cg["compact"]["ir_per_packet"]
+        rows.append(("instructions per flow-table hit", "<= 300 (goal 250)",
+                     f"{ir:.0f} (general path {cg['general']['ir_per_packet']:.0f})", ir <= 300))
+    cl = res.get("classifier")
+    if cl:
+        rows.append(("classifier alone, Mpps", ">= 10",
+                     f"{cl['compact']['mpps']:.2f} (general {cl['general']['mpps']:.2f})",
+                     cl["compact"]["mpps"] >= 10))
+    mg = res.get("marginal")
+    if mg:
+        rows.append(("replay / tcpdump+BPF marginal instructions", "<= 0.5x (goal 0.25x)",
+                     f"{mg['ratio']:.2f}x ({mg['replay_ir_per_packet']:.0f} / "
+                     f"{mg['tcpdump_ir_per_packet']:.0f})", mg["ratio"] <= 0.5))
+    sc = res.get("scale")
+    if sc and "large_over_small_per_packet" in sc:
+        x = sc["large_over_small_per_packet"]
+        rows.append(("1M flows / 10k flows, time per packet", "<= 5x", f"{x:.2f}x", x <= 5))
+    fl = res.get("flood")
+    if fl:
+        rows.append(("allowed conversations evicted (1M flows, 65,536 slots)", "0",
+                     f"{fl['flows_evicted_allowed']} of {fl['flows_evicted']:,} evicted",
+                     fl["flows_evicted_allowed"] == 0))
+    ev = res.get("events")
+    if ev:
+        x = ev["ring_to_consumer_events_per_s"]
+        rows.append(("events ring -> consumer", ">= 1M/s", f"{x / 1e6:.1f}M/s", x >= 1e6))
+        y = ev["store"]["events_per_s"]
+        rows.append(("events into the SQLite store", ">= 200k/s", f"{y / 1e3:.0f}k/s",
+                     y >= 2e5))
+    st = res.get("startup")
+    if st:
+        for k in ("wardtap --help", "wardtap status (not running)"):
+            ms = st[k]["median_ms"]
+            rows.append((k, "< 150 ms", f"{ms:.0f} ms", ms < 150))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--flows", default="10000,100000,1000000")
+    ap.add_argument("--packets", type=int, default=2_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=str(BENCH / "out"))
+    ap.add_argument("--skip", default="")
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [s for s in SECTIONS if (not args.only or s in args.only.split(","))
+              and s not in args.skip.split(",")]
+    flow_counts = [int(x) for x in args.flows.split(",")]
+    res: dict[str, Any] = {"load_before": os.getloadavg(), "cpu": BR._cpu()}
+    if "startup" in chosen:
+        res["startup"] = m_startup(args.repeat)
+    if "events" in chosen:
+        res["events"] = m_events(out, max(flow_counts), args.packets)
+    if "classifier" in chosen:
+        res["classifier"] = m_classifier(out, args.repeat)
+    if "scale" in chosen:
+        res["scale"] = m_scale(out, flow_counts, args.packets, args.repeat)
+    if "flood" in chosen:
+        res["flood"] = m_flood(out, max(flow_counts), args.packets)
+    if "callgrind" in chosen:
+        res["callgrind"] = m_callgrind(out)
+    if "marginal" in chosen:
+        res["marginal"] = m_marginal(out)
+    res["load_after"] = os.getloadavg()
+    (out / "scale.json").write_text(json.dumps(res, indent=2, default=str))
+    print(json.dumps({k: v for k, v in res.items()}, indent=2, default=str))
+    print("\nbars:")
+    for name, bar, got, ok in bars(res):
+        mark = "met" if ok else "NOT met" if ok is False else "-"
+        print(f"  {name:<58} {bar:<22} {got:<40} {mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
