@@ -268,6 +268,19 @@ def m_events(out: Path, flows: int, packets: int) -> dict[str, Any]:
     res["ring_to_consumer_events_per_s"] = arr["events"] / arr["drain_s"]
     res["per_event_path_events_per_s"] = best["dicts"]["events"] / best["dicts"]["drain_s"]
     res["c_ns_per_event"] = ((arr["classify_s"] - lean["classify_s"]) / arr["events"] * 1e9)
+    if shutil.which("valgrind"):
+        # Deterministic: the storm's first 200k flows under callgrind, every event queued and
+        # drained, against none (counted only); the difference over the events.
+        log("events: callgrind, queued against counted only")
+        ir, queued = {}, 0
+        for mode in ("all", "none"):
+            argv = [PY, str(BENCH / "callgrind_events.py"), str(cap), "--flows", "200000"]
+            ir[mode] = _ir(argv + (["--none"] if mode == "none" else []),
+                           out / f"events-{mode}.out")
+            if mode == "all":
+                queued = json.loads(subprocess.run(argv, capture_output=True, text=True,
+                                                   check=True).stdout)["queued"]
+        res["c_instructions_per_event"] = (ir["all"] - ir["none"]) / queued
     # Into the store: 1M flow-end records (the active flows, flow-end shaped) in batches of
     # 8192, one transaction each, as Replayer does.
     log("events: into SQLite")
@@ -359,8 +372,11 @@ def m_marginal(out: Path) -> dict[str, Any]:
         log(f"marginal: callgrind over {n:,} packets")
         ir["replay"][n] = _ir([WARDTAP, "replay", str(cap), "--policy", str(policy_path),
                                "--json"], out / f"marginal-replay-{n}.out")
-        ir["tcpdump"][n] = _ir([shutil.which("tcpdump") or "tcpdump", "-r", str(cap), "-w",
-                                "/dev/null", bpf], out / f"marginal-tcpdump-{n}.out")
+        # -Z root: tcpdump would otherwise drop to its own user and callgrind could not
+        # write its output file.
+        ir["tcpdump"][n] = _ir([shutil.which("tcpdump") or "tcpdump", "-Z", "root", "-r",
+                                str(cap), "-w", "/dev/null", bpf],
+                               out / f"marginal-tcpdump-{n}.out")
     per = {k: (v[600_000] - v[300_000]) / 300_000 for k, v in ir.items()}
     return {"ir": {k: {str(n): x for n, x in v.items()} for k, v in ir.items()},
             "replay_ir_per_packet": per["replay"], "tcpdump_ir_per_packet": per["tcpdump"],
@@ -441,23 +457,30 @@ def main() -> int:
     chosen = [s for s in SECTIONS if (not args.only or s in args.only.split(","))
               and s not in args.skip.split(",")]
     flow_counts = [int(x) for x in args.flows.split(",")]
-    res: dict[str, Any] = {"load_before": os.getloadavg(), "cpu": BR._cpu()}
-    if "startup" in chosen:
-        res["startup"] = m_startup(args.repeat)
-    if "events" in chosen:
-        res["events"] = m_events(out, max(flow_counts), args.packets)
-    if "classifier" in chosen:
-        res["classifier"] = m_classifier(out, args.repeat)
-    if "scale" in chosen:
-        res["scale"] = m_scale(out, flow_counts, args.packets, args.repeat)
-    if "flood" in chosen:
-        res["flood"] = m_flood(out, max(flow_counts), args.packets)
-    if "callgrind" in chosen:
-        res["callgrind"] = m_callgrind(out)
-    if "marginal" in chosen:
-        res["marginal"] = m_marginal(out)
+    # Sections run with --only are merged into the last results (OUT/scale.json), and the
+    # file is written after every section, so a failure keeps what was measured.
+    path = out / "scale.json"
+    res: dict[str, Any] = json.loads(path.read_text()) if args.only and path.exists() else {}
+    res.update({"load_before": os.getloadavg(), "cpu": BR._cpu()})
+    runs = {
+        "startup": lambda: m_startup(args.repeat),
+        "events": lambda: m_events(out, max(flow_counts), args.packets),
+        "classifier": lambda: m_classifier(out, args.repeat),
+        "scale": lambda: m_scale(out, flow_counts, args.packets, args.repeat),
+        "flood": lambda: m_flood(out, max(flow_counts), args.packets),
+        "callgrind": lambda: m_callgrind(out),
+        "marginal": lambda: m_marginal(out),
+    }
+    for name in chosen:
+        try:
+            res[name] = runs[name]()
+        except Exception as exc:  # noqa: BLE001  (a measurement that failed is reported)
+            log(f"{name}: failed: {exc}")
+            res[name + "_error"] = str(exc)
+        res[name + "_load"] = os.getloadavg()
+        path.write_text(json.dumps(res, indent=2, default=str))
     res["load_after"] = os.getloadavg()
-    (out / "scale.json").write_text(json.dumps(res, indent=2, default=str))
+    path.write_text(json.dumps(res, indent=2, default=str))
     print(json.dumps({k: v for k, v in res.items()}, indent=2, default=str))
     print("\nbars:")
     for name, bar, got, ok in bars(res):
