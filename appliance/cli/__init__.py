@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {
     "top": Command("live dashboard of the running daemon (q quits)", "daemonctl", "add_top",
                    "run_top"),
     "mode": Command("set the running daemon's mode", "daemonctl", "add_mode", "run_mode"),
-    "reload": Command("reload the running daemon's policy", "daemonctl", "add_socket",
+    "reload": Command("reload the running daemon's policy", "daemonctl", "add_reload",
                       "run_reload"),
     "propose": Command("write the policy the daemon has learned so far", "daemonctl",
                        "add_socket", "run_propose"),

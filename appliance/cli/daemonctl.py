@@ -22,11 +22,13 @@ def add_run(p: argparse.ArgumentParser) -> None:
 def run_daemon(args: argparse.Namespace) -> int:
     import logging
 
+    from appliance.common.text import SafeFormatter
     from appliance.daemon.service import Daemon
     from appliance.system.config import load_config
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s wardtap %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s wardtap %(levelname)s %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     dissect = None
     if args.dissect:
         from appliance.inventory.dissector import DissectConfig
@@ -49,10 +51,10 @@ def add_mode(p: argparse.ArgumentParser) -> None:
     add_socket(p)
 
 
-def _control(socket_path: str, body: dict[str, Any]) -> int:
+def _control(socket_path: str, body: dict[str, Any], timeout: float = 5.0) -> int:
     from appliance.common.control import request
 
-    answer = request(socket_path, body)
+    answer = request(socket_path, body, timeout=timeout)
     print(json.dumps(answer, indent=2))
     return 0 if answer.get("ok") else 1
 
@@ -61,12 +63,23 @@ def run_mode(args: argparse.Namespace) -> int:
     return _control(args.socket, {"cmd": "mode", "mode": args.mode})
 
 
+def add_reload(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the policy if `wardtap policy check` would warn about it")
+    add_socket(p)
+
+
 def run_reload(args: argparse.Namespace) -> int:
-    return _control(args.socket, {"cmd": "reload"})
+    from appliance.common.control import SLOW_ANSWER_TIMEOUT
+
+    body = {"cmd": "reload", **({"strict": True} if args.strict else {})}
+    return _control(args.socket, body, timeout=SLOW_ANSWER_TIMEOUT + 5)
 
 
 def run_propose(args: argparse.Namespace) -> int:
-    return _control(args.socket, {"cmd": "propose"})
+    from appliance.common.control import SLOW_ANSWER_TIMEOUT
+
+    return _control(args.socket, {"cmd": "propose"}, timeout=SLOW_ANSWER_TIMEOUT + 5)
 
 
 def add_status(p: argparse.ArgumentParser) -> None:

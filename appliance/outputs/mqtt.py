@@ -60,7 +60,8 @@ log = logging.getLogger("wardtap.mqtt")
 SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 # Alerts are never evicted from the spool (see appliance.outputs.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
-                         "policy_rejected", "bypass", "spool_overflow",
+                         "policy_rejected", "policy_fault", "policy_fault_cleared", "bypass",
+                         "spool_overflow", "spool_disk_full", "spool_disk_ok",
                          "integrity_alarm", "integrity_restored"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
@@ -80,6 +81,7 @@ class MqttOutput(Output):
         self.clock = clock
         self.mode = mode
         self.policy = policy
+        self.policy_fault: dict[str, Any] | None = None   # the daemon runs a fallback policy
         self.datapath = datapath
         self.started = clock()
         self.topics = {leaf: topic(s.site, s.appliance, leaf)
@@ -151,13 +153,17 @@ class MqttOutput(Output):
             if kind == "violation":
                 self._interval_violations += 1
                 self._violations.append((now, 1))
-            elif kind in ("started", "mode_changed", "policy_loaded"):
+            elif kind in ("started", "mode_changed", "policy_loaded", "policy_fault",
+                          "policy_fault_cleared"):
                 if kind == "mode_changed":     # entering or leaving bypass is called out
                     event = {**event, "bypass": event.get("mode") == "bypass"}
-                before = (self.mode, self.policy)
+                before = (self.mode, self.policy, self.policy_fault)
                 self.mode = event.get("mode", self.mode)
                 self.policy = event.get("policy", self.policy)
-                state_changed |= (self.mode, self.policy) != before
+                if kind in ("started", "policy_fault", "policy_fault_cleared"):
+                    self.policy_fault = (event.get("policy_fault") if kind == "started" else
+                                         _fault(event) if kind == "policy_fault" else None)
+                state_changed |= (self.mode, self.policy, self.policy_fault) != before
             out.extend(self.summarizer.add(event))
         out.extend(self.summarizer.expire(now))
         self._enqueue(out)
@@ -285,12 +291,14 @@ class MqttOutput(Output):
             reason = "connection lost"
         if status == "online":
             spool = self.spool.status()
-            body.update(mode=self.mode, policy=self.policy, datapath=self.datapath,
+            body.update(mode=self.mode, policy=self.policy, policy_fault=self.policy_fault,
+                        datapath=self.datapath,
                         started=self.started, uptime_s=round(now - self.started, 1),
                         spool={"depth": spool["depth"], "bytes": spool["bytes"],
                                "overflow": spool["overflow"], "dropped": spool["dropped"],
                                "disk_full": spool["disk_full"],
-                               "low_disk": spool["low_disk"]},
+                               "low_disk": spool["low_disk"],
+                               "held_in_memory": spool["held_in_memory"]},
                         spool_overflow=spool["overflow"],
                         commands={"signed": self.processor.verifier is not None,
                                   "last_seq": self.audit.last_seq()})
@@ -375,9 +383,9 @@ class MqttOutput(Output):
         if message.topic != self.topics["cmd"]:
             return
         try:
-            self.commands.handle(message)
-        except Exception:  # noqa: BLE001  (never let a request kill the network thread)
-            log.exception("mqtt: command handling failed")
+            self.commands.handle(message)      # it answers every failure itself
+        except Exception as exc:  # noqa: BLE001  (never let a request kill the network thread)
+            log.error("mqtt: command handling failed: %s: %s", type(exc).__name__, exc)
 
     def enqueue_direct(self, event: dict[str, Any]) -> None:
         """An event from the network thread (bypasses the summarizer, main-loop only)."""
@@ -387,3 +395,7 @@ class MqttOutput(Output):
             log.error("mqtt: cannot spool an event: %s", exc)
         self.sender.wake()
 
+
+def _fault(event: dict[str, Any]) -> dict[str, Any]:
+    """A policy_fault event as the state message's `policy_fault`."""
+    return {k: event.get(k) for k in ("error", "running", "since", "bypass")}

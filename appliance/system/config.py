@@ -53,12 +53,14 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_toml
 from appliance.common.tomlfile import TomlLines
 from appliance.errors import WardtapError
 
 MODES = ("learn", "monitor", "enforce", "bypass")
 DATAPATHS = ("replay", "tap", "inline")
 DEFAULT_CONTROL = "/run/wardtap/control.sock"
+MAX_CONFIG_BYTES = 256 << 10
 
 
 class ConfigError(WardtapError):
@@ -133,13 +135,16 @@ _DATAPATH_OPTIONS = {
 def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8")
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"cannot read: {exc}") from None
     try:
-        doc = tomllib.loads(text)
+        doc = load_toml(text, max_bytes=MAX_CONFIG_BYTES)
+    except BoundsError as exc:
+        raise ConfigError(path, str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise ConfigError(path, f"TOML syntax: {exc}",
