@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance import __version__
+from appliance.common.ratelog import RateLimitedLog
 from appliance.contract.broker import (
     PAYLOAD_VERSION,
     make_client,
@@ -82,12 +83,13 @@ class MqttOutput(Output):
         self.mode = mode
         self.policy = policy
         self.policy_fault: dict[str, Any] | None = None   # the daemon runs a fallback policy
+        self.failures = RateLimitedLog(log)
         self.datapath = datapath
         self.started = clock()
         self.topics = {leaf: topic(s.site, s.appliance, leaf)
                        for leaf in ("state", "events", "inventory", "stats", "cmd", "response")}
         self.spool = Spool(s.spool, max_rows=s.spool_max_rows, max_bytes=s.spool_max_bytes,
-                           min_free_bytes=s.min_free_bytes)
+                           min_free_bytes=s.min_free_bytes, reserve_bytes=s.spool_reserve_bytes)
         self.audit = AuditLog(s.spool)
         verifier = None
         if s.fleet_key:
@@ -186,6 +188,7 @@ class MqttOutput(Output):
             self.publish_inventory(devices)
         if now - self._last_stats >= self.settings.stats_interval:
             self._enqueue_stats(stats, devices, now)
+        self._check_flags()          # a full disk that cleared by itself shows in the state
 
     def send_stats(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
         """Spool a stats message now (end of a replay), whatever the interval."""
@@ -237,7 +240,7 @@ class MqttOutput(Output):
         try:
             self.spool.put(items)
         except WardtapError as exc:
-            log.error("mqtt: cannot spool %d events: %s", len(items), exc)
+            self.failures.error("spool", f"mqtt: cannot spool {len(items)} events: {exc}")
             return
         self.counters["events_spooled"] += len(items)
         self.sender.wake()
@@ -266,7 +269,7 @@ class MqttOutput(Output):
             self.spool.put([Item(KIND_STATS, PRIO_STATS,
                                  json.dumps(body, separators=(",", ":"), default=str))])
         except WardtapError as exc:
-            log.error("mqtt: cannot spool stats: %s", exc)
+            self.failures.error("spool", f"mqtt: cannot spool stats: {exc}")
         self.sender.wake()
         self._check_flags()
 
@@ -392,7 +395,7 @@ class MqttOutput(Output):
         try:
             self.spool.put([Item(KIND_EVENT, PRIO_INFO, _JSON(event))])
         except WardtapError as exc:
-            log.error("mqtt: cannot spool an event: %s", exc)
+            self.failures.error("spool", f"mqtt: cannot spool an event: {exc}")
         self.sender.wake()
 
 

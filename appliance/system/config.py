@@ -117,6 +117,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                "summary_window": (int, float), "per_group": int, "inflight": int,
                "batch": int, "linger": (int, float), "min_interval": (int, float),
                "spool_max_rows": int, "spool_max_bytes": int, "min_free_bytes": int,
+               "spool_reserve_bytes": int,
                "max_command_bytes": int, "require_subscriber": bool},
     "integrity": {"manifests": list, "interval": (int, float)},
 }
