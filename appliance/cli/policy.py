@@ -147,8 +147,11 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    check = sub.add_parser("check", help="validate a policy file")
+    check = sub.add_parser("check", help="validate a policy file, and warn about rules that "
+                           "allow more than they seem to")
     check.add_argument("file")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 2 when there is any warning")
     add_actions(sub)
 
 
@@ -159,10 +162,20 @@ def run(args: argparse.Namespace) -> int:
     if action is not None:
         return action(args)
 
+    from appliance.common.text import shown
+    from appliance.errors import PolicyError
+    from appliance.policy.lint import lint
+
     policy = load_policy(args.file)
     compile_policy(policy)
-    print(f"{args.file}: ok: policy {policy.name!r} v{policy.version}, "
-          f"{len(policy.groups)} groups, {len(policy.rules)} rules")
+    findings = lint(policy)
+    for finding in findings:
+        print(shown(f"wardtap: warning: {finding.text(args.file)}"), file=sys.stderr)
+    if findings and args.strict:
+        raise PolicyError(args.file, f"{len(findings)} warning(s) and --strict")
+    warned = f", {len(findings)} warning(s)" if findings else ""
+    print(shown(f"{args.file}: ok: policy {policy.name!r} v{policy.version}, "
+                f"{len(policy.groups)} groups, {len(policy.rules)} rules{warned}"))
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from appliance.common.text import shown
+
 
 def rows_from_broker(found: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows from the retained state and stats topics (FleetClient.appliances)."""
@@ -51,4 +53,4 @@ def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
                      f"{r['mode'] or '-':8} {policy[:24]:24} {age(r['last_seen'], now):10} "
                      f"{viol if viol is not None else '-':>7}"
                      f" {spool if spool is not None else '-':>5}{flag}")
-    return "\n".join(lines)
+    return "\n".join(shown(line) for line in lines)

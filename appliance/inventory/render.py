@@ -6,6 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.common.text import csv_cell, shown
+
 
 def _when(ts: float | None) -> str:
     if not ts:
@@ -43,9 +45,10 @@ def render_table(devices: Sequence[dict[str, Any]]) -> str:
                      f"{d['confidence']:.2f}", (d["names"] or ["-"])[0][:20], _ips(d) or "-",
                      proto or "-", _when(d["first_seen"]), _when(d["last_seen"]),
                      _bytes(d["bytes_sent"] + d["bytes_received"])))
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [head, *rows])
+    cells = [tuple(shown(c) for c in r) for r in [head, *rows]]   # names come from the wire
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
 
 
 CSV_FIELDS = ("mac", "vendor", "randomized_mac", "class", "confidence", "names", "ips", "vlan",
@@ -65,7 +68,7 @@ def render_csv(devices: Sequence[dict[str, Any]]) -> str:
                    protocols=";".join(d["protocols"]),
                    class_reasons=";".join(r["rule"] for r in d["class_reasons"]),
                    first_seen=_iso(d["first_seen"]), last_seen=_iso(d["last_seen"]))
-        writer.writerow([row[f] for f in CSV_FIELDS])
+        writer.writerow([csv_cell(row[f]) for f in CSV_FIELDS])
     return out.getvalue()
 
 
@@ -98,4 +101,4 @@ def render_why(d: dict[str, Any]) -> str:
     for e in d["evidence"]:
         lines.append(f"  {e['key']:<22} {e['value'][:60]:<60}  {e['source']}, "
                      f"{_when(e['first_seen'])}, x{e['count']}")
-    return "\n".join(lines)
+    return "\n".join(shown(line) for line in lines)

@@ -200,6 +200,7 @@ class MqttOutput(Output):
         return {"connected": self.connected.is_set(), "url": self.settings.broker.url,
                 "spool_depth": spool["depth"], "spool_overflow": spool["overflow"],
                 "spool_dropped": spool["dropped"], "disk_full": spool["disk_full"],
+                "held_in_memory": spool["held_in_memory"], "low_disk": spool["low_disk"],
                 "acknowledged": self.counters["acknowledged"]}
 
     def close(self) -> None:
