@@ -39,59 +39,45 @@ class BoundsError(ValueError):
 
 # -- TOML ---------------------------------------------------------------------------------------
 
-_TOML_TOKEN = re.compile(r"\"\"\"|'''|[\"'#\[\]{}=,.\n]")
-_BASIC_END = re.compile(r'(?:[^"\\\n]|\\.)*(?:"|\n|$)')
-_ML_BASIC_END = re.compile(r'(?:[^"\\]|\\.|"(?!""))*(?:"""|$)', re.S)
+# Strings and comments, as tomllib reads them (a multi-line string may end in up to two
+# extra quotes); what is left once they are blanked out is the document's structure.
+_TOML_OPAQUE = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*"""(?:"{1,2}(?!"))?'
+    r"|'''[\s\S]*?'''(?:'{1,2}(?!'))?"
+    r'|"(?:[^"\\\n]|\\.)*"'
+    r"|'[^'\n]*'"
+    r"|#[^\n]*")
+_NOT_NEWLINE = re.compile(r"[^\n]")
+_NESTING = re.compile(r"[\[\]{}]")
 _NON_FINITE = re.compile(r"[=,\[]\s*[+-]?(?:nan|inf)\b")
 
 
-def toml_shape(text: str) -> tuple[int, int, int, int]:
-    """(deepest nesting, its offset, most dotted-key parts, its offset), in one linear scan.
+def _blank(match: re.Match[str]) -> str:
+    """A string or comment as spaces, its line ends kept (offsets and lines stay true)."""
+    return _NOT_NEWLINE.sub(" ", match.group())
 
-    Strings and comments are skipped; brackets and braces count as nesting (a table header's
-    own brackets count too, so `[[rules]]` is 2); dots between two of `= , [ ] { }` or line
-    ends count as key parts. The scan never decides validity: tomllib does that afterwards.
+
+def toml_shape(text: str, max_key_parts: int = MAX_KEY_PARTS) -> tuple[int, int, int, int]:
+    """(deepest nesting, its offset, parts of a dotted key beyond max_key_parts or 0, its
+    offset), in linear time and without recursion.
+
+    Strings and comments are blanked out first; brackets and braces count as nesting (a
+    table header's own brackets too, so `[[rules]]` is 2); dots with none of `= , [ ] { }`
+    or a line end between them are the parts of one key. The scan never decides validity:
+    tomllib does that afterwards.
     """
+    skeleton = _TOML_OPAQUE.sub(_blank, text)
     depth = deepest = deepest_at = 0
-    parts = most_parts = parts_at = 0
-    pos, end = 0, len(text)
-    while pos < end:
-        m = _TOML_TOKEN.search(text, pos)
-        if m is None:
-            break
-        tok, pos = m.group(), m.end()
-        if tok == '"':
-            pos = _BASIC_END.match(text, pos).end()  # type: ignore[union-attr]
-        elif tok == "'":
-            nl = text.find("\n", pos)
-            quote = text.find("'", pos)
-            pos = end if quote < 0 and nl < 0 else (
-                quote + 1 if quote >= 0 and (nl < 0 or quote < nl) else nl)
-        elif tok == '"""':
-            pos = _ML_BASIC_END.match(text, pos).end()  # type: ignore[union-attr]
-            while pos < end and text[pos] == '"':
-                pos += 1
-        elif tok == "'''":
-            close = text.find("'''", pos)
-            pos = end if close < 0 else close + 3
-            while pos < end and text[pos] == "'":
-                pos += 1
-        elif tok == "#":
-            nl = text.find("\n", pos)
-            pos = end if nl < 0 else nl
-        elif tok == ".":
-            parts += 1
-            if parts > most_parts:
-                most_parts, parts_at = parts, m.start()
+    for m in _NESTING.finditer(skeleton):
+        if m.group() in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_at = depth, m.start()
         else:
-            parts = 0
-            if tok in "[{":
-                depth += 1
-                if depth > deepest:
-                    deepest, deepest_at = depth, m.start()
-            elif tok in "]}":
-                depth = max(0, depth - 1)
-    return deepest, deepest_at, most_parts + 1, parts_at
+            depth = max(0, depth - 1)
+    long_key = re.search(r"(?:\.[^.=,\[\]{}\n]*){" + str(max_key_parts) + "}", skeleton)
+    parts, parts_at = (max_key_parts + 1, long_key.start()) if long_key else (0, 0)
+    return deepest, deepest_at, parts, parts_at
 
 
 def _line(text: str, offset: int) -> int:
@@ -115,7 +101,7 @@ def load_toml(text: str, *, max_bytes: int, max_depth: int = MAX_DEPTH,
     size = len(text) if len(text) > max_bytes else len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise BoundsError(f"{size:,} bytes, more than the {max_bytes:,} allowed")
-    deepest, deepest_at, parts, parts_at = toml_shape(text)
+    deepest, deepest_at, parts, parts_at = toml_shape(text, max_key_parts)
     if deepest > max_depth:
         raise BoundsError(f"line {_line(text, deepest_at)}: nested more than {max_depth} "
                           "levels deep")
@@ -142,7 +128,7 @@ def toml_error(exc: tomllib.TOMLDecodeError) -> tuple[str, int | None]:
 # -- JSON ---------------------------------------------------------------------------------------
 
 _JSON_TOKEN = re.compile(rb'["\[\]{}]')
-_JSON_STRING_END = re.compile(rb'(?:[^"\\]|\\.)*(?:"|$)', re.S)
+_JSON_STRING_END = re.compile(rb'(?:[^"\\]|\\[\s\S]?)*"?')    # always matches
 
 
 def json_depth(data: bytes) -> tuple[int, int]:

@@ -7,6 +7,7 @@ and the field.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -138,7 +139,6 @@ class _Validator:
         self.path = path
         self.classes = classes
         self.lines = _Lines(text)
-        self._known_classes: list[str] | None = None
 
     def fail(self, message: str, field_name: str, line: int | None) -> PolicyError:
         return PolicyError(self.path, message, line, field_name)
@@ -236,11 +236,7 @@ class _Validator:
         return bytes.fromhex(value.replace(":", "").replace("-", ""))
 
     def _class(self, value: Any, where: str, line: int | None) -> str:
-        if self._known_classes is None:
-            from appliance.inventory.classes import UNKNOWN, ClassRules
-
-            self._known_classes = [c for c in ClassRules.load().classes if c != UNKNOWN]
-        known = self._known_classes
+        known = _known_classes()
         if value not in known:
             raise self.fail(f"{value!r} is not a device class ({', '.join(known)})", where,
                             line)
@@ -357,6 +353,14 @@ class _Validator:
                                 f"within 0-{top}", where, line)
             out.append((lo, hi))
         return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _known_classes() -> tuple[str, ...]:
+    """The device class names (the shipped rules file, read once)."""
+    from appliance.inventory.classes import UNKNOWN, ClassRules
+
+    return tuple(c for c in ClassRules.load().classes if c != UNKNOWN)
 
 
 def _net16(net: Network) -> tuple[bytes, int]:
