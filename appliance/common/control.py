@@ -52,12 +52,16 @@ class ControlServer(threading.Thread):
         directory = os.path.dirname(path)
         try:
             os.makedirs(directory, exist_ok=True)
+            # bound and listening under a temporary name, then renamed: a client never finds
+            # the socket before it listens (that would be "connection refused")
+            fresh = f"{path}~"
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(fresh)
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.bind(path)
-            os.chmod(path, 0o660)
+            self.sock.bind(fresh)
+            os.chmod(fresh, 0o660)
             self.sock.listen(8)
+            os.replace(fresh, path)
             self.sock.settimeout(0.5)
         except OSError as exc:
             raise WardtapError(f"control socket {path}: {exc.strerror or exc}") from None

@@ -46,7 +46,7 @@ class RateMeter:
 
 
 class IdentifyBudget:
-    """At most IDENTIFY_BUDGET_S seconds of identify per IDENTIFY_WINDOW_S."""
+    """At most IDENTIFY_BUDGET_S seconds of identify asked for per IDENTIFY_WINDOW_S."""
 
     def __init__(self, budget: float = IDENTIFY_BUDGET_S,
                  window: float = IDENTIFY_WINDOW_S) -> None:
@@ -58,10 +58,9 @@ class IdentifyBudget:
         """Book `seconds` now; or say why not (None: booked)."""
         now = time.monotonic()
         self.spent = [(t, s) for t, s in self.spent if now - t < self.window]
-        # a running identify is replaced by the new one: only its elapsed part counts
-        used = sum(min(s, now - t) for t, s in self.spent)
+        used = sum(s for _, s in self.spent)       # what was asked for, however it ended
         if used + seconds > self.budget:
-            return (f"identify has blinked {used:.0f} s in the last {self.window / 60:g} min; "
-                    f"at most {self.budget:g} s")
+            return (f"identify was asked for {used:.0f} s in the last {self.window / 60:g} "
+                    f"min; at most {self.budget:g} s")
         self.spent.append((now, seconds))
         return None

@@ -416,9 +416,14 @@ class Daemon:
 
     def set_mode(self, mode: str) -> dict[str, Any]:
         if mode not in ("learn", "monitor", "enforce", "bypass"):
-            return {"ok": False, "error": f"unknown mode {mode!r}"}
+            return refused("invalid_args", f"unknown mode {mode!r}")
         if mode in ("monitor", "enforce") and self.policy is None:
-            return {"ok": False, "error": f"mode {mode} needs a policy"}
+            return refused("no_policy", f"mode {mode} needs a policy")
+        if self.policy is not None:
+            try:
+                check_usable(self.policy, mode)
+            except PolicyError as exc:
+                return refused("invalid_policy", str(exc))
         previous, self.mode = self.mode, mode
         if mode == "learn" and self.baseline is None:
             self.baseline = Baseline()
