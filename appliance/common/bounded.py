@@ -176,7 +176,8 @@ def load_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) 
     if deepest > max_depth:
         raise BoundsError(f"nested more than {max_depth} levels deep (at byte {at})")
     try:
-        return json.loads(raw, parse_constant=_constant, parse_float=_finite,
+        text = raw.decode("utf-8")       # strictly: json would guess UTF-16 from a BOM
+        return json.loads(text, parse_constant=_constant, parse_float=_finite,
                           object_pairs_hook=_pairs)
     except BoundsError:
         raise

@@ -36,7 +36,8 @@ class RateLimitedLog:
             held = self._held.pop(key, 0)
             self._last[key] = now
         if held:
-            message += f" ({held:,} more like this in the last {now - (last or now):.0f} s)"
+            since = now - last if last is not None else 0.0
+            message += f" ({held:,} more like this in the last {since:.0f} s)"
         self.logger.log(level, "%s", message)
         return True
 

@@ -24,8 +24,11 @@ import threading
 import time
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_json
+from appliance.common.text import shown
 from appliance.contract.broker import ROOT, BrokerSettings, make_client, split_topic, start
 from appliance.errors import WardtapError
+from appliance.fleet.client import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("wardtap.collector")
 
@@ -122,8 +125,11 @@ class Collector:
             # not acknowledged: the broker delivers it again after a reconnection
             log.error("collector: cannot store a message (%s); not acknowledged", exc)
             return
-        except Exception:  # noqa: BLE001  (a bad message is logged and acknowledged)
-            log.exception("collector: unreadable message on %s", msg.topic)
+        except BoundsError as exc:   # an unusable message is said so and acknowledged
+            log.warning("collector: unreadable message on %s: %s", shown(msg.topic), exc)
+        except Exception as exc:  # noqa: BLE001  (a bad message is logged and acknowledged)
+            log.error("collector: unreadable message on %s: %s: %s", shown(msg.topic),
+                      type(exc).__name__, exc)
         if msg.qos:
             client.ack(msg.mid, msg.qos)
 
@@ -133,7 +139,7 @@ class Collector:
             return
         site, appliance, leaf = parts
         now = time.time()
-        body = json.loads(payload) if payload else None
+        body = load_json(payload, max_bytes=MAX_MESSAGE_BYTES) if payload else None
         with self.lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")

@@ -5,8 +5,8 @@ rule and its line; `wardtap policy check`, `reload`, a fleet push and `learn` pr
 findings as warnings, and `--strict` (or a signed `strict`) refuses the policy instead.
 
     any-any        a rule from "any" to "any"
-    internet-wide  an endpoint or a group address block wider than /8 (IPv4) or /16 (IPv6),
-                   0.0.0.0/0 and ::/0 included
+    internet-wide  an endpoint or a group address block wider than /8 (IPv4) or /16 (IPv6)
+                   that is not all private, link-local or multicast space (0.0.0.0/0, ::/0)
     all-ports      proto "any" (every protocol), or tcp/udp/sctp without `ports` (or with
                    ports that cover 1-65535)
     host-bits      an address block written with host bits set ("10.0.0.1/8" is 10.0.0.0/8)
@@ -73,7 +73,11 @@ def _host_bits(text: str) -> str:
 
 
 def _wide(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return net.prefixlen < (WIDE_V4 if net.version == 4 else WIDE_V6)
+    """A block wider than /8 (/16) that is not all private, link-local, multicast or
+    loopback space: it reaches the internet."""
+    if net.prefixlen >= (WIDE_V4 if net.version == 4 else WIDE_V6):
+        return False
+    return not (net.is_private or net.is_link_local or net.is_multicast or net.is_loopback)
 
 
 def _wide_text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:

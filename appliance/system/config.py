@@ -137,6 +137,9 @@ def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"more than the {MAX_CONFIG_BYTES:,} bytes allowed for a "
+                              "configuration file")
         text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
