@@ -74,9 +74,14 @@ def prepare(policy: Policy, *, mode: str, generation: int, strict: bool,
 
 
 def prepare_file(path: str, *, classes: ClassMembers | None, mode: str, generation: int,
-                 strict: bool = False) -> Prepared:
-    return prepare(load_policy(path, classes), mode=mode, generation=generation,
-                   strict=strict, source="file")
+                 strict: bool = False, keep_as: str | None = None) -> Prepared:
+    """The policy file, ready; with `keep_as` (the policy file's path) it is also copied to
+    the last good policy (here, on the worker: the copy is fsynced)."""
+    prepared = prepare(load_policy(path, classes), mode=mode, generation=generation,
+                       strict=strict, source="file")
+    if keep_as is not None:
+        keep_last_good(prepared.policy, keep_as)
+    return prepared
 
 
 def prepare_push(text: str, path: str, running: Policy | None, *,
@@ -114,6 +119,7 @@ def prepare_push(text: str, path: str, running: Policy | None, *,
     except OSError as exc:
         raise Refused("write_failed", f"cannot write {path}: {exc.strerror or exc}; nothing "
                       "changed") from None
+    keep_last_good(new, path)
     return prepared
 
 

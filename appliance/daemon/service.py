@@ -44,7 +44,6 @@ from appliance.daemon.policyload import (
     MAX_WARNINGS_SHOWN,
     PolicyWorker,
     Refused,
-    keep_last_good,
     load_at_start,
     prepare_file,
     prepare_push,
@@ -342,7 +341,8 @@ class Daemon:
             return refused("busy", "a policy is being loaded already; try again")
         classes, mode, generation = self._class_members(), self.mode, self.generation + 1
         future = self.worker.submit(lambda: prepare_file(
-            path, classes=classes, mode=mode, generation=generation, strict=strict))
+            path, classes=classes, mode=mode, generation=generation, strict=strict,
+            keep_as=path))
         return Pending(future, lambda done: self._policy_done(done, "reload"))
 
     def push_policy(self, text: str, *, allow_rollback: bool, allow_jump: bool,
@@ -385,8 +385,6 @@ class Daemon:
             return {"ok": True, "unchanged": True, "policy": self.policy_info()}
         old = self.policy_info()
         changed = self._apply_policy(prepared.policy, prepared.compiled)
-        if self.config.policy:
-            keep_last_good(prepared.policy, self.config.policy)
         changed_events = [event_dict(rec, self._rule_name) for rec in changed]
         if self.source is not None:
             self.source.flows_changed(changed_events)

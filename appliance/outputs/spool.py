@@ -178,12 +178,16 @@ class Spool:
                 batch.append(report)
             if not batch and not evict and self.dropped == drops_before:
                 return 0
+            if batch and not evict and not self._fits(batch):
+                return self._hold([i for i in batch if i is not report])
             try:
                 self._insert(batch, evict, reset_drops=report is not None)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise StoreError(f"{self.path}: spool write failed: {exc}") from None
                 return self._on_disk_full([i for i in batch if i is not report])
+            if self._tight():
+                self._checkpoint()
             if report is not None:
                 self.dropped = dict.fromkeys(self.dropped, 0)
                 self.dropped_since = None
@@ -321,21 +325,51 @@ class Spool:
                 self._drop(item, "disk full")
             else:
                 kept.append(item)
-        if kept:
+        if kept and self._fits(kept):
             try:
                 self._insert(kept, [], reset_drops=False)
                 return len(kept)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise StoreError(f"{self.path}: spool write failed: {exc}") from None
-        room = self.memory_rows
-        for item in kept:
-            if room > 0:
+            finally:
+                if self._tight():
+                    self._checkpoint()
+        return self._hold(kept)
+
+    def _hold(self, items: list[Item]) -> int:
+        """Keep items in memory (after what is held already), stats refused, at most
+        memory_rows; return 0 (nothing was stored)."""
+        if not self.disk_full:
+            self.logs.error("disk-full", "spool: the disk is full; messages wait in memory "
+                            "until there is room (nothing stored is lost)")
+            self.disk_full = True
+        room = self.memory_rows - len(self.held)
+        for item in items:
+            if item.priority == PRIO_STATS:
+                self._drop(item, "disk full")
+            elif room > 0:
                 self.held.append(item)
                 room -= 1
             else:
                 self._drop(item, "disk full and memory buffer full")
         return 0
+
+    def _tight(self) -> bool:
+        """The reserve was given up to free space and could not be taken again: the file
+        makes do with its own free pages, and the log is truncated after every write."""
+        return self._released and not self.reserve_held
+
+    def _fits(self, items: Sequence[Item]) -> bool:
+        """Outside tight mode, always; in it, only when the file's free pages hold `items`
+        twice over (a write then grows neither the file nor, truncated, the log)."""
+        if not self._tight():
+            return True
+        need = 2 * sum(len(i.payload) + 64 for i in items)
+        db = self._db()
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        return bool(free * page >= need)
 
     # -- reading and acknowledging -----------------------------------------------------------
 
@@ -365,18 +399,13 @@ class Spool:
             self._pending_deletes = []
             if not todo:
                 return
-            try:
-                self._delete(todo)
-            except sqlite3.Error as exc:
-                if not (_is_full(exc) and self._give_up_reserve()):
-                    self._keep_deletes(todo, exc)
-                    return
-                try:
-                    self._delete(todo)
-                except sqlite3.Error as again:
-                    self._keep_deletes(todo, again)
-                    return
+            rest, exc = self._delete(todo)
+            if exc is not None and _is_full(exc) and self._give_up_reserve():
                 self._checkpoint()
+                rest, exc = self._delete(rest)
+            if exc is not None:
+                self._keep_deletes(rest, exc)
+                return
             if self.held:
                 self._write_held()           # space was freed: what waited in memory goes in
 
@@ -392,27 +421,29 @@ class Spool:
                 return
             self.held = rest
 
-    def _delete(self, todo: list[int]) -> None:
+    def _delete(self, todo: list[int]) -> tuple[list[int], sqlite3.Error | None]:
+        """Delete rows a chunk per transaction (in tight mode the log is truncated after
+        each); return what is left and the error that stopped it, if one did."""
         db = self._db()
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            removed_rows = removed_bytes = 0
-            for k in range(0, len(todo), _CHUNK):
-                part = todo[k:k + _CHUNK]
+        for k in range(0, len(todo), _CHUNK):
+            part = todo[k:k + _CHUNK]
+            try:
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("BEGIN IMMEDIATE")
                 got = db.execute(
                     f"DELETE FROM spool WHERE id IN ({','.join('?' * len(part))}) "
                     "RETURNING bytes", part).fetchall()
-                removed_rows += len(got)
-                removed_bytes += sum(r[0] for r in got)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self.rows -= removed_rows
-        self.bytes -= removed_bytes
-        self.deleted += removed_rows
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                return todo[k:], exc
+            self.rows -= len(got)
+            self.bytes -= sum(r[0] for r in got)
+            self.deleted += len(got)
+            if self._tight():
+                self._checkpoint()
+        return [], None
 
     def _keep_deletes(self, todo: list[int], exc: sqlite3.Error) -> None:
         # ids only (8 bytes each): an acknowledged row is at worst sent twice, never lost

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brokerkit import Watcher, broker, wait_for  # noqa: F401  (fixture)
+from brokerkit import Broker, Watcher, quiet_port, wait_for
 
 from appliance.contract.broker import BrokerSettings, topic
 from appliance.outputs.mqtt import MqttOutput, ReporterSettings
@@ -42,8 +42,8 @@ def _alert(n: int) -> dict[str, object]:
 
 
 def test_full_disk_then_broker_back_drains_to_zero_and_loses_nothing(
-        broker, small_disk: Path) -> None:  # noqa: F811
-    broker.stop()
+        small_disk: Path, tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker", tls=False, plain_port=quiet_port())
     settings = ReporterSettings.from_options({
         "url": broker.url, "site": SITE, "appliance": NAME, "spool": str(small_disk / "s.db"),
         "linger": 0.01, "min_interval": 0.05, "stats_interval": 3600, "reconnect_max": 1,
@@ -87,3 +87,4 @@ def test_full_disk_then_broker_back_drains_to_zero_and_loses_nothing(
         if watcher is not None:
             watcher.close()
         out.close()
+        broker.stop(kill=True)
