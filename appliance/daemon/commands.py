@@ -3,7 +3,11 @@
 The local control socket (`wardtap status|mode|reload|propose`, the front-panel button) and
 the fleet's MQTT commands (checked first by appliance.contract.commands) all arrive as a
 request body `{"cmd": NAME, ...arguments}` on the daemon's main loop, between batches, and
-are answered by `dispatch`. Handlers see the daemon only through `DaemonControl`.
+are answered by `dispatch`. Handlers see the daemon only through `DaemonControl`. A handler
+whose work runs on the policy worker returns a `Pending`; the main loop answers it once the
+work is done. Whatever happens, the answer is an answer: an unknown command, a bad argument
+or a handler that fails is a refusal (`{"ok": false, "reason": WORD, "error": LINE}`), never
+an exception.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ ca = "ca.pem"
 cert = "ward4b-01.pem"
 key = "ward4b-01.key"
 fleet_key = "fleet.pub"     # Ed25519 public key that signs enforcement commands
+# spool_reserve_bytes = 4194304   # kept allocated to delete sent rows on a full disk
 
 [integrity]                 # optional: verify SHA-256 manifests (appliance.system.integrity)
 manifests = ["/usr/share/wardtap/install.manifest.json", "integrity.json"]

@@ -214,10 +214,9 @@ def check(path: str, clock: Callable[[], float] = time.time,
                               "boot partition)"]) from None
     except OSError as exc:
         raise ProvisionError([f"{path}: cannot read: {exc.strerror}"]) from None
-    if len(raw) > MAX_PROVISION_BYTES:
-        raise ProvisionError([f"{path}: more than the {MAX_PROVISION_BYTES:,} bytes allowed "
-                              "for a provisioning file"])
     try:
+        if len(raw) > MAX_PROVISION_BYTES:
+            raise BoundsError(f"more than the {MAX_PROVISION_BYTES:,} bytes allowed")
         text = raw.decode("utf-8")
         doc = load_toml(text, max_bytes=MAX_PROVISION_BYTES)
     except UnicodeDecodeError:
