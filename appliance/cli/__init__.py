@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(_module(command), command.run)(args))
     except WardtapError as exc:
-        print(f"wardtap: error: {exc}", file=sys.stderr)
+        from appliance.common.text import shown
+
+        print(shown(f"wardtap: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("wardtap: interrupted", file=sys.stderr)

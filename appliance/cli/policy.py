@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from appliance.common.text import shown
 from appliance.review.diff import diff_policies, render_diff
 from appliance.review.drift import drift, render_drift
 from appliance.review.simulate import render_test, would_block
@@ -53,7 +54,8 @@ def add_actions(sub: Any) -> None:
 
 
 def _emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> int:
-    print(json.dumps(data, indent=2, default=str) if as_json else render(data))
+    print(json.dumps(data, indent=2, default=str) if as_json else
+          "\n".join(shown(line) for line in render(data).splitlines()))
     return 0
 
 
@@ -105,7 +107,7 @@ def _run_import_mud(args: argparse.Namespace) -> int:
     text, warnings, left_out, _ = _mud_policy(args, load_mud(args.file))
     compile_policy(parse_policy(text, args.output or "<import>"))
     for w in warnings:
-        print(f"wardtap: warning: {w}", file=sys.stderr)
+        print(shown(f"wardtap: warning: {w}"), file=sys.stderr)
     write_text(args.output, text)
     if args.output:
         print(f"{args.file}: imported -> {args.output}"
@@ -135,7 +137,7 @@ def _run_drift(args: argparse.Namespace) -> int:
         baseline = learn(args.captures)
         text, warnings, left_out, only = _mud_policy(args, profile, baseline)
         for w in warnings:
-            print(f"wardtap: warning: {w}", file=sys.stderr)
+            print(shown(f"wardtap: warning: {w}"), file=sys.stderr)
         policy = parse_policy(text, args.mud)
     return _emit(drift(policy, baseline, left_out, only), args.json, render_drift)
 
@@ -162,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
     if action is not None:
         return action(args)
 
-    from appliance.common.text import shown
     from appliance.errors import PolicyError
     from appliance.policy.lint import lint
 
