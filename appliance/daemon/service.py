@@ -267,8 +267,8 @@ class Daemon:
                 found = ident.poll()        # dissection results, classes (once a second)
                 if found:
                     self._publish(found)
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+            if self.reload_requested.is_set() and not self.pending:   # one at a time: a
+                self.reload_requested.clear()                          # SIGHUP waits its turn
                 self._handle(Request({"cmd": "reload", "source": "signal"}))
             self._serve_requests()
             if time.monotonic() >= next_snapshot:
@@ -337,7 +337,7 @@ class Daemon:
         path = self.config.policy
         if not path:
             return refused("no_policy_file", "no policy file configured")
-        if self.worker.busy():
+        if self.pending or self.worker.busy():
             return refused("busy", "a policy is being loaded already; try again")
         classes, mode, generation = self._class_members(), self.mode, self.generation + 1
         future = self.worker.submit(lambda: prepare_file(
@@ -352,7 +352,7 @@ class Daemon:
         path = self.config.policy
         if not path:
             return refused("no_policy_file", "no policy file configured")
-        if self.worker.busy():
+        if self.pending or self.worker.busy():
             return refused("busy", "a policy is being loaded already; try again")
         classes, mode, generation = self._class_members(), self.mode, self.generation + 1
         running = self.policy if self.policy_fault is None else None
