@@ -91,7 +91,11 @@ def prepare_push(text: str, path: str, running: Policy | None, *,
     """A pushed policy: checked against the running one, compiled, then written as the
     policy file (only then); None when it is the running one. Raises PolicyError (invalid)
     or Refused (not allowed now)."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:         # JSON can carry a lone surrogate ("\ud800")
+        raise PolicyError(path, "not UTF-8 text (a lone surrogate)") from None
+    if len(data) > MAX_POLICY_BYTES:
         raise PolicyError(path, f"more than the {MAX_POLICY_BYTES:,} bytes allowed")
     new = parse_policy(text, path, classes)
     rolled_back = False
@@ -115,7 +119,7 @@ def prepare_push(text: str, path: str, running: Policy | None, *,
     prepared = prepare(new, mode=mode, generation=generation, strict=strict, source="push")
     prepared.rolled_back = rolled_back
     try:
-        write(text.encode("utf-8"))
+        write(data)
     except OSError as exc:
         raise Refused("write_failed", f"cannot write {path}: {exc.strerror or exc}; nothing "
                       "changed") from None

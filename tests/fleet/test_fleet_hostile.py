@@ -144,6 +144,20 @@ def test_sequence_numbers_far_beyond_the_clock_are_refused_and_block_nothing(
     assert ok["ok"], ok                                  # the next real command still works
 
 
+def test_a_lone_surrogate_in_a_request_id_is_answered_and_audited(fleet: Any) -> None:
+    answer = ask(fleet, b'{"cmd": "status", "args": {}, "id": "x\\ud800"}')
+    assert answer["ok"] is True
+    row = audit(fleet)[-1]
+    assert row["command"] == "status" and row["outcome"] == "applied"
+    assert row["request_id"] == "x\\ud800"           # stored, escaped
+
+
+def test_a_pushed_policy_with_a_lone_surrogate_is_refused(fleet: Any) -> None:
+    answer = ask(fleet, signed(fleet, "policy", {"policy": DEMO_POLICY + "# \ud800\n"}))
+    assert answer["ok"] is False and "lone surrogate" in answer["error"], answer
+    assert audit(fleet)[-1]["outcome"] == "rejected"
+
+
 def test_policy_versions_are_bounded_and_jumps_need_allow_jump(fleet: Any) -> None:
     running = status(fleet)["policy"]["version"]
     huge = DEMO_POLICY.replace("version = 1", f"version = {2**63 - 1}")
@@ -197,6 +211,7 @@ HOSTILE_PAYLOADS = {
     "trailing-backslash": b'\xb2t", \\',
     "identify-hour": unsigned_request("identify", {"seconds": 3600}),
     "envelope-without-body": b'{"v": 1, "key": "k", "sig": "AAAA"}',
+    "lone-surrogate-id": b'{"cmd": "identify", "args": {"seconds": 0}, "id": "\\ud800"}',
 }
 
 
