@@ -150,6 +150,8 @@ class _Reader:
         if self.integer(mud["mud-version"], f"{base}.mud-version", 0, 255) != 1:
             raise self.fail(f"{base}.mud-version", "only MUD version 1 is supported")
         self.url = self.string(mud.get("mud-url"), f"{base}.mud-url")
+        if _parsed(self.url) is None:
+            raise self.fail(f"{base}.mud-url", f"{self.url[:80]!r} is not a URL")
         if urlparse(self.url).scheme != "https":
             self.warn(f"{base}.mud-url", "is not an https URL (RFC 8520 requires https)")
         if mud.get("is-supported") is False:
@@ -466,8 +468,18 @@ def _kind(value: Any) -> str:
             type(None): "null"}.get(type(value), "a number")
 
 
+def _parsed(uri: str) -> Any:
+    """urlparse(uri), or None when it is no URL at all (urlparse raises on "https://[")."""
+    try:
+        return urlparse(uri)
+    except ValueError:
+        return None
+
+
 def _host_path(uri: str) -> str:
-    parsed = urlparse(uri)
+    parsed = _parsed(uri)
+    if parsed is None:
+        return uri.lower()
     return (parsed.netloc + parsed.path).strip("/").lower() or uri.lower()
 
 

@@ -76,6 +76,8 @@ def test_hostile_daemon_configuration(tmp_path: Path, text: str, message: str) -
     (b'{"ietf-mud:mud": {}, "ietf-mud:mud": {}}', "appears twice"),
     (b"\xff\xfe{}", "not UTF-8 text"),
     (b" " * (2 << 20), "more than the 1,048,576 bytes allowed for a MUD file"),
+    (b'{"ietf-mud:mud": {"mud-version": 1, "mud-url": "https://[pump.example/x"}}',
+     "ietf-mud:mud.mud-url: 'https://[pump.example/x' is not a URL"),    # found by fuzzing
 ])
 def test_hostile_mud_files(tmp_path: Path, data: bytes, message: str) -> None:
     path = tmp_path / "device.mud.json"
