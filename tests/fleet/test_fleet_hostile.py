@@ -249,3 +249,17 @@ def test_a_flood_of_bad_requests_is_audited_and_logged_sparingly(fleet: Any) -> 
 def test_no_traceback_in_the_daemon_log(fleet: Any) -> None:
     log = fleet.app.log()
     assert "Traceback" not in log and "command handling failed" not in log, log[-3000:]
+
+
+def test_response_topics_are_checked_without_a_broker() -> None:
+    """What a broker may deliver or not: NUL and over-long topics are refused too."""
+    from appliance.outputs.fleetcommands import FleetCommands
+
+    base = topic(SITE, NAME, "response")
+    commands = FleetCommands(SimpleNamespace(topics={"response": base}), None,  # type: ignore[arg-type]
+                             None, None)  # type: ignore[arg-type]
+    assert commands._reply_topic(None) == commands._reply_topic("") == base
+    assert commands._reply_topic(f"{base}/abc") == f"{base}/abc"
+    for bad in (f"{base}/#", f"{base}/+", f"{base}/a\0b", f"{base}/" + "x" * 2000,
+                "wardtap/v1/other/x/response", f"{base}x", 7, b"bytes"):
+        assert commands._reply_topic(bad) is None, bad
