@@ -7,7 +7,8 @@ TOML document and JSON message from outside goes through `load_toml` or `load_js
 check the size first, then scan the text once (linear, no recursion) for the deepest nesting
 and the longest dotted key, and only then parse. JSON is also held to finite numbers: NaN,
 Infinity and 1e999 are refused (a NaN compares false with everything, so it passes every
-range check), and so are duplicate keys (two readers could disagree on which one counts).
+range check), and so are duplicate keys (two readers could disagree on which one counts) and
+lone surrogates ("\ud800": valid JSON, but no file or database can hold the text).
 
 Every refusal is a `BoundsError` (a ValueError) with one line that names the problem and,
 where it helps, the line of the text.
@@ -128,6 +129,7 @@ def toml_error(exc: tomllib.TOMLDecodeError) -> tuple[str, int | None]:
 # -- JSON ---------------------------------------------------------------------------------------
 
 _JSON_TOKEN = re.compile(rb'["\[\]{}]')
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _JSON_STRING_END = re.compile(rb'(?:[^"\\]|\\[\s\S]?)*"?')    # always matches
 
 
@@ -177,14 +179,19 @@ def load_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) 
         raise BoundsError(f"nested more than {max_depth} levels deep (at byte {at})")
     try:
         text = raw.decode("utf-8")       # strictly: json would guess UTF-16 from a BOM
-        return json.loads(text, parse_constant=_constant, parse_float=_finite,
-                          object_pairs_hook=_pairs)
+        value = json.loads(text, parse_constant=_constant, parse_float=_finite,
+                           object_pairs_hook=_pairs)
+        if _SURROGATE_ESCAPE.search(raw):  # a pair is fine; alone, no file or database
+            json.dumps(value, ensure_ascii=False).encode("utf-8")   # could hold it
+        return value
     except BoundsError:
         raise
     except RecursionError:       # the scan above should make this unreachable
         raise BoundsError(f"nested more than {max_depth} levels deep") from None
     except UnicodeDecodeError:
         raise BoundsError("not UTF-8 text") from None
+    except UnicodeEncodeError:
+        raise BoundsError("not valid Unicode: a lone surrogate (\\ud800-\\udfff)") from None
     except json.JSONDecodeError as exc:
         raise BoundsError(f"not valid JSON: {exc.msg}",
                           f"line {exc.lineno} column {exc.colno}") from None

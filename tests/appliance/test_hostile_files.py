@@ -129,3 +129,19 @@ def test_replay_refuses_a_rule_less_policy_for_enforce(tmp_path: Path) -> None:
     learn = run_wardtap("replay", str(tmp_path / "ward.pcap"), "--policy", str(policy),
                         "--mode", "learn", "--json", timeout=60)
     assert learn.returncode == 0 and json.loads(learn.stdout)["packets"] == 1000
+
+
+def test_a_mud_file_with_control_characters_imports_as_a_valid_policy(tmp_path: Path) -> None:
+    """Found by fuzzing: DEL and ESC in a MUD file's text ended up raw in the policy's
+    comments and strings, which TOML forbids; now they are escapes and the policy loads."""
+    text = (ROOT / "tests" / "data" / "infusion-pump.mud.json").read_text()
+    mud = tmp_path / "pump.json"
+    mud.write_text(text.replace("urn:ietf:params:mud:dns",
+                                "urn:ietf:pa\\u007frams:mud:dns\\u001b[2J"))
+    out = tmp_path / "imported.toml"
+    result = run_wardtap("policy", "import-mud", str(mud), "-o", str(out), timeout=60)
+    assert result.returncode == 0, result.stderr
+    written = out.read_text()
+    assert "\x7f" not in written and "\x1b" not in written and "\\x7f" in written
+    check = run_wardtap("policy", "check", str(out), timeout=60)
+    assert check.returncode == 0, check.stderr

@@ -144,18 +144,15 @@ def test_sequence_numbers_far_beyond_the_clock_are_refused_and_block_nothing(
     assert ok["ok"], ok                                  # the next real command still works
 
 
-def test_a_lone_surrogate_in_a_request_id_is_answered_and_audited(fleet: Any) -> None:
+def test_lone_surrogates_are_refused_answered_and_audited(fleet: Any) -> None:
+    """Valid JSON, but text no file or database can hold: refused before anything else."""
+    count = len(audit(fleet))
     answer = ask(fleet, b'{"cmd": "status", "args": {}, "id": "x\\ud800"}')
-    assert answer["ok"] is True
-    row = audit(fleet)[-1]
-    assert row["command"] == "status" and row["outcome"] == "applied"
-    assert row["request_id"] == "x\\ud800"           # stored, escaped
-
-
-def test_a_pushed_policy_with_a_lone_surrogate_is_refused(fleet: Any) -> None:
+    assert answer == {**answer, "ok": False, "error": "malformed"}
+    assert "lone surrogate" in answer["detail"]
     answer = ask(fleet, signed(fleet, "policy", {"policy": DEMO_POLICY + "# \ud800\n"}))
-    assert answer["ok"] is False and "lone surrogate" in answer["error"], answer
-    assert audit(fleet)[-1]["outcome"] == "rejected"
+    assert answer["ok"] is False and "lone surrogate" in answer["detail"], answer
+    assert [r["outcome"] for r in audit(fleet)[count:]] == ["rejected", "rejected"]
 
 
 def test_policy_versions_are_bounded_and_jumps_need_allow_jump(fleet: Any) -> None:
