@@ -135,6 +135,108 @@ def sll2(payload: bytes, ethertype: int, src_mac: str, ifindex: int = 1, pkttype
             + addr.ljust(8, b"\x00") + payload)
 
 
+# --- other link types and encapsulations (fastpath decode tests, docs/fastpath.md) ---------
+
+ETH_PPPOE_SESSION = 0x8864
+ETH_MPLS = 0x8847
+ETH_VNTAG = 0x8926
+ETH_NSH = 0x894F
+
+
+def null_loopback(payload: bytes, family: int = 2, little_endian: bool = True) -> bytes:
+    """LINKTYPE_NULL (0): the address family in the writing host's byte order."""
+    return struct.pack("<I" if little_endian else "!I", family) + payload
+
+
+def loop(payload: bytes, family: int = 24) -> bytes:
+    """LINKTYPE_LOOP (108, OpenBSD): the address family in network byte order."""
+    return struct.pack("!I", family) + payload
+
+
+def ppp(payload: bytes, protocol: int = 0x0021, hdlc: bool = True) -> bytes:
+    """PPP (LINKTYPE_PPP 9 / PPP_HDLC 50): optional FF 03, then the protocol."""
+    return (b"\xff\x03" if hdlc else b"") + struct.pack("!H", protocol) + payload
+
+
+def pppoe_session(payload: bytes, protocol: int = 0x0021, session: int = 1) -> bytes:
+    """PPPoE session header and PPP protocol (EtherType 0x8864's payload, LINKTYPE 51)."""
+    return struct.pack("!BBHHH", 0x11, 0, session, len(payload) + 2, protocol) + payload
+
+
+def cisco_hdlc(payload: bytes, ethertype: int = ETH_IPV4) -> bytes:
+    """Cisco HDLC (LINKTYPE_C_HDLC 104): address 0x0F, control 0, EtherType."""
+    return struct.pack("!BBH", 0x0F, 0, ethertype) + payload
+
+
+def frame_relay(payload: bytes, nlpid: int = 0xCC, dlci: int = 16) -> bytes:
+    """Frame Relay (LINKTYPE_FRELAY 107), RFC 2427: Q.922 address, UI, NLPID."""
+    address = ((dlci >> 4) << 10) | ((dlci & 0xF) << 4) | 1
+    return struct.pack("!HBB", address, 0x03, nlpid) + payload
+
+
+def mpls(payload: bytes, labels: Sequence[int] = (100, 200)) -> bytes:
+    """An MPLS label stack (EtherType 0x8847's payload), bottom of stack on the last."""
+    return b"".join(struct.pack("!I", (label << 12) | (int(i == len(labels) - 1) << 8) | 64)
+                    for i, label in enumerate(labels)) + payload
+
+
+def vntag(payload: bytes, ethertype: int = ETH_IPV4) -> bytes:
+    """VN-Tag (EtherType 0x8926's payload): 4 bytes of tag, then the next EtherType."""
+    return struct.pack("!IH", 0x80010002, ethertype) + payload
+
+
+def nsh(payload: bytes, next_protocol: int = 1) -> bytes:
+    """Network Service Header, MD type 2 with no context (8 bytes); next protocol 1 IPv4,
+    2 IPv6, 3 Ethernet (EtherType 0x894F's payload)."""
+    return struct.pack("!HBBI", (63 << 6) | 2, 2, next_protocol, (7 << 8) | 255) + payload
+
+
+def llc_snap(payload: bytes, ethertype: int = ETH_IPV4) -> bytes:
+    """802.2 LLC with SNAP (an 802.3 frame's payload): AA AA 03, OUI 0, EtherType."""
+    return b"\xaa\xaa\x03\x00\x00\x00" + struct.pack("!H", ethertype) + payload
+
+
+def ether_8023(dst: str, src: str, payload: bytes) -> bytes:
+    """An 802.3 frame: the length field instead of an EtherType."""
+    return mac_bytes(dst) + mac_bytes(src) + struct.pack("!H", len(payload)) + payload
+
+
+def slip(payload: bytes) -> bytes:
+    """LINKTYPE_SLIP (8): a 16-byte direction and compression header."""
+    return bytes(16) + payload
+
+
+def pflog(payload: bytes, family: int = 2) -> bytes:
+    """OpenBSD pflog (LINKTYPE_PFLOG 117): a 61-byte header padded to 64."""
+    return bytes([61, family]) + bytes(62) + payload
+
+
+def nflog(payload: bytes, family: int = 2) -> bytes:
+    """Linux NFLOG (LINKTYPE_NFLOG 239): header, a prefix TLV, the payload TLV (type 9)."""
+    prefix = b"wardtap\x00"
+    return (struct.pack("!BBH", family, 0, 0)
+            + struct.pack("<HH", 4 + len(prefix), 10) + prefix
+            + struct.pack("<HH", 4 + len(payload), 9) + payload)
+
+
+def dot11_data(payload: bytes, bssid: str, src: str, dst: str, to_ds: bool = True,
+               qos: bool = False, ethertype: int = ETH_IPV4) -> bytes:
+    """An unprotected 802.11 data frame (LINKTYPE_IEEE802_11 105) with LLC/SNAP."""
+    fc0 = 0x88 if qos else 0x08
+    if to_ds:
+        a1, a2, a3 = bssid, src, dst
+    else:
+        a1, a2, a3 = dst, bssid, src
+    header = (struct.pack("!BBH", fc0, 0x01 if to_ds else 0x02, 0) + mac_bytes(a1)
+              + mac_bytes(a2) + mac_bytes(a3) + b"\x00\x00" + (b"\x00\x00" if qos else b""))
+    return header + llc_snap(payload, ethertype)
+
+
+def radiotap(frame_80211: bytes) -> bytes:
+    """LINKTYPE_IEEE802_11_RADIOTAP (127): a minimal 8-byte radiotap header."""
+    return struct.pack("<BBHI", 0, 0, 8, 0) + frame_80211
+
+
 # --- network layer ---------------------------------------------------------------------
 
 

@@ -9,6 +9,10 @@ Publishes `--events` distinct violation events through appliance.outputs.mqtt.Mq
 carries on from the number of events already committed there, so a run killed with
 SIGKILL any number of times ends with exactly `--events` events spooled. It exits once all
 of them are acknowledged. Progress goes to stdout as JSON lines.
+
+`--appliances N` simulates N appliances in this one process (`APPLIANCE-0000` ...; spools
+`SPOOL.0` ...), each with its own MQTT connection, spool and `--events` events, published in
+turns (the fleet benchmarks: bench/bench_fleet.py).
 """
 
 from __future__ import annotations
@@ -38,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-key")
     p.add_argument("--reconnect-max", type=float, default=2.0)
     p.add_argument("--drain-timeout", type=float, default=120.0)
+    p.add_argument("--appliances", type=int, default=1,
+                   help="simulate this many appliances in this process")
     args = p.parse_args(argv)
+    if args.appliances > 1:
+        return _many(args)
     logging.basicConfig(level="WARNING", stream=sys.stderr,
                         format="%(asctime)s loadgen %(levelname)s %(message)s")
     settings = ReporterSettings.from_options({
@@ -78,6 +86,63 @@ def main(argv: list[str] | None = None) -> int:
     out.close()
     print(json.dumps({"drained": depth == 0, "depth": depth,
                       "elapsed_s": round(time.monotonic() - start, 3)}), flush=True)
+    return 0 if depth == 0 else 1
+
+
+def _event(n: int, now: float) -> dict[str, object]:
+    return {"type": "violation", "ts": now, "n": n,
+            "src": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", "dst": "10.20.0.40",
+            "proto": 6, "dport": 443, "vlan": None, "reason": "no_rule", "verdict": "deny"}
+
+
+def _many(args: argparse.Namespace) -> int:
+    """N appliances, one process: each its own reporter, spool and connection."""
+    outs = []
+    for i in range(args.appliances):
+        settings = ReporterSettings.from_options({
+            "url": args.broker, "site": args.site, "appliance": f"{args.appliance}-{i:04d}",
+            "spool": f"{args.spool}.{i}", "ca": args.ca, "cert": args.tls_cert,
+            "key": args.tls_key, "inflight": args.inflight, "batch": args.per_message,
+            "linger": 0.05, "min_interval": 0.05, "summary_window": 0,
+            "stats_interval": 1e12, "reconnect_max": args.reconnect_max,
+            "drain_timeout": 0.0})
+        outs.append(MqttOutput(settings, mode="monitor"))
+    start = time.monotonic()
+    print(json.dumps({"appliances": len(outs), "connected_s":
+                      round(time.monotonic() - start, 3)}), flush=True)
+    done = [out.spool.max_id() for out in outs]
+    total, sent = args.events * len(outs), sum(done)
+    first = sent
+    while sent < total:
+        for k, out in enumerate(outs):
+            n = min(args.batch, args.events - done[k])
+            if n <= 0:
+                continue
+            now = time.time()
+            out.publish([_event(done[k] + j, now) for j in range(n)])
+            done[k] += n
+            sent += n
+            if args.rate:
+                ahead = (sent - first) / args.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+    published = time.monotonic()
+    print(json.dumps({"committed": sent, "publish_s": round(published - start, 3)}),
+          flush=True)
+    deadline = time.monotonic() + args.drain_timeout
+    while any(out.spool.depth() for out in outs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    depth = sum(out.spool.depth() for out in outs)
+    drained = time.monotonic()
+    for out in outs:
+        try:
+            out.close()
+        except AttributeError as exc:
+            # paho 2.x: loop_stop() can race its own network thread at shutdown
+            # ('NoneType' object has no attribute 'join'); everything was acknowledged
+            print(json.dumps({"close_error": str(exc)}), flush=True)
+    print(json.dumps({"drained": depth == 0, "depth": depth,
+                      "elapsed_s": round(drained - start, 3)}), flush=True)
     return 0 if depth == 0 else 1
 
 

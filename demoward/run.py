@@ -64,7 +64,71 @@ class LocalBroker:
         self.log.close()
 
 
-def run_demo(directory: str, packets: int, as_json: bool) -> int:
+def prepare_console(directory: str, capture: str, policy_path: str,
+                    fleet_db: str) -> tuple[str, str]:
+    """The fleet console's view of the demo: the learned-vs-running policy (what the
+    appliance would answer to `propose`) and a one-off admin account; (user, password)."""
+    import secrets
+
+    from appliance.fleet import accounts, rollout
+    from appliance.fleet.db import connect
+    from appliance.policy.writer import render
+    from appliance.review.baseline import learn
+    from appliance.review.propose import propose
+
+    baseline = learn([capture])
+    learned = render(propose(baseline, "learned", [capture]))
+    with open(policy_path, encoding="utf-8") as fh:
+        running = fh.read()
+    with open(os.path.join(directory, "learned-policy.toml"), "w", encoding="utf-8") as fh:
+        fh.write(learned)
+    db = connect(fleet_db)
+    try:
+        rollout.store_proposal(db, SITE, APPLIANCE, learned, running,
+                               f"{len(baseline.conversations)} conversations (demo capture)")
+        password = secrets.token_urlsafe(12)      # made now, shown once: no default password
+        db.execute("DELETE FROM users WHERE username = 'demo'")
+        accounts.add_user(db, "demo", "admin", password)
+    finally:
+        db.close()
+    return "demo", password
+
+
+def serve_console(fleet_db: str, broker_url: str | None, port: int, user: str,
+                  password: str, keep_running: bool) -> None:
+    """Print the console's loopback URL; with keep_running, serve it until Ctrl-C."""
+    from appliance.contract.broker import BrokerSettings
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    if keep_running:
+        print(f"\nthe fleet console: {url}  (log in as {user} / {password})")
+    else:
+        print(f"\nthe fleet console (`wardtap demo --serve` runs it; log in as {user} / "
+              f"{password}):")
+    print(f"  the appliance:   {url}appliances/{SITE}/{APPLIANCE}")
+    print(f"  its violations:  {url}violations?window=all")
+    print(f"  policy review:   {url}policies/{SITE}/{APPLIANCE} (learned vs running)")
+    if not keep_running:
+        print(f"  or: wardtap fleet serve --db {fleet_db}")
+        return
+    import uvicorn
+
+    from appliance.fleet.web.app import ConsoleConfig
+    from appliance.fleet.web.server import create_app
+
+    config = ConsoleConfig(db=fleet_db, broker=BrokerSettings.from_options(broker_url)
+                           if broker_url else None)
+    print("serving; Ctrl-C stops it", flush=True)
+    uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
+
+
+def run_demo(directory: str, packets: int, as_json: bool, wide: bool = False,
+             serve: bool = False, port: int = 0) -> int:
     from appliance.panel.frontpanel import FrontPanel
     from appliance.replay.job import ReplayJob, run_job
     from demoward.ward import write_demo_policy, write_demo_ward
@@ -85,8 +149,8 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
         broker = LocalBroker(directory)
     except WardtapError as exc:
         say(f"(no fleet reporting in this demo: {exc})")
-    say(f"demo ward: {capture} ({packets} packets), policy {policy}, store {db}"
-        + (f", broker {broker.url} as {SITE}/{APPLIANCE}" if broker else "") + "\n")
+    say(f"demo ward: {capture} ({packets:,} packets)\n  policy {policy}\n  store  {db}"
+        + (f"\n  broker {broker.url} as {SITE}/{APPLIANCE}" if broker else "") + "\n")
 
     collector = None
     fleet_db = os.path.join(directory, "fleet.db")
@@ -101,7 +165,7 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
                 os.unlink(old)
         collector = Collector(fleet_db, BrokerSettings.from_options(broker.url))
         collector.start()
-    job = ReplayJob([capture], policy=policy, db=db, dissect=True, json=as_json)
+    job = ReplayJob([capture], policy=policy, db=db, dissect=True, json=as_json, wide=wide)
     if broker:
         job.broker, job.site, job.appliance = broker.url, SITE, APPLIANCE
     panel = FrontPanel(queue.Queue(), show=not as_json)
@@ -126,7 +190,11 @@ def run_demo(directory: str, packets: int, as_json: bool) -> int:
                 from appliance.fleet.collector import fleet_rows
                 from appliance.fleet.listing import render
 
-                print(render(fleet_rows(fleet_db, time.time())))
+                print(render(fleet_rows(fleet_db, time.time()), wide=wide))
+        if broker is not None and not as_json:
+            user, password = prepare_console(directory, capture, policy, fleet_db)
+            serve_console(fleet_db, broker.url, port if serve else (port or 8080), user,
+                          password, serve)
         return code
     finally:
         panel.close()

@@ -372,10 +372,15 @@ def _tls_data(rng: random.Random, n: int) -> bytes:
     return out
 
 
+def _hl7_app(mon: Device) -> str:
+    """MSH-3 as the monitors fill it: application (the model) ^ maker."""
+    return "MX800^Philips" if mon.vendor == "Philips" else "CARESCAPE B650^GE"
+
+
 def _hl7_oru(mon: Device, bed: int, ctrl: str, ts_ns: int, rng: random.Random) -> bytes:
     """An HL7 v2.6 ORU^R01 vital-signs message in MLLP framing."""
     stamp = _ts_hl7(ts_ns)
-    app = "IntelliVue" if mon.vendor == "Philips" else "CARESCAPE"
+    app = _hl7_app(mon)
     segs = [
         (f"MSH|^~\\&|{app}|{mon.name.upper()}|PIIC-IX|WARD4B|{stamp}||ORU^R01^ORU_R01|"
          f"{ctrl}|P|2.6|||AL|NE||UNICODE UTF-8"),
@@ -393,7 +398,7 @@ def _hl7_oru(mon: Device, bed: int, ctrl: str, ts_ns: int, rng: random.Random) -
 
 
 def _hl7_ack(mon: Device, ctrl: str, ts_ns: int) -> bytes:
-    app = "IntelliVue" if mon.vendor == "Philips" else "CARESCAPE"
+    app = _hl7_app(mon)
     msg = (f"MSH|^~\\&|PIIC-IX|WARD4B|{app}|{mon.name.upper()}|{_ts_hl7(ts_ns)}||"
            f"ACK^R01^ACK|A{ctrl}|P|2.6\rMSA|AA|{ctrl}\r")
     return b"\x0b" + msg.encode() + b"\x1c\r"
@@ -509,7 +514,8 @@ def _ntp(mode: int, ts_ns: int, orig: int = 0, recv_ns: int = 0) -> bytes:
 
 def _dhcp(op: int, kind: int, xid: int, mac: str, *, yiaddr: str = "0.0.0.0",
           giaddr: str = "0.0.0.0", hostname: str | None = None,
-          request: str | None = None, offer: tuple[str, str] | None = None) -> bytes:
+          request: str | None = None, offer: tuple[str, str] | None = None,
+          vendor_class: str | None = None) -> bytes:
     """A DHCP message; ``offer`` is (router, subnet mask) for OFFER and ACK."""
     hdr = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", op, 1, 6, 1 if op == 2 else 0, xid, 0,
                       0x8000, bytes(4), p.ip_bytes(yiaddr), bytes(4), p.ip_bytes(giaddr),
@@ -524,6 +530,8 @@ def _dhcp(op: int, kind: int, xid: int, mac: str, *, yiaddr: str = "0.0.0.0",
         opts.append((54, p.ip_bytes("10.20.0.67")))
     if hostname:
         opts.append((12, hostname.encode()))
+    if vendor_class and op == 1:
+        opts.append((60, vendor_class.encode()))
     if op == 1:
         opts.append((55, bytes((1, 3, 6, 15, 42, 51, 58, 59))))
     if offer is not None:
@@ -976,6 +984,14 @@ def _router_advert(mac: str) -> bytes:
 
 
 _JOIN_S = {"pump-04": 4, "ws-doc1": 9}  # seconds into the capture: DHCP, then traffic
+# pumps confirming their leases (INIT-REBOOT) early in the capture, with their vendor class
+_REBOOT_S = {"pump-01": 1.2, "pump-02": 1.6, "pump-03": 2.1, "pump-05": 2.7, "pump-06": 3.3}
+# DHCP option 60 as the pumps send it: maker, model and software version
+VENDOR_CLASSES = {
+    "pump-01": "BBraun SpaceCom L80", "pump-02": "BBraun SpaceCom L80",
+    "pump-03": "BBraun SpaceCom", "pump-04": "Baxter Sigma Spectrum 8.01.01",
+    "pump-05": "Baxter Sigma Spectrum 8.01.01", "pump-06": "Alaris 8015 9.19.2",
+}
 
 
 def _legit_streams(sim: _Sim, t0: int) -> list[Iterator[Pkt]]:
@@ -1053,10 +1069,12 @@ def _dhcp_join(sim: _Sim, out: list[Pkt], d: Device, t: int) -> None:
     mask = "255.255.255.0"
     bcast = Device("broadcast", p.BROADCAST_MAC, "255.255.255.255", d.vlan, "", "")
     zero = Device(d.name, d.mac, "0.0.0.0", d.vlan, "", "", ttl=64)
+    vendor = VENDOR_CLASSES.get(d.name)
     steps = [
-        (zero, 68, 67, _dhcp(1, 1, xid, d.mac, hostname=d.name)),
+        (zero, 68, 67, _dhcp(1, 1, xid, d.mac, hostname=d.name, vendor_class=vendor)),
         (gw, 67, 68, _dhcp(2, 2, xid, d.mac, yiaddr=d.ip, giaddr=gw.ip, offer=(gw.ip, mask))),
-        (zero, 68, 67, _dhcp(1, 3, xid, d.mac, hostname=d.name, request=d.ip)),
+        (zero, 68, 67, _dhcp(1, 3, xid, d.mac, hostname=d.name, request=d.ip,
+                             vendor_class=vendor)),
         (gw, 67, 68, _dhcp(2, 5, xid, d.mac, yiaddr=d.ip, giaddr=gw.ip, offer=(gw.ip, mask))),
     ]
     for src, sport, dport, msg in steps:
@@ -1066,6 +1084,25 @@ def _dhcp_join(sim: _Sim, out: list[Pkt], d: Device, t: int) -> None:
         t += sim.rng.randint(2, 600) * _MS
     garp = p.arp(p.ARP_REQUEST, d.mac, d.ip, "00:00:00:00:00:00", d.ip)
     out.append((t + 50 * _MS, _eth(p.BROADCAST_MAC, d.mac, p.ETH_ARP, garp, d.vlan)))
+
+
+def _dhcp_reboot(sim: _Sim, out: list[Pkt], d: Device, t: int) -> None:
+    """A device that kept its lease confirms it (INIT-REBOOT: a broadcast REQUEST, the ACK)."""
+    gw = replace(sim.gateway(d), ttl=255)
+    xid = sim.rng.getrandbits(32)
+    bcast = Device("broadcast", p.BROADCAST_MAC, "255.255.255.255", d.vlan, "", "")
+    zero = Device(d.name, d.mac, "0.0.0.0", d.vlan, "", "", ttl=64)
+    steps = [
+        (zero, 68, 67, _dhcp(1, 3, xid, d.mac, hostname=d.name, request=d.ip,
+                             vendor_class=VENDOR_CLASSES.get(d.name))),
+        (gw, 67, 68, _dhcp(2, 5, xid, d.mac, yiaddr=d.ip, giaddr=gw.ip,
+                           offer=(gw.ip, "255.255.255.0"))),
+    ]
+    for src, sport, dport, msg in steps:
+        l4 = p.udp(sport, dport, msg, src=src.ip, dst=bcast.ip)
+        out.append((t, _ip_frame(src, bcast, src.ip, bcast.ip, p.IPPROTO_UDP, l4, d.vlan,
+                                 [sim.rng.getrandbits(16)])))
+        t += sim.rng.randint(2, 40) * _MS
 
 
 def _violations(sim: _Sim, out: list[Pkt], t0: int, span: int) -> list[Violation]:
@@ -1165,6 +1202,9 @@ def write_demo_ward(path: str | Path, packets: int = 20000, seed: int = 1) -> De
     _v6_bringup(sim, fixed, t0 + 300 * _MS)
     for name, at in _JOIN_S.items():
         _dhcp_join(sim, fixed, sim.dev[name], t0 + at * _S)
+    rebooting = _Sim(random.Random(f"wardtap-demo:{seed}:reboot"))  # the ward's own draws
+    for name, when in _REBOOT_S.items():                              # stay as they were
+        _dhcp_reboot(rebooting, fixed, rebooting.dev[name], t0 + int(when * _S))
     n_fixed_early = len(fixed)
     # the violations' own packets, sized before the legitimate stream is cut to fit
     trial: list[Pkt] = []

@@ -2,7 +2,9 @@
 # (SHB/IDB/EPB/SPB and the obsolete PB, several sections, interfaces and link types, both
 # byte orders). It never copies a packet: it fills arrays of offsets into the caller's buffer
 # (an mmap), lengths, timestamps and link types, a batch at a time, and stops at the first
-# damage with an error code and the byte offset where the damage starts.
+# damage with an error code and the byte offset where the damage starts. A classic pcap of a
+# link type the decoder does not know is refused at its header; a pcapng interface of one
+# is read, its packets left to the decoder (unsupported_linktype).
 
 cdef enum:
     CAP_PCAP = 1
@@ -17,7 +19,7 @@ cdef enum:
     CAPERR_TRUNCATED = 1          # a record or block runs past the end of the file
     CAPERR_BAD_LENGTH = 2         # a record's captured length is impossible
     CAPERR_BAD_MAGIC = 3          # not a pcap or pcapng file
-    CAPERR_LINKTYPE = 4           # link type the decoder does not know
+    CAPERR_LINKTYPE = 4           # classic pcap of a link type the decoder does not know
     CAPERR_BLOCK_LENGTH = 5       # pcapng block length not a multiple of 4, or too small
     CAPERR_NO_SECTION = 6         # pcapng block before any section header
     CAPERR_BAD_INTERFACE = 7      # packet names an interface with no description block
@@ -220,9 +222,8 @@ cdef class CaptureScanner:
                 f.offset_s = <int64_t>((<uint64_t>cap32(b + o + 4 + (0 if self.big else 4), self.big) << 32)
                                        | cap32(b + o + 4 + (4 if self.big else 0), self.big))
             o += 4 + ((length + 3) & ~3)
-        if not linktype_supported(f.linktype):
-            self.bad_linktype = f.linktype
-            return CAPERR_LINKTYPE
+        # An interface of a link type the decoder does not know is kept: its packets are
+        # indexed and classified as malformed (unsupported_linktype), the others read.
         self.n_ifaces += 1
         return CAPERR_NONE
 

@@ -23,6 +23,9 @@ cdef enum:
     R_FRAGMENT = 8            # later IP fragment, attributed to its flow
     R_FRAGMENT_UNMATCHED = 9  # later fragment whose first fragment was not seen
     R_RELATED = 10            # ICMP error about a known flow: that flow's verdict
+    R_UNSOLICITED = 11        # looks like an answer, but no request can have been missed
+    R_PENDING = 12            # allowed for this packet only: the receiver, who may be the
+                              # initiator, is not identified yet (no MAC on this link)
     R_MALFORMED_FIRST = 16    # reasons from here on come with VERDICT_MALFORMED
     R_BAD_OFFSET = 16         # batch offset/length outside the buffer
     R_LINKTYPE = 17           # link type the decoder does not know
@@ -46,7 +49,10 @@ cdef enum:
     R_UDP_LENGTH = 35
     R_ICMP_SHORT = 36
     R_SCTP_SHORT = 37
-    R_COUNT = 38
+    R_LINK_SHORT = 38         # a link header (loopback, PPP, HDLC, 802.11, NFLOG...) cut short
+    R_ENCAP_SHORT = 39        # PPPoE, MPLS, VN-Tag, NSH or LLC/SNAP header cut short
+    R_ENCAP_DEPTH = 40        # more than MAX_ENCAPS encapsulation headers before IP
+    R_COUNT = 41
 
 # Event types in the ring.
 cdef enum:
@@ -63,11 +69,59 @@ cdef enum:
     END_IDLE = 3
     END_EVICTED = 4
     END_NEW_SYN = 5           # a new SYN reused a closing flow's ports
+    END_REORIENTED = 6        # evidence contradicted a guessed initiator: started again
 
+# How a flow's initiator was decided (flow_t.orient, event_t.orient); docs/fastpath.md.
+# Up to ORIENT_UNSOLICITED the packets said it; from ORIENT_GUESSED on it is a guess, and a
+# guess is replaced when a later packet contradicts it (END_REORIENTED).
+cdef enum:
+    ORIENT_SYN = 1            # TCP SYN (the sender) or SYN-ACK (the receiver)
+    ORIENT_ICMP = 2           # ICMP request or reply type
+    ORIENT_GROUP = 3          # broadcast or multicast receiver: the sender started it
+    ORIENT_PAYLOAD = 4        # DNS, NTP or DHCP header: a request or an answer
+    ORIENT_UNSOLICITED = 5    # an answer no request can explain: its sender started it
+    ORIENT_POLICY = 6         # the policy allows the conversation one way only
+    ORIENT_SERVICE = 7        # one side offers a service known on its port
+    ORIENT_PORTS = 8          # service port against ephemeral port (port classes)
+    ORIENT_LOWER_PORT = 9     # same class: the lower port is the service
+    ORIENT_FIRST = 10         # same port both sides: the first sender
+    ORIENT_GUESSED = ORIENT_POLICY
+
+# Payload evidence in pkt_t.answer: what a DNS, NTP or DHCP header says the packet is.
+cdef enum:
+    ANSWER_UNKNOWN = 0
+    ANSWER_REQUEST = 1        # the sender is the client
+    ANSWER_REPLY = 2          # the sender is the server
+
+# Per-packet hints from the datapath (classify's `hints`): what the kernel's connection
+# tracking knows of the packet's conversation. 0: nothing known (files, taps).
+cdef enum:
+    HINT_NONE = 0
+    HINT_KNOWN = 1            # the kernel tracked this conversation before this packet
+    HINT_NEW = 2              # this packet is the first the kernel has seen of it
+
+# Tunnels, reported (pkt_t.tunnel) and not decapsulated: the outer header is classified.
+cdef enum:
+    TUN_NONE = 0
+    TUN_IPIP = 1              # IPv4 in IP (4)
+    TUN_IPV6 = 2              # IPv6 in IP (41)
+    TUN_GRE = 3               # GRE (47)
+    TUN_ETHERIP = 4           # EtherIP (97)
+    TUN_L2TP = 5              # L2TPv3 over IP (115)
+    TUN_MPLS = 6              # MPLS in IP (137)
 cdef enum:
     FLOW_EMPTY = 0
     FLOW_ACTIVE = 1
     FLOW_CLOSING = 2
+
+# A flow waiting for one side to speak (flow_t.pending): the side (key.a or key.b), and what
+# then happens: decided with that side identified, or started again from its packet.
+cdef enum:
+    PENDING_NONE = 0
+    PENDING_A = 1
+    PENDING_B = 2
+    PENDING_SIDE = 3
+    PENDING_RESTART = 4       # after an unsolicited answer: its receiver speaks for itself
 
 cdef enum:
     FRAG_NONE = 0
@@ -116,11 +170,14 @@ ctypedef struct pkt_t:
     uint8_t tcp_flags
     uint8_t icmp_type
     uint8_t icmp_code
-    uint8_t tunnel           # 1: IP-in-IP or GRE, reported, not decapsulated
+    uint8_t tunnel           # TUN_*: reported, not decapsulated
     uint8_t discovery        # 1: LLDP or CDP frame (worth deep dissection)
     uint8_t inner_valid      # ICMP error quoting an IP header: the inner_* fields are set
     uint8_t inner_proto
     uint8_t inner_icmp_type
+    uint8_t answer           # ANSWER_*: a TCP SYN / SYN-ACK, a DNS, NTP or DHCP request / answer
+    uint8_t more_frags       # IP more-fragments flag
+    uint16_t frag_off        # fragment offset, 8-byte units
     uint16_t inner_sport
     uint16_t inner_dport
     uint16_t inner_icmp_id
@@ -169,7 +226,9 @@ ctypedef struct flow_t:
     uint8_t timeout_class
     uint8_t sampled[2]       # per direction: packets marked for dissection (255: gave up)
     uint16_t nearest         # denied: the rule that came closest (see `reason`), else NO_RULE
-    uint8_t pad[6]
+    uint8_t orient           # ORIENT_*: how the initiator was decided
+    uint8_t pending          # PENDING_*: decided again when this side (key.a or key.b) speaks
+    uint8_t pad[4]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:
@@ -218,6 +277,7 @@ ctypedef struct event_t:
     uint8_t has_mac
     uint8_t icmp_type
     uint8_t icmp_code
+    uint8_t orient               # flow events: ORIENT_*
 
 ctypedef struct selector_t:
     uint8_t value[16]
@@ -263,6 +323,8 @@ ctypedef struct stats_t:
     uint64_t fragments_unmatched
     uint64_t samples
     uint64_t samples_over_budget
+    uint64_t unsolicited_answers     # flows started by an answer no request explains
+    uint64_t flows_reoriented        # guessed initiators a later packet contradicted
     uint64_t reasons[64]
 
 
@@ -306,11 +368,20 @@ cdef class Classifier:
     cdef uint32_t sample_global_budget
     cdef uint32_t sample_global_count
     cdef uint64_t sample_global_start
+    cdef uint64_t* svc_keys          # services seen offered: (address, protocol, port) hashes
+    cdef uint32_t svc_mask
+    cdef uint64_t start_ns           # the first packet's time: the request of an early
+                                     # answer may predate the classifier
+    cdef uint64_t* addr_tags         # address -> device: a receiver's MAC on links that
+    cdef uint32_t* addr_devs         # carry the sender's only (inline, Linux cooked)
+    cdef uint32_t addr_mask
+    cdef const uint8_t* batch_hints  # the current batch's hints (or NULL), and the packet
+    cdef uint64_t batch_first        # number of its first packet: read at flow starts only
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
                         uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, uint8_t* samples,
-                        Py_ssize_t n, const policy_t* pol) noexcept nogil
+                        const uint8_t* hints, Py_ssize_t n, const policy_t* pol) noexcept nogil
     cdef bint _take_sample(self, uint32_t dev, uint64_t ts) noexcept nogil
     cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil
     cdef uint32_t _touch_device(self, const pkt_t* k, uint64_t ts) noexcept nogil
@@ -320,8 +391,11 @@ cdef class Classifier:
     cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint16_t* rule, uint8_t* sample) noexcept nogil
+    cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
+                    bint from_initiator, uint64_t ts, int* settle) noexcept nogil
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
                           const policy_t* pol) noexcept nogil
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
     cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil
     cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil
+    cdef void _settle_pending(self, flow_t* f, const policy_t* pol, uint64_t ts) noexcept nogil

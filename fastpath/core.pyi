@@ -11,12 +11,20 @@ FLOW_END_NAMES: dict[int, str]
 MODES: dict[str, int]
 MALFORMED_FIRST: int
 NO_RULE_INDEX: int
+PACKET_LINE_MAX: int
 NO_DEVICE_INDEX: int
 FLOW_SLOT_BYTES: int
 DEVICE_SLOT_BYTES: int
 EVENT_BYTES: int
 BUCKET_SIZE: int
 STATS_FIELDS: tuple[str, ...]
+ORIENT_NAMES: dict[int, str | None]
+TUNNEL_NAMES: dict[int, str]
+HINT_KNOWN_CONVERSATION: int
+HINT_NEW_CONVERSATION: int
+LINKTYPES: tuple[int, ...]
+KNOWN_SERVICE_PORTS: tuple[int, ...]
+SERVICE_SLOTS: int
 EVENT_FIELDS: tuple[str, ...]
 DEVICE_FIELDS: tuple[str, ...]
 
@@ -25,6 +33,10 @@ def _layout_device() -> tuple[dict[str, tuple[int, str]], int]: ...
 def _layout_decoded() -> tuple[dict[str, tuple[int, str]], int]: ...
 def decode_batch(buf: Buffer, offsets: Buffer, lengths: Buffer, linktypes: Buffer,
                  out: Buffer, reasons: Buffer) -> None: ...
+def packet_lines(buf: Buffer, offsets: Buffer, lengths: Buffer, linktypes: Buffer,
+                 timestamps: Buffer, verdicts: Buffer, reasons: Buffer, rules: Buffer,
+                 first_index: int, names: Buffer, name_offsets: Buffer, n_rules: int,
+                 out: Buffer) -> int: ...
 
 class CompiledPolicy:
     source: Any
@@ -50,7 +62,9 @@ class Classifier:
     def reevaluate(self) -> list[tuple[Any, ...]]: ...
     def classify(self, buf: Buffer, offsets: Buffer, lengths: Buffer, timestamps: Buffer,
                  linktypes: Buffer, verdicts: Buffer, reasons: Buffer, rules: Buffer,
-                 samples: Buffer | None = ...) -> int: ...
+                 samples: Buffer | None = ..., hints: Buffer | None = ...) -> int: ...
+    def add_services(self, services: Any) -> int: ...
+    def knows_service(self, addr: bytes, proto: int, port: int) -> bool: ...
     def set_sampling(self, per_flow: int = ..., device_budget: int = ...,
                      device_window_s: float = ..., global_budget: int = ...) -> None: ...
     def drain(self, max_events: int = ...) -> list[tuple[Any, ...]]: ...

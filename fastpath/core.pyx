@@ -6,7 +6,7 @@ One Python call per batch; the loop runs without the GIL and allocates nothing. 
 path drains; a full ring is counted, never waited on.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
@@ -26,8 +26,10 @@ cdef enum:
 include "decode.pxi"
 include "policytable.pxi"
 include "flowtable.pxi"
+include "orient.pxi"
 include "capture.pxi"
 include "ring.pxi"
+include "lines.pxi"
 
 VERDICT_NAMES = ("none", "allow", "deny", "malformed")
 
@@ -37,6 +39,7 @@ REASON_NAMES = {
     R_WRONG_INITIATOR: "wrong_initiator", R_PROTO_NOT_ALLOWED: "proto_not_allowed",
     R_PORT_NOT_ALLOWED: "port_not_allowed", R_ARP: "arp", R_NON_IP: "non_ip",
     R_FRAGMENT: "fragment", R_FRAGMENT_UNMATCHED: "fragment_unmatched", R_RELATED: "related",
+    R_UNSOLICITED: "unsolicited_answer", R_PENDING: "pending_receiver",
     R_BAD_OFFSET: "bad_offset", R_LINKTYPE: "unsupported_linktype",
     R_ETH_SHORT: "ethernet_truncated", R_VLAN_SHORT: "vlan_truncated",
     R_VLAN_DEPTH: "vlan_too_deep", R_SLL_SHORT: "sll_truncated",
@@ -48,15 +51,29 @@ REASON_NAMES = {
     R_TCP_SHORT: "tcp_truncated", R_TCP_OFFSET: "tcp_bad_data_offset",
     R_UDP_SHORT: "udp_truncated", R_UDP_LENGTH: "udp_bad_length",
     R_ICMP_SHORT: "icmp_truncated", R_SCTP_SHORT: "sctp_truncated",
+    R_LINK_SHORT: "link_truncated", R_ENCAP_SHORT: "encapsulation_truncated",
+    R_ENCAP_DEPTH: "encapsulation_too_deep",
 }
 MALFORMED_FIRST = R_MALFORMED_FIRST
 EVENT_NAMES = {EV_NEW_DEVICE: "new_device", EV_NEW_FLOW: "new_flow",
                EV_VIOLATION: "violation", EV_FLOW_END: "flow_end", EV_MALFORMED: "malformed"}
 FLOW_END_NAMES = {END_FIN: "fin", END_RST: "rst", END_IDLE: "idle",
-                  END_EVICTED: "evicted", END_NEW_SYN: "port_reused"}
+                  END_EVICTED: "evicted", END_NEW_SYN: "port_reused",
+                  END_REORIENTED: "reoriented"}
+ORIENT_NAMES = {0: None, ORIENT_SYN: "syn", ORIENT_ICMP: "icmp", ORIENT_GROUP: "group",
+                ORIENT_PAYLOAD: "payload", ORIENT_POLICY: "policy", ORIENT_SERVICE: "service",
+                ORIENT_PORTS: "ports", ORIENT_LOWER_PORT: "lower_port",
+                ORIENT_FIRST: "first_sender", ORIENT_UNSOLICITED: "unsolicited"}
+HINT_KNOWN_CONVERSATION = HINT_KNOWN
+HINT_NEW_CONVERSATION = HINT_NEW
+TUNNEL_NAMES = {TUN_IPIP: "ipip", TUN_IPV6: "6in4", TUN_GRE: "gre", TUN_ETHERIP: "etherip",
+                TUN_L2TP: "l2tpv3", TUN_MPLS: "mpls-in-ip"}
+LINKTYPES = SUPPORTED_LINKTYPES
+SERVICE_SLOTS = 4096
 MODES = {"learn": MODE_LEARN, "monitor": MODE_MONITOR, "enforce": MODE_ENFORCE,
          "bypass": MODE_BYPASS}
 NO_RULE_INDEX = NO_RULE
+PACKET_LINE_MAX = LINE_MAX_BYTES
 NO_DEVICE_INDEX = <uint32_t>NO_DEVICE
 FLOW_SLOT_BYTES = sizeof(flow_t)
 DEVICE_SLOT_BYTES = sizeof(device_t)
@@ -65,13 +82,14 @@ BUCKET_SIZE = BUCKET_SLOTS
 STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                 "flows_ended", "flows_evicted", "flows_active", "devices",
                 "device_table_full", "events_dropped", "fragments_attributed",
-                "fragments_unmatched", "samples", "samples_over_budget")
+                "fragments_unmatched", "samples", "samples_over_budget", "unsolicited_answers",
+                "flows_reoriented")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
                 "dst", "smac", "dmac", "sport", "dport", "vlan", "rule", "device",
                 "peer_device", "reason", "verdict", "proto", "l3", "has_mac", "icmp_type",
-                "icmp_code")
+                "icmp_code", "orient")
 DEVICE_FIELDS = ("index", "mac", "ip4", "ip6", "multi_ip", "vlan", "first_ns", "last_ns",
                  "pkts_tx", "bytes_tx", "pkts_rx", "bytes_rx", "flows", "violations")
 
@@ -80,7 +98,7 @@ cdef tuple _event_tuple(const event_t* e):
     return (e.type, e.ts_ns, e.flow_id, e.pkts, e.bytes, e.packet, e.first_ns, e.src[:16],
             e.dst[:16], e.smac[:6], e.dmac[:6], e.sport, e.dport, e.vlan, e.rule, e.device,
             e.peer_device, e.reason, e.verdict, e.proto, e.l3, e.has_mac, e.icmp_type,
-            e.icmp_code)
+            e.icmp_code, e.orient)
 
 
 def _layout_event():
@@ -99,6 +117,7 @@ def _layout_event():
         "verdict": (<size_t>&e.verdict - b, "u1"), "proto": (<size_t>&e.proto - b, "u1"),
         "l3": (<size_t>&e.l3 - b, "u1"), "has_mac": (<size_t>&e.has_mac - b, "u1"),
         "icmp_type": (<size_t>&e.icmp_type - b, "u1"), "icmp_code": (<size_t>&e.icmp_code - b, "u1"),
+        "orient": (<size_t>&e.orient - b, "u1"),
     }, sizeof(event_t)
 
 
@@ -131,6 +150,8 @@ def _layout_decoded():
         "vlan_outer": (<size_t>&k.vlan_outer - b, "u2"), "sport": (<size_t>&k.sport - b, "u2"),
         "dport": (<size_t>&k.dport - b, "u2"), "icmp_id": (<size_t>&k.icmp_id - b, "u2"),
         "frag_id": (<size_t>&k.frag_id - b, "u4"), "l4_off": (<size_t>&k.l4_off - b, "u4"),
+        "frag_off": (<size_t>&k.frag_off - b, "u2"), "more_frags": (<size_t>&k.more_frags - b, "u1"),
+        "answer": (<size_t>&k.answer - b, "u1"),
         "src": (<size_t>&k.src - b, "V16"), "dst": (<size_t>&k.dst - b, "V16"),
     }, sizeof(pkt_t)
 
@@ -208,9 +229,15 @@ cdef class Classifier:
         self.frag_flow_ids = <uint64_t*>calloc(self.frag_mask + 1, sizeof(uint64_t))
         self.ring_mask = next_pow2(event_capacity) - 1
         self.ring = <event_t*>calloc(self.ring_mask + 1, sizeof(event_t))
+        self.svc_mask = SERVICE_SLOTS - 1
+        self.svc_keys = <uint64_t*>calloc(SERVICE_SLOTS, sizeof(uint64_t))
+        self.addr_mask = ADDR_SLOTS - 1
+        self.addr_tags = <uint64_t*>calloc(ADDR_SLOTS, sizeof(uint64_t))
+        self.addr_devs = <uint32_t*>calloc(ADDR_SLOTS, sizeof(uint32_t))
         if (self.flows == NULL or self.tags == NULL or self.devices == NULL
                 or self.dev_tags == NULL or self.frag_keys == NULL or self.frag_flows == NULL or self.frag_flow_ids == NULL
-                or self.ring == NULL):
+                or self.ring == NULL or self.svc_keys == NULL or self.addr_tags == NULL
+                or self.addr_devs == NULL):
             raise MemoryError("cannot allocate the classifier's tables")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
@@ -234,6 +261,9 @@ cdef class Classifier:
         free(self.frag_flows)
         free(self.frag_flow_ids)
         free(self.ring)
+        free(self.svc_keys)
+        free(self.addr_tags)
+        free(self.addr_devs)
 
     # -- configuration, between batches ------------------------------------------------
 
@@ -256,7 +286,8 @@ cdef class Classifier:
         cdef uint8_t old
         changed = []
         for i in range(slots):
-            if self.tags[i] == 0 or self.flows[i].state != FLOW_ACTIVE:
+            if (self.tags[i] == 0 or self.flows[i].state != FLOW_ACTIVE
+                    or self.flows[i].pending):     # decided when its receiver speaks
                 continue
             f = &self.flows[i]
             old = f.verdict
@@ -276,7 +307,8 @@ cdef class Classifier:
         return changed
 
     cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil:
-        """Verdict of an existing flow from what its slot and devices remember."""
+        """Verdict of an existing flow from what its slot and devices remember. A guessed
+        initiator that the policy now allows only the other way round is turned round."""
         cdef uint64_t gi[GROUP_WORDS]
         cdef uint64_t gr[GROUP_WORDS]
         cdef const uint8_t* ip_i = <const uint8_t*>f.key.a
@@ -284,6 +316,7 @@ cdef class Classifier:
         cdef const uint8_t* mac_i = ip_i
         cdef const uint8_t* mac_r = ip_r
         cdef bint has_i = 0, has_r = 0
+        cdef uint16_t rule, nearest
         if not f.init_is_a:
             ip_i = <const uint8_t*>f.key.b
             ip_r = <const uint8_t*>f.key.a
@@ -303,6 +336,14 @@ cdef class Classifier:
         groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
         groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
         f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule, &f.nearest)
+        if f.reason != R_RULE and f.orient >= ORIENT_GUESSED and has_ports(f.key.proto):
+            if evaluate(pol, gr, gi, f.key.proto, f.key.pb if not f.init_is_a else f.key.pa,
+                        &rule, &nearest) == R_RULE:
+                flow_flip(f)
+                f.orient = ORIENT_POLICY
+                f.reason = R_RULE
+                f.rule = rule
+                f.nearest = NO_RULE
         f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
 
     def set_mode(self, str mode):
@@ -326,6 +367,24 @@ cdef class Classifier:
         self.sample_device_window_ns = <uint64_t>(device_window_s * 1e9)
         self.sample_global_budget = global_budget
 
+    def add_services(self, services):
+        """Services known to be offered: (16-byte address, protocol, port) each (IPv4 as
+        ::ffff:a.b.c.d). They orient flows first seen in the middle (docs/fastpath.md)."""
+        cdef bytes addr
+        n = 0
+        for addr, proto, port in services:
+            if len(addr) != 16 or not 0 <= proto <= 255 or not 0 <= port <= 65535:
+                raise ValueError("service: (16-byte address, protocol, port)")
+            service_learn(self, addr, proto, port)
+            n += 1
+        return n
+
+    def knows_service(self, bytes addr, int proto, int port):
+        """Whether `addr` is known to offer `port` (learned or added)."""
+        if len(addr) != 16:
+            raise ValueError("address: 16 bytes")
+        return bool(service_known(self, addr, proto, port))
+
     @property
     def mode_name(self):
         return {v: k for k, v in MODES.items()}[self.mode]
@@ -335,7 +394,9 @@ cdef class Classifier:
         """Bytes of every table this classifier holds; fixed for its life."""
         slots = <uint64_t>self.n_buckets * BUCKET_SLOTS
         return (slots * (sizeof(flow_t) + 4) + self.dev_capacity * (sizeof(device_t) + 4)
-                + (self.frag_mask + 1) * 20 + (self.ring_mask + 1) * sizeof(event_t))
+                + (self.frag_mask + 1) * 20 + (self.ring_mask + 1) * sizeof(event_t)
+                + (self.svc_mask + 1) * sizeof(uint64_t)
+                + (self.addr_mask + 1) * (sizeof(uint64_t) + sizeof(uint32_t)))
 
     @property
     def flow_capacity(self):
@@ -350,41 +411,52 @@ cdef class Classifier:
     def classify(self, const uint8_t[::1] buf, const int64_t[::1] offsets,
                  const uint32_t[::1] lengths, const uint64_t[::1] timestamps,
                  const uint16_t[::1] linktypes, uint8_t[::1] verdicts, uint8_t[::1] reasons,
-                 uint16_t[::1] rules, uint8_t[::1] samples=None):
+                 uint16_t[::1] rules, uint8_t[::1] samples=None, const uint8_t[::1] hints=None):
         """Classify one batch: packet i is buf[offsets[i]:offsets[i]+lengths[i]].
 
         Fills verdicts, reasons and rules for every packet, and, when `samples` is given,
         samples[i] = 1 for packets marked for deep dissection (see set_sampling).
+        `hints` (inline datapaths): per packet, what the kernel's connection tracking knows
+        of its conversation (HINT_KNOWN_CONVERSATION: tracked before this packet,
+        HINT_NEW_CONVERSATION: this packet is its first; 0: nothing known).
         Returns the packet count.
         """
         cdef uint8_t* sample_out = NULL
+        cdef const uint8_t* hint_in = NULL
         cdef Py_ssize_t n = offsets.shape[0]
         cdef CompiledPolicy policy = self.policy     # held for the whole batch
         cdef const policy_t* pol = &policy.pol if policy is not None else NULL
         if (lengths.shape[0] < n or timestamps.shape[0] < n or linktypes.shape[0] < n
                 or verdicts.shape[0] < n or reasons.shape[0] < n or rules.shape[0] < n
-                or (samples is not None and samples.shape[0] < n)):
+                or (samples is not None and samples.shape[0] < n)
+                or (hints is not None and hints.shape[0] < n)):
             raise ValueError("batch arrays shorter than offsets")
         if n == 0:
             return 0
         if samples is not None:
             sample_out = &samples[0]
+        if hints is not None:
+            hint_in = &hints[0]
         with nogil:
             self._classify(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0],
                            &lengths[0], &timestamps[0], &linktypes[0], &verdicts[0],
-                           &reasons[0], &rules[0], sample_out, n, pol)
+                           &reasons[0], &rules[0], sample_out, hint_in, n, pol)
         return n
 
     cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
                         const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
                         uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, uint8_t* samples,
-                        Py_ssize_t n, const policy_t* pol) noexcept nogil:
+                        const uint8_t* hints, Py_ssize_t n, const policy_t* pol) noexcept nogil:
         cdef Py_ssize_t i
         cdef pkt_t k
         cdef int r
         cdef uint32_t length
         cdef uint8_t no_sample = 0
         cdef uint8_t* sample = &no_sample
+        if self.start_ns == 0:
+            self.start_ns = ts[0]     # when the classifier started watching (capture time)
+        self.batch_hints = hints      # read at flow starts only (_start_flow)
+        self.batch_first = self.st.packets
         for i in range(n):
             if i + PREFETCH_AHEAD < n and offsets[i + PREFETCH_AHEAD] >= 0 and offsets[i + PREFETCH_AHEAD] < buflen:
                 WARDTAP_PREFETCH(buf + offsets[i + PREFETCH_AHEAD])
@@ -419,6 +491,7 @@ cdef class Classifier:
             else:
                 self.st.denied += 1
             self.st.reasons[reasons[i]] += 1
+        self.batch_hints = NULL
         sweep_idle(self, self.now_ns)
 
     cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil:
@@ -447,6 +520,8 @@ cdef class Classifier:
         if d == NO_DEVICE:
             return d
         device_learn_ip(&self.devices[d], k)
+        if k.has_mac == 1 and (k.l3 == L3_IPV4 or k.l3 == L3_IPV6):
+            address_learn(self, k.src, d)     # this link will not tell its MAC to its peers
         if created:
             e = event_slot(self)
             if e != NULL:
@@ -514,6 +589,7 @@ cdef class Classifier:
         cdef flow_t* f
         cdef uint32_t role, slot
         cdef uint64_t fh
+        cdef int settle
         if k.frag == FRAG_LATER:
             fh = frag_hash(k, self.seed)
             slot = fh & self.frag_mask
@@ -550,6 +626,10 @@ cdef class Classifier:
             f.key = key
             created = 1
         from_initiator = swapped != f.init_is_a
+        settle = 0
+        if not created and (k.answer | f.pending):
+            # Rare: a packet with a say (SYN, DNS/NTP/DHCP) or a flow waiting for a side.
+            created = self._heed(f, k, &key, swapped, from_initiator, ts, &settle)
         if created:
             self._start_flow(f, k, swapped, ts, pol)
             from_initiator = swapped != f.init_is_a
@@ -573,6 +653,13 @@ cdef class Classifier:
         if f.dev[1 - role] != NO_DEVICE:
             self.devices[f.dev[1 - role]].pkts_rx += 1
             self.devices[f.dev[1 - role]].bytes_rx += length
+        if settle:
+            # The pending flow's unidentified side speaks, or has spoken in another flow: its
+            # device (touched above, or found by address) knows its MAC. Decide now.
+            if f.dev[1 - role] == NO_DEVICE and settle == 2:
+                f.dev[1 - role] = device_at(self, k.dst)
+                self.devices[f.dev[1 - role]].flows += 1
+            self._settle_pending(f, pol, ts)
         if k.proto == 6 and (k.tcp_flags & 0x05):
             self._tcp_close(f, k.tcp_flags, role, ts)
         if sample != NULL and (f.sampled[role] < self.sample_per_flow or discovery_port(k)):
@@ -593,27 +680,111 @@ cdef class Classifier:
         reason[0] = f.reason
         rule[0] = f.rule
 
+    cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
+                    bint from_initiator, uint64_t ts, int* settle) noexcept nogil:
+        """An existing flow's packet that says who is who (k.answer), or a flow waiting for
+        one side (f.pending). Returns 1 when the flow starts again from this packet: a
+        guessed initiator it contradicts, or the receiver of an unsolicited answer speaking
+        for itself. Sets *settle (1: the waited-for side sends this; 2: it has spoken in
+        another flow) for a flow waiting for its receiver to be identified."""
+        if k.answer == ANSWER_REPLY:
+            # A SYN-ACK or a DNS/NTP/DHCP answer: its sender offers that port.
+            service_learn(self, k.src, k.proto, k.sport)
+        if f.state != FLOW_ACTIVE:
+            return 0
+        if f.pending & PENDING_RESTART:
+            if not side_speaks(f.pending, swapped):
+                return 0
+        elif f.pending:
+            if side_speaks(f.pending, swapped):
+                settle[0] = 1
+            elif k.has_mac == 1 and device_at(self, k.dst) != NO_DEVICE:
+                settle[0] = 2
+            return 0
+        elif not (k.answer and f.orient >= ORIENT_GUESSED
+                  and contradicts(k, 0 if from_initiator else 1)):
+            return 0
+        self.st.flows_reoriented += 1
+        end_flow(self, f, END_REORIENTED, ts)
+        memset(f, 0, sizeof(flow_t))
+        f.key = key[0]
+        return 1
+
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
                           const policy_t* pol) noexcept nogil:
-        cdef bint sender_first = sender_initiates(k)
-        cdef uint64_t gi[GROUP_WORDS]
-        cdef uint64_t gr[GROUP_WORDS]
+        cdef bint sender_first
+        cdef uint8_t orient = orient_packet(self, k, &sender_first)
+        cdef uint64_t gs[GROUP_WORDS]      # the sender's groups
+        cdef uint64_t gd[GROUP_WORDS]      # the receiver's
+        cdef bint enforcing = pol != NULL and self.mode != MODE_LEARN
         cdef bint icmp = k.proto == 1 or k.proto == 58
+        cdef uint8_t why = R_NO_POLICY
+        cdef uint16_t rule = NO_RULE, nearest = NO_RULE, rule2, nearest2
         cdef event_t* e
-        cdef uint32_t d, peer
+        cdef uint32_t d
         cdef bint peer_created
+        # What the kernel knows of this conversation (inline datapaths): read here, once per
+        # flow, from the batch's hints (this packet is number st.packets - 1).
+        cdef uint8_t hint = HINT_NONE
+        if self.batch_hints != NULL:
+            hint = self.batch_hints[self.st.packets - 1 - self.batch_first]
+        if k.answer == ANSWER_REPLY:
+            service_learn(self, k.src, k.proto, k.sport)      # a SYN-ACK, a DNS/NTP answer
+        # The receiver, if it is a device already known (on links that carry only the
+        # sender's MAC, found by its address): its MAC decides its groups.
+        cdef uint32_t peer = device_lookup(self, k, ts, &peer_created, 1)
+        cdef const uint8_t* rmac = k.dst_mac
+        cdef bint rhas = k.has_mac == 2
+        if k.has_mac == 1:
+            peer = device_at(self, k.dst)
+            if peer != NO_DEVICE and self.devices[peer].has_mac:
+                rmac = self.devices[peer].mac
+                rhas = 1
+        if enforcing:
+            groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gs)
+            groups_of(pol, rmac, rhas, k.dst, 1, k.vlan, gd)
+            why = decide_oriented(pol, gs, gd, k, sender_first, &rule, &nearest)
+            if why != R_RULE and orient >= ORIENT_GUESSED:
+                # Allowed the other way round only: that is the way it goes.
+                if decide_oriented(pol, gs, gd, k, not sender_first, &rule2,
+                                   &nearest2) == R_RULE:
+                    sender_first = not sender_first
+                    orient = ORIENT_POLICY
+                    why = R_RULE
+                    rule = rule2
+                    nearest = NO_RULE
+        if not sender_first and orient != ORIENT_ICMP and not answer_accepted(self, k, hint, ts):
+            # It looks like an answer, but no request can have been missed: whoever sent it
+            # started this conversation (never a hole for a packet that only looks right).
+            sender_first = 1
+            orient = ORIENT_UNSOLICITED
+            f.pending = PENDING_RESTART | (PENDING_A if swapped else PENDING_B)
+            self.st.unsolicited_answers += 1
+            if enforcing:
+                why = decide_oriented(pol, gs, gd, k, 1, &rule, &nearest)
+                if why != R_RULE:
+                    why = R_UNSOLICITED
+        if (enforcing and why != R_RULE and orient != ORIENT_UNSOLICITED and not rhas
+                and k.has_mac == 1 and hint == HINT_KNOWN
+                and could_be_allowed(pol, gs, k, sender_first, orient >= ORIENT_GUESSED)):
+            # A conversation the kernel already carried, first met here from the side whose
+            # MAC the link shows (inline, after a restart): the receiver is not identified
+            # yet and its MAC may be what allows it. This packet passes; the flow is decided
+            # when the receiver speaks (its next packet carries its MAC).
+            why = R_PENDING
+            rule = NO_RULE
+            nearest = NO_RULE
+            f.pending = PENDING_A if swapped else PENDING_B
         f.id = self.next_flow_id
         self.next_flow_id += 1
         f.first_ns = ts
         f.state = FLOW_ACTIVE
+        f.orient = orient
         f.init_is_a = (not swapped) == sender_first
         f.timeout_class = timeout_class_of(k.proto)
         f.dev[0] = NO_DEVICE
         f.dev[1] = NO_DEVICE
-        if icmp:
-            f.dport = k.icmp_type if not icmp_is_reply(k.proto, k.icmp_type) else (8 if k.proto == 1 else 128)
-        else:
-            f.dport = k.dport if sender_first else k.sport
+        f.dport = responder_port(k, sender_first)
         self.st.flows_created += 1
         self.st.flows_active += 1
         d = self._touch_device(k, ts)
@@ -621,26 +792,17 @@ cdef class Classifier:
         if d != NO_DEVICE:
             self.devices[d].flows += 1
         # The receiving side, if it is a device already known, counts what it receives.
-        peer = device_lookup(self, k, ts, &peer_created, 1)
         f.dev[1 if sender_first else 0] = peer
         if peer != NO_DEVICE:
             self.devices[peer].flows += 1
-        f.nearest = NO_RULE
-        if pol == NULL or self.mode == MODE_LEARN:
-            f.verdict = VERDICT_ALLOW
-            f.reason = R_NO_POLICY
-            f.rule = NO_RULE
-        else:
+        f.reason = why
+        f.rule = rule
+        f.nearest = nearest
+        if enforcing:
             f.policy_gen = pol.generation
-            # Initiator and responder as seen from the sender of this first packet.
-            if sender_first:
-                groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gi)
-                groups_of(pol, k.dst_mac, k.has_mac == 2, k.dst, 1, k.vlan, gr)
-            else:
-                groups_of(pol, k.dst_mac, k.has_mac == 2, k.dst, 1, k.vlan, gi)
-                groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gr)
-            f.reason = evaluate(pol, gi, gr, k.proto, f.dport, &f.rule, &f.nearest)
-            f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
+            f.verdict = VERDICT_ALLOW if why == R_RULE or why == R_PENDING else VERDICT_DENY
+        else:
+            f.verdict = VERDICT_ALLOW
         e = event_slot(self)
         if e != NULL:
             fill_flow_event(e, EV_NEW_FLOW, f, ts)
@@ -662,6 +824,20 @@ cdef class Classifier:
                 self._event_macs(e, k, sender_first)
                 if icmp:
                     e.icmp_type = f.dport
+
+    cdef void _settle_pending(self, flow_t* f, const policy_t* pol, uint64_t ts) noexcept nogil:
+        """Decide a pending flow now that both sides are known (their devices' MACs)."""
+        cdef event_t* e
+        f.pending = PENDING_NONE
+        self._decide(f, pol)
+        if f.verdict == VERDICT_DENY:
+            if f.dev[0] != NO_DEVICE:
+                self.devices[f.dev[0]].violations += 1
+            e = event_slot(self)
+            if e != NULL:
+                fill_flow_event(e, EV_VIOLATION, f, ts)
+                e.reason = f.reason
+                e.packet = self.st.packets - 1
 
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil:
         e.has_mac = k.has_mac

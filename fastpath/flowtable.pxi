@@ -121,17 +121,6 @@ cdef inline bint make_key(const pkt_t* k, flow_key_t* key) noexcept nogil:
     return swapped
 
 
-cdef inline bint sender_initiates(const pkt_t* k) noexcept nogil:
-    """Whether the first packet seen of a flow comes from the side that started it."""
-    if k.proto == 6:
-        if k.tcp_flags & 0x02:                 # SYN: initiator; SYN+ACK: responder
-            return not (k.tcp_flags & 0x10)
-        return k.sport >= k.dport              # mid-stream: the ephemeral port is the client
-    if k.proto == 1 or k.proto == 58:
-        return not icmp_is_reply(k.proto, k.icmp_type)
-    return 1
-
-
 cdef inline uint32_t device_lookup(Classifier c, const pkt_t* k, uint64_t ts,
                                    bint* created, bint receiver=0) noexcept nogil:
     """Index of the device that sent `k`, created on first sight; NO_DEVICE if full.
@@ -257,6 +246,7 @@ cdef inline void fill_flow_event(event_t* e, uint8_t type, const flow_t* f,
     e.verdict = f.verdict
     e.device = f.dev[0]
     e.peer_device = f.dev[1]
+    e.orient = f.orient
 
 
 cdef inline void end_flow(Classifier c, flow_t* f, uint8_t why, uint64_t ts) noexcept nogil:

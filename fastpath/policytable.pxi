@@ -15,8 +15,10 @@ cdef inline bint prefix_match(const uint8_t* addr, const uint8_t* net, uint8_t b
 
 cdef inline void groups_of(const policy_t* pol, const uint8_t* mac, bint has_mac,
                            const uint8_t* ip, bint has_ip, uint16_t vlan,
-                           uint64_t* out) noexcept nogil:
-    """Bitset of the groups an endpoint belongs to; bit 0 ("any") is always set."""
+                           uint64_t* out, bint any_mac=0) noexcept nogil:
+    """Bitset of the groups an endpoint belongs to; bit 0 ("any") is always set. With
+    `any_mac`, the groups it could be in whatever its (unknown) MAC: every MAC and OUI
+    selector matches."""
     cdef uint64_t vlan_ok[GROUP_WORDS]
     cdef uint32_t i, w
     cdef const selector_t* s
@@ -29,10 +31,10 @@ cdef inline void groups_of(const policy_t* pol, const uint8_t* mac, bint has_mac
             if not has_ip or not prefix_match(ip, s.value, s.prefix):
                 continue
         elif s.kind == SEL_MAC:
-            if not has_mac or memcmp(mac, s.value, 6) != 0:
+            if not any_mac and (not has_mac or memcmp(mac, s.value, 6) != 0):
                 continue
         elif s.kind == SEL_OUI:
-            if not has_mac or memcmp(mac, s.value, 3) != 0:
+            if not any_mac and (not has_mac or memcmp(mac, s.value, 3) != 0):
                 continue
         elif s.kind == SEL_VLAN:
             if vlan == (<uint16_t>s.value[0] << 8 | s.value[1]):

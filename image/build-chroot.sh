@@ -14,6 +14,7 @@
 # packages and PyPI wheels: about 4 minutes here.
 #
 #   image/build-chroot.sh ROOT        # ROOT is removed first
+#   BASE_CACHE=DIR image/build-chroot.sh ROOT   # keep/reuse the base (see below) in DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -37,7 +38,6 @@ if [ -e "$ROOT" ] && findmnt -R -n -o TARGET "$ROOT" >/dev/null 2>&1; then
 fi
 rm -rf --one-file-system "$ROOT"
 
-step "debootstrap bookworm into $ROOT"
 if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
 	# a foreign architecture: its binaries run under qemu-user (qemu-user-static)
 	case "$ARCH" in arm64) qemu=aarch64 ;; amd64) qemu=x86_64 ;; *)
@@ -51,40 +51,69 @@ if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
 		exit 1
 	fi
 fi
-debootstrap --arch="$ARCH" --variant=minbase --include=systemd,systemd-sysv,openssh-server,sudo,passwd,ca-certificates,udev \
-	bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1
-mount -t proc proc "$ROOT/proc"
-mount --bind /sys "$ROOT/sys"
-mount --bind /dev "$ROOT/dev"
-mount --bind /dev/pts "$ROOT/dev/pts"
-cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-# A build host behind a TLS-inspecting proxy: its extra CA certificates and pip settings.
-if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-	cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
-	chroot "$ROOT" update-ca-certificates >/dev/null 2>&1
-fi
-[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 
-step "stand-ins for pi-gen stage0-2"
-export ROOTFS_DIR=$ROOT FIRST_USER_NAME=wardadmin
-chroot "$ROOT" /bin/bash -e <<'IN'
+mount_api() {
+	mount -t proc proc "$ROOT/proc"
+	mount --bind /sys "$ROOT/sys"
+	mount --bind /dev "$ROOT/dev"
+	mount --bind /dev/pts "$ROOT/dev/pts"
+	cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+	# A build host behind a TLS-inspecting proxy: its extra CA certificates and pip settings.
+	if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+		cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+		chroot "$ROOT" update-ca-certificates >/dev/null 2>&1
+	fi
+	if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$ROOT/etc/pip.conf"; fi
+}
+
+# The base (debootstrap, the stand-ins for pi-gen's stage0-2, the kernel) depends only on
+# this script, the architecture and the mirror, and is most of the build's time. With
+# BASE_CACHE set, it is kept there as a tar per key and ISO week (a week's Debian updates
+# still arrive) and unpacked instead of built again; every step of the stage runs fresh.
+base_key=$(sha256sum <"$REPO/image/build-chroot.sh" | cut -c1-16)-$ARCH-$(printf %s "$MIRROR" | sha256sum | cut -c1-8)-$(date +%G-W%V)
+base_tar=${BASE_CACHE:+$BASE_CACHE/base-$base_key.tar}
+if [ -n "$base_tar" ] && [ -f "$base_tar" ]; then
+	step "base from $base_tar"
+	mkdir -p "$ROOT"
+	tar -C "$ROOT" --xattrs --acls --numeric-owner -xpf "$base_tar"
+	mount_api
+else
+	step "debootstrap bookworm into $ROOT"
+	debootstrap --arch="$ARCH" --variant=minbase --include=systemd,systemd-sysv,openssh-server,sudo,passwd,ca-certificates,udev \
+		bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1
+	mount_api
+
+	step "stand-ins for pi-gen stage0-2"
+	chroot "$ROOT" /bin/bash -e <<'IN'
 groupadd --system gpio
 useradd --create-home --shell /bin/bash --groups sudo,adm wardadmin
 echo "wardadmin ALL=(ALL) NOPASSWD: ALL" >/etc/sudoers.d/010_wardadmin-nopasswd
 chmod 0440 /etc/sudoers.d/010_wardadmin-nopasswd
 IN
+	chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends "linux-image-$ARCH" initramfs-tools >/dev/null
+	printf 'proc /proc proc defaults 0 0\nBOOTDEV /boot/firmware vfat defaults 0 2\nROOTDEV / ext4 defaults,noatime 0 1\n' >"$ROOT/etc/fstab"
+	mkdir -p "$ROOT/boot/firmware"
+	echo "console=serial0,115200 console=tty1 root=ROOTDEV rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot" >"$ROOT/boot/firmware/cmdline.txt"
+	echo "arm_64bit=1" >"$ROOT/boot/firmware/config.txt"
+	if [ -n "$base_tar" ]; then
+		step "base saved to $base_tar"
+		mkdir -p "$BASE_CACHE"
+		rm -f "$BASE_CACHE"/base-*-"$ARCH"-*.tar*   # one base per architecture is kept
+		cleanup                                     # no /proc, /sys or /dev in the tar
+		tar -C "$ROOT" --one-file-system --xattrs --acls --numeric-owner \
+			--exclude=./etc/resolv.conf --exclude=./etc/pip.conf -cf "$base_tar.$$" .
+		mv "$base_tar.$$" "$base_tar"
+		mount_api
+	fi
+fi
+export ROOTFS_DIR=$ROOT FIRST_USER_NAME=wardadmin
 # pi-gen's PUBKEY_SSH_FIRST_USER: an administrator key baked into the image
 if [ -n "${PUBKEY_SSH_FIRST_USER:-}" ]; then
 	install -d -m 0700 "$ROOT/home/wardadmin/.ssh"
 	echo "$PUBKEY_SSH_FIRST_USER" >"$ROOT/home/wardadmin/.ssh/authorized_keys"
 	chroot "$ROOT" chown -R wardadmin:wardadmin /home/wardadmin/.ssh
 fi
-chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	--no-install-recommends "linux-image-$ARCH" initramfs-tools >/dev/null
-printf 'proc /proc proc defaults 0 0\nBOOTDEV /boot/firmware vfat defaults 0 2\nROOTDEV / ext4 defaults,noatime 0 1\n' >"$ROOT/etc/fstab"
-mkdir -p "$ROOT/boot/firmware"
-echo "console=serial0,115200 console=tty1 root=ROOTDEV rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot" >"$ROOT/boot/firmware/cmdline.txt"
-echo "arm_64bit=1" >"$ROOT/boot/firmware/config.txt"
 
 step "sdist"
 make -s -C image dist >/dev/null

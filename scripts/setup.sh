@@ -12,10 +12,16 @@ APT_PACKAGES=(
   iproute2 iptables kmod conntrack                   # datapaths: namespaces, bridge, netfilter
   libnetfilter-queue1 libnetfilter-queue-dev         # NFQUEUE (inline enforcement)
   iputils-ping netcat-openbsd                        # end-to-end tests: real traffic
+  dnsmasq-base chrony                                # end-to-end tests: real DNS and NTP daemons
   iperf3 valgrind                                    # bench: throughput, instruction counts
   shellcheck systemd                                 # image tests: scripts, units (systemd-analyze)
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image
+  rsyslog rsyslog-gnutls                             # SIEM export tests: a real syslog receiver (TLS)
+  dnsmasq-base isc-dhcp-client busybox lldpd chrony  # inventory tests: a ward of real daemons
+  openssl                                            #   (tests/realward.py, in namespaces only)
+  postgresql                                         # fleet console: collectors and console on PostgreSQL
+  chromium chromium-driver                           # fleet console tests: a real headless browser
 )
 # image tests: the built image booted (qemu for this machine's architecture)
 case "$(dpkg --print-architecture)" in
@@ -44,7 +50,7 @@ log=.venv/setup.log
 quiet() { "$@" >>"$log" 2>&1 || { echo "setup: failed: $*; see $log" >&2; tail -20 "$log" >&2; exit 1; }; }
 : >"$log"
 quiet .venv/bin/python -m pip install --upgrade pip setuptools wheel "cython>=3.0,<4" numpy
-extras="test,bench,dissect,fleet"
+extras="test,bench,dissect,fleet,console"
 case "$(uname -m)" in aarch64|armv7l) extras="$extras,pi" ;; esac
 # compat editable mode: a plain .pth path entry, no import hook on every start-up.
 quiet .venv/bin/python -m pip install --no-build-isolation -e ".[${extras}]" \

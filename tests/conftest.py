@@ -28,3 +28,16 @@ def run_wardtap(*args: str, check: bool = False, timeout: float = 120,
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([*WARDTAP, *args], capture_output=True, text=True, check=check,
                           timeout=timeout, cwd=ROOT, env=env, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share an expensive session fixture (the image build) carry one xdist_group
+    and must run on one worker; if pytest-xdist stops grouping them (it marks their node ids
+    with @group), say so instead of silently building the image on every worker."""
+    if getattr(config.option, "loadgroup", False):
+        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group")
+                and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} "
+                                    "more): use the pytest version pyproject.toml pins")

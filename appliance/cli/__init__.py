@@ -23,6 +23,7 @@ from typing import NamedTuple
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from appliance import __version__  # noqa: E402
+from appliance.cli.args import WardtapParser  # noqa: E402
 from appliance.errors import WardtapError  # noqa: E402
 
 
@@ -37,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "replay": Command("classify capture files and summarise", "replay"),
     "devices": Command("the device inventory: vendor, class, names, addresses, evidence",
                        "devices"),
+    "advisories": Command("security advisories (CSAF 2.0): import, list; matched against the "
+                          "inventory", "advisories"),
     "demo": Command("generate the demo ward and replay it", "demo"),
     "policy": Command("allow-list policy tools", "policy"),
     "learn": Command("learn each device's baseline and propose an allow-list", "learn"),
@@ -49,7 +52,14 @@ COMMANDS: dict[str, Command] = {
     "reload": Command("reload the running daemon's policy", "daemonctl", "add_reload",
                       "run_reload"),
     "propose": Command("write the policy the daemon has learned so far", "daemonctl",
-                       "add_socket", "run_propose"),
+                       "add_propose", "run_propose"),
+    "events": Command("the store's timeline: violations, new devices, commands, runs",
+                      "history", "add_events", "run_events"),
+    "violations": Command("violations in the store, filtered", "history", "add_violations",
+                          "run_violations"),
+    "flows": Command("flows in the store, filtered", "history", "add_flows", "run_flows"),
+    "inline": Command("the inline datapath's netfilter rules: status, remove, bypass",
+                      "inline"),
     "integrity": Command("SHA-256 manifests of installed files, configuration and policy: "
                          "write, verify, accept", "appliance.system.integrity"),
     "fleet": Command("fleet side over MQTT: list, watch, inventory, push-policy, command, "
@@ -66,7 +76,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the command being run gets its arguments (and their imports)."""
     words = sys.argv[1:] if argv is None else argv
     chosen = next((w for w in words if not w.startswith("-")), None)
-    parser = argparse.ArgumentParser(
+    parser = WardtapParser(
         prog="wardtap", description="Ward network appliance: classify, inventory, enforce.")
     parser.add_argument("--version", action="version", version=f"wardtap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -92,3 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001  (a sentence, not a traceback; tests look for it)
+        if os.environ.get("WARDTAP_DEBUG"):
+            raise
+        print(f"wardtap: internal error: {type(exc).__name__}: {exc} (a bug: please report "
+              "it with the command line; WARDTAP_DEBUG=1 shows where)", file=sys.stderr)
+        return 70

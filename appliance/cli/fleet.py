@@ -19,55 +19,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.cli import args as checked
+from appliance.cli.fleetopts import DEFAULT_KEY, add_connection, add_key, broker_settings
 from appliance.common.text import shown
+from appliance.common.when import Clock, local
 from appliance.errors import WardtapError
 from appliance.fleet.listing import age
 
-DEFAULT_KEY = os.path.join(os.path.expanduser("~"), ".config", "wardtap", "fleet.key")
-
-
-# -- options -------------------------------------------------------------------------------
-
-def add_connection(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    g = p.add_argument_group("broker connection")
-    g.add_argument("--broker", default=env("WARDTAP_BROKER"),
-                   help="mqtt://HOST:PORT or mqtts://HOST:PORT (env WARDTAP_BROKER)")
-    g.add_argument("--ca", default=env("WARDTAP_CA"), help="CA certificate (PEM)")
-    g.add_argument("--tls-cert", default=env("WARDTAP_TLS_CERT"),
-                   help="client certificate (PEM)")
-    g.add_argument("--tls-key", default=env("WARDTAP_TLS_KEY"), help="client private key")
-    g.add_argument("--username", default=env("WARDTAP_MQTT_USERNAME"))
-    g.add_argument("--password-file",
-                   help="file with the MQTT password (or env WARDTAP_MQTT_PASSWORD)")
-
-
-def broker_settings(args: argparse.Namespace) -> Any:
-    from appliance.contract.broker import BrokerSettings
-
-    if not args.broker:
-        raise WardtapError("no broker: give --broker mqtts://HOST:PORT or set WARDTAP_BROKER")
-    return BrokerSettings.from_options(args.broker, ca=args.ca, cert=args.tls_cert,
-                                       key=args.tls_key, username=args.username,
-                                       password_file=args.password_file)
-
-
-def _add_key(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", default=os.environ.get("WARDTAP_FLEET_KEY", DEFAULT_KEY),
-                   help="fleet signing key (Ed25519, from `wardtap fleet keygen`)")
-
 
 def _add_target(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--to", required=required, metavar="SITE[/APPLIANCE]",
+    p.add_argument("--to", required=required, metavar="SITE[/APPLIANCE]", type=checked.target,
                    help="one appliance, or every appliance of a site")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=checked.seconds(0, 3600), default=10.0,
                    help="seconds to wait for the answers (default 10)")
 
 
 # -- keygen ------------------------------------------------------------------------------
 
 def _add_keygen(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default=os.path.dirname(DEFAULT_KEY),
+    p.add_argument("--dir", default=os.path.dirname(DEFAULT_KEY), type=checked.output_dir,
                    help="where to write fleet.key and fleet.pub (default ~/.config/wardtap)")
     p.add_argument("--force", action="store_true", help="overwrite an existing key pair")
 
@@ -75,7 +45,7 @@ def _add_keygen(p: argparse.ArgumentParser) -> None:
 def _run_keygen(args: argparse.Namespace) -> int:
     from appliance.contract.signing import generate_keypair
 
-    os.makedirs(args.dir, mode=0o700, exist_ok=True)
+    checked.make_dir(args.dir, mode=0o700)
     private, public = os.path.join(args.dir, "fleet.key"), os.path.join(args.dir, "fleet.pub")
     kid = generate_keypair(private, public, overwrite=args.force)
     print(f"fleet signing key {kid}\n  private: {private} (keep it on the fleet side, 0600)\n"
@@ -86,9 +56,11 @@ def _run_keygen(args: argparse.Namespace) -> int:
 # -- list --------------------------------------------------------------------------------
 
 def _add_list(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="read a collector's database instead of the broker")
-    p.add_argument("--site", help="only this site")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", type=checked.fleet_db_to_read,
+                   help="read a collector's database (SQLite file or postgresql://...) "
+                        "instead of the broker")
+    p.add_argument("--site", type=checked.ident("site"), help="only this site")
+    checked.add_output_format(p)
     add_connection(p)
 
 
@@ -108,7 +80,9 @@ def _run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(listing.render(rows, now))
+        print(listing.render(rows, now, wide=args.wide))
+        if rows:
+            print(f"(last seen: ages against the wall clock, {local(now)})")
     return 0
 
 
@@ -137,10 +111,12 @@ def describe(event: dict[str, Any]) -> str:
 
 
 def _add_watch(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--to", metavar="SITE[/APPLIANCE]", help="only this site or appliance")
+    p.add_argument("--to", metavar="SITE[/APPLIANCE]", type=checked.target,
+                   help="only this site or appliance")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
-    p.add_argument("--count", type=int, help="stop after this many events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--count", type=checked.count(1, 10**9), help="stop after this many events")
+    p.add_argument("--timeout", type=checked.seconds(0, 86400 * 366),
+                   help="stop after this many seconds (also bounds connecting)")
     add_connection(p)
 
 
@@ -193,11 +169,11 @@ def _run_watch(args: argparse.Namespace) -> int:
 # -- inventory ---------------------------------------------------------------------------
 
 def _add_inventory(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="SITE/APPLIANCE")
+    p.add_argument("target", metavar="SITE/APPLIANCE", type=checked.target)
     p.add_argument("--refresh", action="store_true",
                    help="ask the appliance to publish its inventory now")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=10.0)
+    checked.add_output_format(p)
+    p.add_argument("--timeout", type=checked.seconds(0, 3600), default=10.0)
     add_connection(p)
 
 
@@ -217,7 +193,8 @@ def _run_inventory(args: argparse.Namespace) -> int:
                 print(f"{site}/{appliance}: inventory request failed: "
                       f"{(answer or {}).get('error', 'no answer')}", file=sys.stderr)
                 return 1
-        found = fc.retained([topic(site, appliance, "inventory")])
+        found = fc.retained([topic(site, appliance, "inventory"),
+                             topic(site, appliance, "state")])
     msg = found.get(topic(site, appliance, "inventory"))
     body = msg.json() if msg else None
     if not isinstance(body, dict):
@@ -227,16 +204,25 @@ def _run_inventory(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    print(f"{site}/{appliance}: {body.get('count')} devices "
-          f"(as of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(body.get('ts') or 0))})")
-    print(f"{'MAC':18} {'VENDOR':24} {'IPV4':15} {'VLAN':>5} {'PACKETS':>9} {'VIOL':>5}  "
-          f"LAST SEEN")
-    now = time.time()
-    for d in body.get("devices", []):
-        print(shown(f"{d.get('mac') or '-':18} {(d.get('vendor') or '-')[:24]:24} "
-              f"{d.get('ipv4') or '-':15} {d.get('vlan') or '-':>5} "
-              f"{(d.get('packets_sent') or 0) + (d.get('packets_received') or 0):>9} "
-              f"{d.get('violations') or 0:>5}  {age(d.get('last_seen'), now)}"))
+    state_msg = found.get(topic(site, appliance, "state"))
+    state = (state_msg.json() if state_msg else None) or {}
+    devices = body.get("devices", [])
+    # a replaying appliance's devices carry the capture's times: age them on its clock
+    clock = Clock.for_times([d.get("last_seen") for d in devices],
+                            replayed=state.get("datapath") == "replay")
+    print(f"{site}/{appliance}: {body.get('count')} devices (as of {local(body.get('ts'))})")
+    from appliance.common.table import Column, render
+
+    columns = (Column("MAC"), Column("VENDOR", 2, wrap=True, min_width=16),
+               Column("CLASS", 1, wrap=True, min_width=12), Column("IPV4", 3),
+               Column("VLAN", 5, align=">"), Column("PACKETS", 6, align=">"),
+               Column("VIOL", 4, align=">"), Column("LAST SEEN", 3))
+    rows = [(d.get("mac") or "-", d.get("vendor") or "-", d.get("class") or "-",
+             d.get("ipv4") or "-", d.get("vlan") or "-",
+             f"{(d.get('packets_sent') or 0) + (d.get('packets_received') or 0):,}",
+             d.get("violations") or 0, clock.age(d.get("last_seen"))) for d in devices]
+    print(render(columns, rows, wide=args.wide))
+    print(f"(last seen: {clock.label})")
     return 0
 
 
@@ -309,13 +295,46 @@ def _send(args: argparse.Namespace, name: str, cmd_args: dict[str, Any], signed:
     for (site, appliance), why in sorted(offline.items()):
         failed += 1
         print(f"{site + '/' + appliance:{width}}  offline  {why}")
+    if getattr(args, "audit_db", None):
+        _audit(args, name, cmd_args, results, offline, failed)
     return 1 if failed else 0
 
 
+def _audit(args: argparse.Namespace, name: str, cmd_args: dict[str, Any],
+           results: dict[tuple[str, str], dict[str, Any] | None],
+           offline: dict[tuple[str, str], str], failed: int) -> None:
+    """The command, its targets and every answer in the fleet database's audit log (the
+    console shows it next to its own actions)."""
+    from appliance.fleet.accounts import audit
+    from appliance.fleet.client import default_issuer
+    from appliance.fleet.db import connect
+
+    answers: dict[str, Any] = {f"{s}/{a}": answer or {"ok": False, "error": "no answer"}
+                               for (s, a), answer in results.items()}
+    answers.update({f"{s}/{a}": {"ok": False, "error": why} for (s, a), why in offline.items()})
+    shown = {k: v for k, v in cmd_args.items() if k != "policy"}
+    if "policy" in cmd_args:
+        shown["policy_lines"] = cmd_args["policy"].count("\n")
+    db = connect(args.audit_db)
+    try:
+        audit(db, name, username=default_issuer(), role="command line", client="wardtap fleet",
+              targets=sorted(answers), detail=json.dumps(shown)[:2000],
+              outcome="failed" if failed else "ok", answers=answers)
+    finally:
+        db.close()
+
+
+def _add_audit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audit-db", default=os.environ.get("WARDTAP_FLEET_DB"), metavar="DB",
+                   help="also record the command and every answer in this fleet database's "
+                        "audit log (env WARDTAP_FLEET_DB)")
+
+
 def _add_push(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="policy file (TOML); validated here before it is sent")
+    p.add_argument("file", type=checked.input_file,
+                   help="policy file (TOML); validated here before it is sent")
     _add_target(p)
-    _add_key(p)
+    add_key(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="allow appliances to go back to this older version (audited)")
     p.add_argument("--allow-jump", action="store_true",
@@ -323,8 +342,9 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="refuse the policy (here and on the appliances) if it has lint "
                    "warnings")
-    p.add_argument("--validity", type=float, default=300.0,
+    p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
                    help="seconds the signed request stays valid (default 300)")
+    _add_audit(p)
     add_connection(p)
 
 
@@ -368,10 +388,12 @@ def _add_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("value", nargs="?",
                    help="mode: learn|monitor|enforce; bypass: on|off; identify: seconds")
     _add_target(p)
-    _add_key(p)
+    add_key(p)
     p.add_argument("--unsigned", action="store_true",
                    help="send identify/inventory/status without a signature")
-    p.add_argument("--validity", type=float, default=300.0)
+    p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
+                   help="seconds the signed request stays valid (default 300)")
+    _add_audit(p)
     add_connection(p)
 
 
@@ -419,12 +441,19 @@ def _run_command(args: argparse.Namespace) -> int:
 # -- collect -----------------------------------------------------------------------------
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="fleet database (SQLite)")
-    p.add_argument("--group", default="wardtap",
+    p.add_argument("--db", required=True, type=checked.fleet_db,
+                   help="fleet database: a SQLite file, or postgresql://USER@HOST/DB shared by "
+                        "several collectors and the console")
+    p.add_argument("--group", default="wardtap", type=checked.ident("group"),
                    help="shared-subscription group: collectors in one group split the load")
-    p.add_argument("--id", help="this collector's client id (stable: it names its session)")
-    p.add_argument("--session-expiry", type=int, default=86400,
+    p.add_argument("--id", type=checked.ident("collector id"),
+                   help="this collector's client id (stable: it names its session)")
+    p.add_argument("--session-expiry", type=checked.count(0, 2**32 - 1), default=86400,
                    help="seconds the broker keeps this collector's share while it is away")
+    p.add_argument("--retain-days", default=0.0,
+                   type=checked.seconds(0, 100 * 365, zero=True, unit="days"),
+                   help="prune events older than this every 10 minutes (0: keep; per-hour "
+                        "counts are kept 10x longer)")
     add_connection(p)
 
 
@@ -437,14 +466,20 @@ def _run_collect(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(asctime)s wardtap %(levelname)s %(message)s"))
     logging.basicConfig(level="INFO", handlers=[handler])
-    collector = Collector(args.db, broker_settings(args), args.group, args.id,
-                          args.session_expiry)
+    from appliance.contract.broker import probe
+
+    settings = broker_settings(args)
+    probe(settings, settings.connect_timeout)      # a wrong URL is said now, not retried
+    collector = Collector(args.db, settings, args.group, args.id, args.session_expiry,
+                          retain_s=args.retain_days * 86400)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     collector.start()
+    from appliance.fleet.db import redact
+
     logging.getLogger("wardtap.collector").info(
-        "collecting into %s (group %s, id %s)", args.db, args.group, collector.id)
+        "collecting into %s (group %s, id %s)", redact(args.db), args.group, collector.id)
     try:
         while not stop.wait(30):
             c = collector.counts
@@ -468,9 +503,34 @@ _FLEET: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "push-policy": ("validate, sign and push a policy", _add_push, _run_push),
     "command": ("send a command (mode, bypass, identify, inventory, status, reload)",
                 _add_command, _run_command),
-    "collect": ("keep fleet state in SQLite (scales out by shared subscription)",
-                _add_collect, _run_collect),
+    "collect": ("keep fleet state in SQLite or PostgreSQL (scales out by shared "
+                "subscription)", _add_collect, _run_collect),
 }
+
+
+def _console(add: str, run: str) -> tuple[Callable[[argparse.ArgumentParser], None],
+                                           Callable[[argparse.Namespace], int]]:
+    """The console's commands live in appliance.cli.fleetconsole, imported when used."""
+    def configure(p: argparse.ArgumentParser) -> None:
+        from appliance.cli import fleetconsole
+
+        getattr(fleetconsole, add)(p)
+
+    def execute(args: argparse.Namespace) -> int:
+        from appliance.cli import fleetconsole
+
+        return int(getattr(fleetconsole, run)(args))
+    return configure, execute
+
+
+_FLEET.update({
+    "serve": ("the fleet console in a browser (fleet, devices, violations, policies, audit)",
+              *_console("add_serve", "run_serve")),
+    "user": ("console accounts: add, password, role, disable, enable, list",
+             *_console("add_user", "run_user")),
+    "prune": ("delete events older than N days (counts stay rolled up per hour)",
+              *_console("add_prune", "run_prune")),
+})
 
 
 def add_fleet(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from appliance.cli import args as checked
 from appliance.common.text import shown
 from appliance.review.diff import diff_policies, render_diff
 from appliance.review.drift import drift, render_drift
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mac", action="append", default=[], help="the device's MAC (repeatable)")
+    p.add_argument("--mac", action="append", default=[], type=checked.mac,
+                   help="the device's MAC, in any form (repeatable)")
     p.add_argument("--oui", action="append", default=[], help="the device's OUI (repeatable)")
     p.add_argument("--ip", action="append", default=[], help="the device's address or block")
     p.add_argument("--vlan", action="append", default=[], help="the device's VLAN")
@@ -41,13 +43,14 @@ def add_actions(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("import-mud", help="an RFC 8520 MUD file as a policy")
     p.add_argument("file", metavar="FILE.json")
-    p.add_argument("-o", "--output", metavar="POLICY", help="default: standard output")
+    p.add_argument("-o", "--output", metavar="POLICY", type=checked.output_file,
+                   help="default: standard output")
     p.add_argument("--name", help="the policy's name")
     _add_device_options(p)
     p = sub.add_parser("drift", help="devices' baselines against a policy or MUD file")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--policy", metavar="FILE")
-    src.add_argument("--mud", metavar="FILE")
+    src.add_argument("--policy", metavar="FILE", type=checked.input_file)
+    src.add_argument("--mud", metavar="FILE", type=checked.input_file)
     p.add_argument("captures", nargs="+", metavar="CAPTURE")
     p.add_argument("--json", action="store_true")
     _add_device_options(p)

@@ -94,6 +94,7 @@ class BrokerSettings:
     keepalive: int = 30
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
+    connect_timeout: float = 10.0     # command-line tools: how long to wait for the broker
 
     @classmethod
     def from_options(cls, url: str, *, ca: str | None = None, cert: str | None = None,
@@ -115,6 +116,9 @@ class BrokerSettings:
                     password = fh.readline().rstrip("\r\n")
             except OSError as exc:
                 raise ContractError(f"{password_file}: cannot read: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ContractError(f"{password_file}: not a text file (the password goes "
+                                    "on its first line)") from None
         elif os.environ.get(PASSWORD_ENV):
             password = os.environ[PASSWORD_ENV]
         user = username or url_user
@@ -189,9 +193,78 @@ def start(client: Any, settings: BrokerSettings, clean_start: bool = True,
     client.loop_start()
 
 
-def connect_and_wait(client: Any, settings: BrokerSettings, timeout: float = 10.0,
+def probe(settings: BrokerSettings, timeout: float) -> None:
+    """Reach the broker the way paho will (TCP, then TLS), so a failure is said precisely:
+    a name that does not resolve, a refused connection, an unreachable or silent host, an
+    untrusted certificate or a failed TLS handshake. A refused login is said by
+    connect_and_wait (the broker's CONNACK)."""
+    import errno
+    import socket
+    import ssl
+    import time
+
+    where = f"the broker at {settings.url}"
+    started = time.monotonic()
+    try:
+        sock = socket.create_connection((settings.host, settings.port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise ContractError(f"cannot reach {where}: the name {settings.host!r} does not "
+                            f"resolve ({exc.strerror})") from None
+    except ConnectionRefusedError:
+        raise ContractError(f"{where} refused the connection: nothing listens on "
+                            f"{settings.host} port {settings.port}") from None
+    except TimeoutError:
+        raise ContractError(f"cannot reach {where}: no answer within {timeout:g} s (the host "
+                            "is down, or a firewall drops the packets)") from None
+    except OSError as exc:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+            raise ContractError(f"cannot reach {where}: unreachable ({exc.strerror})") from None
+        raise ContractError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+    with sock:
+        if not settings.tls:
+            return
+        try:
+            context = ssl.create_default_context(cafile=settings.ca)
+            if settings.cert:
+                context.load_cert_chain(settings.cert, settings.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ContractError(f"TLS: cannot load the CA or client certificate: "
+                                f"{getattr(exc, 'reason', None) or exc}") from None
+        sock.settimeout(max(0.1, timeout - (time.monotonic() - started)))
+        try:
+            with context.wrap_socket(sock, server_hostname=settings.host) as tls:
+                tls.settimeout(0.2)       # TLS 1.3 says "certificate required" after it
+                try:
+                    tls.recv(1)
+                except (TimeoutError, ssl.SSLWantReadError):
+                    pass
+        except ssl.SSLCertVerificationError as exc:
+            raise ContractError(f"TLS: {where} has a certificate this side does not trust: "
+                                f"{exc.verify_message} (check --ca and the broker's name)") \
+                from None
+        except ssl.SSLError as exc:
+            raise ContractError(f"TLS handshake with {where} failed: {exc.reason or exc}"
+                                + (" (the broker wants a client certificate: --tls-cert and "
+                                   "--tls-key)" if "CERTIFICATE_REQUIRED" in str(exc).upper()
+                                   else "")) from None
+        except TimeoutError:
+            raise ContractError(f"TLS handshake with {where}: no answer within {timeout:g} s "
+                                "(is that port speaking TLS?)") from None
+        except OSError as exc:
+            raise ContractError(f"TLS handshake with {where} failed: {exc.strerror or exc} "
+                                "(is that port speaking TLS?)") from None
+
+
+def connect_and_wait(client: Any, settings: BrokerSettings, timeout: float | None = None,
                      clean_start: bool = True, session_expiry: int = 0) -> None:
-    """For command-line tools: connect, or fail with one clear line."""
+    """For command-line tools: connect within `timeout` (settings.connect_timeout), or fail
+    with one line saying what went wrong (refused, unreachable, TLS, login)."""
+    import time
+
+    timeout = settings.connect_timeout if timeout is None else timeout
+    started = time.monotonic()
+    probe(settings, timeout)
+    timeout = max(0.5, timeout - (time.monotonic() - started))
     done = threading.Event()
     outcome: dict[str, Any] = {}
     previous = client.on_connect
@@ -206,9 +279,16 @@ def connect_and_wait(client: Any, settings: BrokerSettings, timeout: float = 10.
     start(client, settings, clean_start=clean_start, session_expiry=session_expiry)
     if not done.wait(timeout):
         client.loop_stop()
-        raise ContractError(f"cannot reach the broker at {settings.url} within {timeout:g} s")
+        raise ContractError(f"the broker at {settings.url} accepted the connection but did "
+                            f"not answer the MQTT login within {timeout:.1f} s")
     reason = outcome["reason"]
     if reason.is_failure:
         client.loop_stop()
+        login = str(reason).lower()
+        if "user name or password" in login or "authori" in login:
+            who = f" as {settings.username!r}" if settings.username else ""
+            raise ContractError(f"the broker at {settings.url} refused the login{who}: "
+                                f"{reason} (check --username/--password-file or the "
+                                "client certificate)")
         raise ContractError(f"the broker at {settings.url} refused the connection: {reason}")
     client.on_connect = previous

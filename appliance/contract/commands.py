@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[bool, ArgSpec]] = {
     "status": (False, {}),
     "identify": (False, {"seconds": ((int, float), False)}),
     "inventory": (False, {}),
+    "propose": (False, {}),          # the policy learned so far, and the running one (text)
     "mode": (True, {"mode": ((str,), True)}),
     "bypass": (True, {"on": ((bool,), True), "mode": ((str,), False)}),
     "policy": (True, {"policy": ((str,), True), "allow_rollback": ((bool,), False),

@@ -64,7 +64,7 @@ class DaemonControl(Protocol):
     def push_policy(self, text: str, *, allow_rollback: bool, allow_jump: bool,
                     strict: bool) -> Result: ...
 
-    def propose(self) -> Answer: ...
+    def propose(self, text_only: bool = False) -> Answer: ...
 
     def request_stop(self) -> None: ...
 
@@ -140,7 +140,7 @@ def _reload(control: DaemonControl, body: dict[str, Any]) -> Result:
 
 
 def _propose(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    return control.propose()
+    return control.propose(text_only=bool(body.get("text")))
 
 
 def _stop(control: DaemonControl, body: dict[str, Any]) -> Answer:

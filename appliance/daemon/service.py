@@ -51,7 +51,7 @@ from appliance.daemon.policyload import (
     write_atomically,
 )
 from appliance.errors import PolicyError, WardtapError
-from appliance.outputs import EventLogOutput, Output, StoreOutput
+from appliance.outputs import EventLogOutput, Output, StoreOutput, make_output
 from appliance.policy.model import Policy, check_usable
 from appliance.review.baseline import Baseline
 from appliance.sources import Source, make_source
@@ -78,8 +78,14 @@ FAILURES_FOR_BYPASS = 3
 FAILURE_WINDOW = 60.0
 # The console (wardtap status/top): the last violations.
 RECENT_VIOLATIONS = 20
+TCP_IDLE, ICMP_IDLE, OTHER_IDLE, CLOSING_IDLE = 3600.0, 30.0, 120.0, 10.0   # the fast path's
 VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", "vlan",
                     "reason", "verdict", "rule", "smac")
+
+
+def flow_timeouts(udp: float) -> tuple[float, float, float, float, float]:
+    """Idle timeouts for the classifier: the fast path's defaults, UDP's from the config."""
+    return (TCP_IDLE, udp, ICMP_IDLE, OTHER_IDLE, CLOSING_IDLE)
 
 
 class Daemon:
@@ -98,7 +104,8 @@ class Daemon:
         self.outputs: list[Output] = []
         self.source: Source | None = None
         self.classifier = Classifier(flow_capacity=config.flows,
-                                     device_capacity=config.devices)
+                                     device_capacity=config.devices,
+                                     timeouts=flow_timeouts(config.udp_timeout))
         self.batches = 0
         self.last_batch = time.monotonic()
         self.baseline: Baseline | None = None
@@ -145,6 +152,8 @@ class Daemon:
                 self.outputs.append(StoreOutput(store, run))
             if cfg.event_log:
                 self.outputs.append(EventLogOutput(cfg.event_log))
+            for kind, options in cfg.outputs:          # [syslog], [eve]: the SIEM
+                self.outputs.append(make_output(kind, options))
             if cfg.broker:
                 from appliance.outputs.mqtt import MqttOutput
 
@@ -161,7 +170,11 @@ class Daemon:
 
                 self.integrity = IntegrityMonitor.from_config(cfg.integrity)
                 self.integrity.start()          # first check now, then every interval
-            self.source = make_source(cfg.datapath, **cfg.datapath_options)
+            options = dict(cfg.datapath_options)
+            if cfg.datapath == "inline":
+                # the kernel's hints mean something past the classifier's answer window
+                options["answer_window"] = cfg.udp_timeout
+            self.source = make_source(cfg.datapath, **options)
             if cfg.panel:
                 from appliance.panel.frontpanel import FrontPanel
 
@@ -181,8 +194,10 @@ class Daemon:
                         "policy": self.policy_info(), "policy_fault": self.policy_fault})
             if self.policy_fault is not None:
                 self._emit({"type": "policy_fault", **self.policy_fault})
+            policy = self.policy_info()
             log.info("running: datapath %s, mode %s, policy %s", cfg.datapath, self.mode,
-                     self.policy_info() or "none")
+                     f"{policy['name']} v{policy['version']} (sha256 {policy['sha256'][:12]})"
+                     if policy else "none")
             self.notify.ready(self._status_line())
             self._loop()
             return 0
@@ -238,11 +253,12 @@ class Daemon:
                     if n > n_max:
                         raise WardtapError(f"datapath batch of {n} packets exceeds {n_max}")
                     clf.classify(batch.buf, batch.offsets, batch.lengths, batch.timestamps,
-                                 batch.linktypes, verdicts, reasons, rules, samples)
+                                 batch.linktypes, verdicts, reasons, rules, samples,
+                                 batch.hints)
                     if ident is not None:
                         ident.offer(batch, n)   # copies the marked packets out, never waits
                     if self.source.inline:
-                        self.source.verdict(batch, verdicts[:n], self.mode)
+                        self.source.verdict(batch, verdicts[:n], self.mode, reasons[:n])
                 else:
                     clf.sweep(time.time_ns())
             except Exception as exc:  # noqa: BLE001  (first, do no harm: fail open, go on)
@@ -390,8 +406,8 @@ class Daemon:
             self.source.flows_changed(changed_events)
         self._emit({"type": "policy_loaded", "previous": old, "policy": self.policy_info(),
                     "flows_changed": len(changed_events), "warnings": len(prepared.warnings)})
-        log.info("policy %s: %s (%d existing flows changed verdict)", what,
-                 self.policy_info(), len(changed_events))
+        log.info("policy %s: %s v%s (%d existing flows changed verdict)", what,
+                 prepared.policy.name, prepared.policy.version, len(changed_events))
         warn(prepared)
         self._flush_events()
         self._clear_policy_fault()
@@ -433,32 +449,38 @@ class Daemon:
         log.info("mode %s -> %s", previous, mode)
         return {"ok": True, "mode": mode, "previous": previous}
 
-    def propose(self) -> dict[str, Any]:
-        """Write the policy learned so far (learn mode) to the configured file."""
-        import copy
-
-        from appliance.policy.writer import render, write_text
-        from appliance.review.propose import check_allows, propose
+    def propose(self, text_only: bool = False) -> dict[str, Any]:
+        """Write the policy learned so far (learn mode) to the configured file; with
+        `text_only` (`wardtap propose -o FILE` writes it where the operator is) or no file
+        configured, answer with its text instead."""
+        from appliance.daemon.proposal import draft_proposal
+        from appliance.policy.writer import write_text
 
         if self.baseline is None:
             return {"ok": False, "error": "not learning: the daemon is not in learn mode"}
-        snapshot = copy.deepcopy(self.baseline)
-        snapshot.close(event_dict(rec) for rec in self.classifier.flow_list())
-        snapshot.add_devices(device_dict(rec) for rec in self.classifier.device_list())
-        text = render(propose(snapshot, name="learned"))
-        path = self.config.learn_output
+        identified = None if self.identification is None else \
+            self.identification.inventory.as_list()
+        path = None if text_only else self.config.learn_output
         try:
-            check_allows(text, snapshot, path or "<proposal>")
+            got = draft_proposal(self.baseline, self.classifier, identified,
+                                 path or "<proposal>")
             if path:
-                write_text(path, text)
+                with self.policy_file_change() if path == self.config.policy else \
+                        contextlib.nullcontext():
+                    write_text(path, got.text)
         except WardtapError as exc:
             log.error("proposed policy not written: %s", exc)
             return {"ok": False, "error": str(exc)}
         self._emit({"type": "policy_proposed", "path": path,
-                    "conversations": len(snapshot.conversations)})
-        log.info("proposed policy written to %s", path)
-        return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
-                **({} if path else {"policy": text})}
+                    "conversations": got.conversations, "rules": got.rules,
+                    "left_out": got.left_out})
+        log.info("proposed policy %s: %d rules, %d left out for review",
+                 f"written to {path}" if path else "handed out", got.rules, got.left_out)
+        # the text goes with every answer: the fleet console shows it beside the running one
+        return {"ok": True, "path": path, "conversations": got.conversations,
+                "rules": got.rules, "left_out": got.left_out, "groups": got.groups,
+                "left_out_reasons": got.left_out_reasons, "policy": got.text,
+                "current": self.policy.text if self.policy else None}
 
     # -- control requests ------------------------------------------------------------------
 

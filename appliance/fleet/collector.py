@@ -1,4 +1,5 @@
-"""`wardtap fleet collect`: keep the fleet's state in SQLite, scaled out by shared subscription.
+"""`wardtap fleet collect`: keep the fleet's state in a database, scaled out by shared
+subscription.
 
 Events and stats (the volume) arrive through MQTT 5 shared subscriptions,
 `$share/{group}/wardtap/v1/+/+/events`: the broker hands each message to exactly one of the
@@ -7,94 +8,91 @@ State and inventory (retained, a message per appliance and change) are subscribe
 by every collector, since shared subscriptions get no retained messages.
 
 Each collector uses a persistent session (clean start off, a session expiry), so the broker
-keeps its share while it is away; a message is acknowledged only after it is committed to
-SQLite (manual acks), so a collector that dies loses nothing. Events are keyed by their id,
-so redeliveries and the appliances' resends after an outage are counted once (and the
-duplicates counted as such). Several collectors may write one database file (SQLite WAL)
-or each its own.
+keeps its share while it is away. Messages are queued by the MQTT thread and written by one
+writer thread, many per transaction (appliance.fleet.ingest); a message is acknowledged only
+after its transaction committed (manual acks), so a collector that dies (kill -9) loses
+nothing: the broker delivers the unacknowledged messages again, to it or to another member
+of the group. Events are keyed by (site, appliance, id), so redeliveries and the appliances'
+resends are stored and counted once. The database is SQLite (a path) or PostgreSQL (a
+`postgresql://` URL, several collectors on several machines writing one database).
+
+A message that cannot be read (not JSON, wrong shape, bad ids) is counted, sampled in the
+`malformed` table and acknowledged; it never stops the collector. A database that is away
+leaves messages unacknowledged; the writer reconnects and goes on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
-import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from appliance.common.bounded import BoundsError, load_json
 from appliance.common.text import shown
-from appliance.contract.broker import ROOT, BrokerSettings, make_client, split_topic, start
-from appliance.errors import WardtapError
-from appliance.fleet.client import MAX_MESSAGE_BYTES
+from appliance.contract.broker import ROOT, BrokerSettings, make_client, start
+from appliance.fleet import ingest
+from appliance.fleet.db import Database, DatabaseError, connect
 
 log = logging.getLogger("wardtap.collector")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS appliances (
-    site TEXT NOT NULL, appliance TEXT NOT NULL, status TEXT, mode TEXT, policy_name TEXT,
-    policy_version INTEGER, policy_sha256 TEXT, version TEXT, started REAL, last_seen REAL,
-    spool_depth INTEGER, spool_overflow INTEGER, state TEXT, stats TEXT,
-    PRIMARY KEY (site, appliance));
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY, site TEXT NOT NULL, appliance TEXT NOT NULL, ts REAL, type TEXT,
-    count INTEGER, payload TEXT NOT NULL, received REAL NOT NULL, collector TEXT);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
-CREATE INDEX IF NOT EXISTS events_appliance ON events (site, appliance, type, received);
-CREATE TABLE IF NOT EXISTS stats (
-    id TEXT PRIMARY KEY, site TEXT NOT NULL, appliance TEXT NOT NULL, ts REAL,
-    payload TEXT NOT NULL, received REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS inventory (
-    site TEXT NOT NULL, appliance TEXT NOT NULL, ts REAL, count INTEGER, payload TEXT,
-    PRIMARY KEY (site, appliance));
-CREATE TABLE IF NOT EXISTS collectors (
-    collector TEXT PRIMARY KEY, messages INTEGER NOT NULL DEFAULT 0,
-    events_new INTEGER NOT NULL DEFAULT 0, events_duplicate INTEGER NOT NULL DEFAULT 0,
-    last_message REAL);
-"""
 
-
-def open_db(path: str) -> sqlite3.Connection:
-    try:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-    except sqlite3.Error as exc:
-        raise WardtapError(f"{path}: cannot open the fleet database: {exc}") from None
-    return conn
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
 
 
 class Collector:
-    def __init__(self, db_path: str, settings: BrokerSettings, group: str = "wardtap",
-                 collector_id: str | None = None, session_expiry: int = 86400) -> None:
-        self.db_path = db_path
-        self.db = open_db(db_path)
-        self.lock = threading.Lock()
+    def __init__(self, db_target: str, settings: BrokerSettings, group: str = "wardtap",
+                 collector_id: str | None = None, session_expiry: int = 86400,
+                 batch: int = 1000, linger: float = 0.02, retain_s: float = 0.0) -> None:
+        self.db_target = db_target
+        self.db: Database | None = connect(db_target)     # fails now, with one clear line
         self.settings = settings
         self.group = group
         self.id = collector_id or f"wardtap-collector-{socket.gethostname()}"
         self.session_expiry = session_expiry
+        self.batch = batch
+        self.linger = linger
+        self.retain_s = retain_s
+        self._next_prune = time.monotonic() + 60
         self.client = make_client(settings, self.id, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.counts = {"messages": 0, "events_new": 0, "events_duplicate": 0}
+        self.counts = {"messages": 0, "events_new": 0, "events_duplicate": 0, "malformed": 0,
+                       "db_errors": 0}
+        self.db_error: str | None = None
         self._sub_mids: set[int] = set()
-        self.client.on_subscribe = self._on_subscribe
+        self._queue: queue.Queue[_Message] = queue.Queue()
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name="collector-writer",
+                                        daemon=True)
 
     def start(self) -> None:
+        self._writer.start()
         start(self.client, self.settings, clean_start=False,
               session_expiry=self.session_expiry)
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-        with self.lock:
+        self._stop.set()
+        if self._writer.is_alive():
+            self._writer.join(timeout=30)
+        if self.db is not None:
             self.db.close()
+            self.db = None
+
+    # -- MQTT thread ---------------------------------------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                     props: Any) -> None:
@@ -119,110 +117,169 @@ class Collector:
             self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._queue.put(_Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    # -- writer thread -------------------------------------------------------------------
+
+    def _take(self) -> list[_Message]:
         try:
-            self.store(msg.topic, bytes(msg.payload))
-        except sqlite3.Error as exc:
-            # not acknowledged: the broker delivers it again after a reconnection
-            log.error("collector: cannot store a message (%s); not acknowledged", exc)
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.linger
+        while len(batch) < self.batch:
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_loop(self) -> None:
+        pending: list[_Message] = []
+        while not (self._stop.is_set() and not pending and self._queue.empty()):
+            if self.retain_s and time.monotonic() >= self._next_prune:
+                self._prune()
+            if not pending:
+                pending = self._take()
+                if not pending:
+                    continue
+            try:
+                self.store_messages(pending)
+            except DatabaseError as exc:
+                # not acknowledged: kept and written once the database is back
+                self.counts["db_errors"] += 1
+                if self.db_error is None:
+                    log.error("collector: cannot write to the database (%s); messages wait "
+                              "unacknowledged", exc)
+                self.db_error = str(exc)
+                if self._stop.wait(1.0):
+                    return
+                continue
+            for m in pending:
+                if m.qos:
+                    self.client.ack(m.mid, m.qos)
+            pending = []
+
+    def _prune(self) -> None:
+        from appliance.fleet.retention import prune
+
+        self._next_prune = time.monotonic() + 600
+        try:
+            deleted = prune(self._database(), self.retain_s, max_batches=50)
+        except Exception as exc:  # noqa: BLE001  (pruning must never stop the collector)
+            log.warning("collector: pruning failed (%s); next try in 10 minutes", exc)
+            self._drop_db()
             return
-        except BoundsError as exc:   # an unusable message is said so and acknowledged
-            log.warning("collector: unreadable message on %s: %s", shown(msg.topic), exc)
-        except Exception as exc:  # noqa: BLE001  (a bad message is logged and acknowledged)
-            log.error("collector: unreadable message on %s: %s: %s", shown(msg.topic),
-                      type(exc).__name__, exc)
-        if msg.qos:
-            client.ack(msg.mid, msg.qos)
+        if any(deleted.values()):
+            log.info("collector: pruned %s", ", ".join(f"{k} {v}" for k, v in deleted.items()))
+
+    def _database(self) -> Database:
+        if self.db is None:
+            self.db = connect(self.db_target)
+            log.info("collector: database reachable again")
+            self.db_error = None
+        return self.db
 
     def store(self, name: str, payload: bytes) -> None:
-        parts = split_topic(name)
-        if parts is None:
-            return
-        site, appliance, leaf = parts
-        now = time.time()
-        body = load_json(payload, max_bytes=MAX_MESSAGE_BYTES) if payload else None
-        with self.lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
+        """Store one message now (tests, tools)."""
+        self.store_messages([_Message(name, payload, 0, 0)])
+
+    def store_messages(self, messages: list[_Message]) -> None:
+        """Write a batch in one transaction; malformed ones are counted, not stored."""
+        parsed: list[ingest.Parsed] = []
+        bad: list[tuple[_Message, ingest.Malformed]] = []
+        for m in messages:
             try:
-                if leaf == "events" and isinstance(body, dict):
-                    rows = [(e.get("id"), site, appliance, e.get("ts"), e.get("type"),
-                             int(e.get("count") or 1), json.dumps(e, separators=(",", ":")),
-                             now, self.id)
-                            for e in body.get("events", []) if isinstance(e, dict)]
-                    before = db.total_changes
-                    db.executemany("INSERT OR IGNORE INTO events (id, site, appliance, ts, "
-                                   "type, count, payload, received, collector) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    new = db.total_changes - before
-                    self.counts["events_new"] += new
-                    self.counts["events_duplicate"] += len(rows) - new
-                    db.execute("UPDATE appliances SET last_seen = ? WHERE site = ? AND "
-                               "appliance = ?", (now, site, appliance))
-                elif leaf == "stats" and isinstance(body, dict):
-                    db.execute("INSERT OR IGNORE INTO stats (id, site, appliance, ts, payload, "
-                               "received) VALUES (?, ?, ?, ?, ?, ?)",
-                               (body.get("id"), site, appliance, body.get("ts"),
-                                payload.decode(), now))
-                    self._upsert(site, appliance, {
-                        "stats": payload.decode(), "last_seen": now,
-                        "spool_depth": (body.get("spool") or {}).get("depth")})
-                elif leaf == "state" and isinstance(body, dict):
-                    policy = body.get("policy") or {}
-                    spool = body.get("spool") or {}
-                    values: dict[str, Any] = {
-                        "status": body.get("status"), "state": payload.decode(),
-                        "version": body.get("version")}
-                    if body.get("status") == "online":
-                        values.update(mode=body.get("mode"), policy_name=policy.get("name"),
-                                      policy_version=policy.get("version"),
-                                      policy_sha256=policy.get("sha256"),
-                                      started=body.get("started"), last_seen=now,
-                                      spool_depth=spool.get("depth"),
-                                      spool_overflow=int(bool(spool.get("overflow"))))
-                    self._upsert(site, appliance, values)
-                elif leaf == "inventory" and isinstance(body, dict):
-                    db.execute("INSERT INTO inventory (site, appliance, ts, count, payload) "
-                               "VALUES (?, ?, ?, ?, ?) ON CONFLICT (site, appliance) DO UPDATE "
-                               "SET ts = excluded.ts, count = excluded.count, "
-                               "payload = excluded.payload",
-                               (site, appliance, body.get("ts"), body.get("count"),
-                                payload.decode()))
-                self.counts["messages"] += 1
-                db.execute("INSERT INTO collectors (collector, messages, events_new, "
-                           "events_duplicate, last_message) VALUES (?, ?, ?, ?, ?) "
-                           "ON CONFLICT (collector) DO UPDATE SET messages = excluded.messages, "
-                           "events_new = excluded.events_new, "
-                           "events_duplicate = excluded.events_duplicate, "
-                           "last_message = excluded.last_message",
-                           (self.id, self.counts["messages"], self.counts["events_new"],
-                            self.counts["events_duplicate"], now))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                p = ingest.parse(m.topic, m.payload)
+            except ingest.Malformed as exc:
+                bad.append((m, exc))
+                continue
+            if p is not None:
+                parsed.append(p)
+        for attempt in range(5):
+            db = self._database()
+            now = time.time()
+            try:
+                with db.transaction():
+                    result = ingest.write_batch(db, parsed, self.id, now)
+                    for m, why in bad:
+                        ingest.record_malformed(db, self.id, m.topic, why, m.payload, now)
+                    result.malformed = len(bad)
+                    ingest.record_collector(db, self.id, len(messages), result, now)
+                break
+            except db.errors as exc:
+                transient = db.is_transient(exc)
+                if not transient or attempt == 4:
+                    if not transient and len(parsed) > 1:
+                        # one message the database refuses must not hold back the others
+                        self._store_one_by_one(messages)
+                        return
+                    self._drop_db()
+                    raise DatabaseError(f"{exc}".strip().splitlines()[0]) from None
+                if db.postgres and not db.alive():
+                    self._drop_db()
+                time.sleep(0.05 * (attempt + 1))
+        for exc_item in bad:
+            log.warning("collector: malformed message on %s: %s", shown(exc_item[0].topic),
+                        shown(exc_item[1].error))
+        self.counts["messages"] += len(messages)
+        self.counts["events_new"] += result.events_new
+        self.counts["events_duplicate"] += result.events_duplicate
+        self.counts["malformed"] += len(bad)
 
-    def _upsert(self, site: str, appliance: str, values: dict[str, Any]) -> None:
-        cols = ", ".join(values)
-        sets = ", ".join(f"{k} = excluded.{k}" for k in values)
-        self.db.execute(f"INSERT INTO appliances (site, appliance, {cols}) VALUES (?, ?, "
-                        f"{', '.join('?' * len(values))}) ON CONFLICT (site, appliance) "
-                        f"DO UPDATE SET {sets}", (site, appliance, *values.values()))
+    def _store_one_by_one(self, messages: list[_Message]) -> None:
+        for m in messages:
+            try:
+                self.store_messages([m])
+            except DatabaseError as exc:
+                # refused by the database on its own (not a lost connection): counted as
+                # malformed and acknowledged, so it cannot hold the others back
+                try:
+                    db = self._database()
+                    with db.transaction():
+                        ingest.record_malformed(db, self.id, m.topic, ingest.Malformed(
+                            f"refused by the database: {exc}"[:256]), m.payload)
+                except Exception as again:  # noqa: BLE001  (the database itself is gone)
+                    self._drop_db()
+                    raise DatabaseError(str(again).strip().splitlines()[0]) from None
+                self.counts["malformed"] += 1
+
+    def _drop_db(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
-def fleet_rows(db_path: str, now: float | None = None) -> list[dict[str, Any]]:
-    """`fleet list --db`: one row per appliance, with violations in the last hour."""
+def fleet_rows(db_target: str, now: float | None = None) -> list[dict[str, Any]]:
+    """`fleet list --db`: one row per appliance. Its violations in the last hour are counted
+    by when the fleet received them, as the appliance counts them in its own stats (a
+    replayed capture's events carry the capture's old times); the console's timeline uses
+    the events' own times."""
+    from appliance.fleet.queries import fleet_overview
+
     now = time.time() if now is None else now
-    conn = open_db(db_path)
+    db = connect(db_target)
     try:
-        cur = conn.execute(
-            "SELECT a.site, a.appliance, a.status, a.mode, a.policy_name, a.policy_version, "
-            "a.last_seen, a.spool_depth, a.spool_overflow, "
-            "(SELECT coalesce(sum(e.count), 0) FROM events e WHERE e.site = a.site AND "
-            " e.appliance = a.appliance AND e.type = 'violation' AND e.ts >= ?) "
-            "FROM appliances a ORDER BY a.site, a.appliance", (now - 3600,))
-        names = ["site", "appliance", "status", "mode", "policy_name", "policy_version",
-                 "last_seen", "spool_depth", "spool_overflow", "violations_last_hour"]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows = fleet_overview(db, now)
+        received = {(site, name): int(n or 0) for site, name, n in db.query(
+            "SELECT site, appliance, sum(count) FROM events WHERE type = 'violation' "
+            "AND received >= ? GROUP BY site, appliance", (now - 3600,))}
+        states = {(site, name): state for site, name, state in db.query(
+            "SELECT site, appliance, state FROM appliances")}
+        for r in rows:
+            key = (r["site"], r["appliance"])
+            r["violations_last_hour"] = received.get(key, 0)
+            r["reason"] = _reason(states.get(key))
+        return rows
     finally:
-        conn.close()
+        db.close()
+
+
+def _reason(state: str | None) -> str | None:
+    """Why a stopped appliance went offline, from its last retained state."""
+    try:
+        body = json.loads(state) if state else {}
+    except ValueError:
+        return None
+    return body.get("reason") if isinstance(body, dict) else None

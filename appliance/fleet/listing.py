@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from appliance.common.text import shown
+from appliance.common.table import Column
+from appliance.common.table import render as render_columns
+from appliance.common.when import age
+
+__all__ = ["age", "render", "rows_from_broker", "status_word"]
 
 
 def rows_from_broker(found: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -17,6 +21,7 @@ def rows_from_broker(found: dict[tuple[str, str], dict[str, Any]]) -> list[dict[
         last = max(stats.get("ts") or 0, state.get("ts") or 0) or None
         newer = stats if (stats.get("ts") or 0) > (state.get("ts") or 0) else state
         rows.append({"site": site, "appliance": appliance, "status": state.get("status"),
+                     "reason": state.get("reason"),
                      "mode": state.get("mode") or stats.get("mode"),
                      "policy_name": policy.get("name"),
                      "policy_version": policy.get("version"), "last_seen": last,
@@ -26,31 +31,33 @@ def rows_from_broker(found: dict[tuple[str, str], dict[str, Any]]) -> list[dict[
     return rows
 
 
-def age(ts: float | None, now: float) -> str:
-    if not ts:
-        return "-"
-    age = max(0.0, now - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if age >= size:
-            return f"{age / size:.0f}{unit} ago"
-    return f"{age:.0f}s ago"
+def status_word(row: dict[str, Any]) -> str:
+    """online; stopped (a clean stop: shutdown, a replay that finished); offline (the broker
+    lost it: the last will)."""
+    status = row.get("status")
+    if status == "offline" and row.get("reason") not in (None, "connection lost"):
+        return "stopped"
+    return str(status or "?")
 
 
+COLUMNS = (Column("APPLIANCE", wrap=True, min_width=16), Column("STATUS"), Column("MODE", 2),
+           Column("POLICY", 3, wrap=True, min_width=12), Column("LAST SEEN", 1),
+           Column("VIOL/1h", 4, align=">"), Column("SPOOL", 5, align=">"))
 
-def render(rows: list[dict[str, Any]], now: float | None = None) -> str:
-    """One line per appliance: status, mode, policy, last seen, violations, spool depth."""
+
+def render(rows: list[dict[str, Any]], now: float | None = None, width: int | None = None,
+           wide: bool = False) -> str:
+    """One line per appliance: status, mode, policy, last seen, violations in the last hour,
+    spool depth (! when it overflowed). Ages are against the wall clock: the fleet is live."""
     if not rows:
         return "no appliances known"
     now = time.time() if now is None else now
-    lines = [f"{'APPLIANCE':32} {'STATUS':8} {'MODE':8} {'POLICY':24} {'LAST SEEN':10} "
-             f"{'VIOL/1h':>7} {'SPOOL':>6}"]
+    table = []
     for r in rows:
         policy = f"{r['policy_name']} v{r['policy_version']}" if r["policy_name"] else "-"
-        flag = "!" if r.get("spool_overflow") else ""
-        viol = r["violations_last_hour"]
-        spool = r["spool_depth"]
-        lines.append(f"{r['site'] + '/' + r['appliance']:32} {r['status'] or '?':8} "
-                     f"{r['mode'] or '-':8} {policy[:24]:24} {age(r['last_seen'], now):10} "
-                     f"{viol if viol is not None else '-':>7}"
-                     f" {spool if spool is not None else '-':>5}{flag}")
-    return "\n".join(shown(line) for line in lines)
+        viol, spool = r["violations_last_hour"], r["spool_depth"]
+        table.append((f"{r['site']}/{r['appliance']}", status_word(r), r["mode"] or "-",
+                      policy, age(r["last_seen"], now), "-" if viol is None else viol,
+                      ("-" if spool is None else str(spool))
+                      + ("!" if r.get("spool_overflow") else "")))
+    return render_columns(COLUMNS, table, width, wide)

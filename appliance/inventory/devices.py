@@ -15,34 +15,38 @@ seen over a router says nothing about the router: a device routing for many addr
 link-local evidence (LLDP, CDP, DHCP, mDNS, SSDP, NetBIOS, router advertisements).
 
 `classify()` decides each changed device's class with appliance.inventory.classes (rules,
-confidence, hysteresis) and returns inventory events: `inventory_new_device` for a MAC the store had
-never seen, `device_classified` when a device's class is decided or changes. `save(store)`
-writes changed devices in one transaction; `inventory_list(store)` reads the inventory back
-as JSON-ready dicts (for `wardtap devices` and the retained MQTT inventory message).
+confidence, hysteresis, server roles), its make, model and software version
+(appliance.inventory.models), the security advisories that apply to it
+(appliance.inventory.advisories), and returns inventory events: `inventory_new_device` for
+a MAC the store had never seen, `device_classified` when a device's class is decided or
+changes, `device_name_changed` when a name (AE title, HL7 application, host name...) is
+replaced by another, `patient_data_unencrypted` when patient data is first seen crossing
+the network in the clear (appliance.inventory.dataflows), `advisory_match` when an advisory
+newly applies. appliance.inventory.persist writes and reads the store.
 
 appliance.inventory.identify ties it to a datapath loop; appliance.inventory.render shows it.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from appliance.errors import StoreError
+from appliance.inventory.advisories import Advisory, match_device
 from appliance.inventory.classes import UNKNOWN, ClassRules
-
-if TYPE_CHECKING:
-    from appliance.outputs.store import Store
+from appliance.inventory.dataflows import DataFlows, flows_in_record
+from appliance.inventory.models import ModelCatalogue
 
 MAX_EVIDENCE = 256        # distinct (key, value) pairs per device
 MAX_IPS = 32
 MAX_PEERS = 64
+# names a device gives itself, most telling first (HL7 applications by their first
+# component: "MX800^Philips" is the application MX800 of Philips; a facility is a place)
 NAME_KEYS = ("dhcp.hostname", "dhcp.fqdn", "lldp.system_name", "cdp.device_id", "mdns.name",
-             "netbios.name", "dicom.ae", "mdns.instance", "hl7.facility")
+             "netbios.name", "dicom.ae", "hl7.app", "mdns.instance")
 APP_PROTOCOLS = {"dhcp": "dhcp", "lldp": "lldp", "cdp": "cdp", "mdns": "mdns", "ssdp": "ssdp",
                  "netbios": "netbios", "hl7": "hl7", "dicom": "dicom", "tls": "tls",
                  "http": "http"}
@@ -72,6 +76,11 @@ class Device:
     stored: bool = False
     dirty: bool = True
     evidence_dropped: int = 0
+    identity: dict[str, Any] | None = None     # make, model, software_version, evidence
+    roles: list[str] = field(default_factory=list)
+    flows: DataFlows = field(default_factory=DataFlows)
+    advisories: list[dict[str, Any]] = field(default_factory=list)
+    known_names: dict[str, set[str]] | None = None   # for name-change events
 
     def facts(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -85,13 +94,35 @@ class Device:
             out["role"] = ["router"]
         return out
 
+    def name_values(self) -> dict[str, list[str]]:
+        """Per name key, the names in the order they were first seen."""
+        out: dict[str, list[str]] = {}
+        for (key, value), _ in sorted(self.evidence.items(), key=lambda kv: kv[1][2]):
+            if key in NAME_KEYS:
+                name = value.split("^", 1)[0].strip() if key == "hl7.app" else value
+                if name and name not in out.setdefault(key, []):
+                    out[key].append(name)
+        return out
+
     def names(self) -> list[str]:
+        """Every name it sent, by key; within a key the newest first (the current one)."""
+        by_key = self.name_values()
         found: list[str] = []
         for key in NAME_KEYS:
-            for (k, value), _ in sorted(self.evidence.items(), key=lambda kv: kv[1][2]):
-                if k == key and value not in found:
-                    found.append(value)
+            recent = sorted(by_key.get(key, []), key=lambda n: -self._last_seen(key, n))
+            found += [n for n in recent if n not in found]
         return found
+
+    def _last_seen(self, key: str, name: str) -> float:
+        return max((e[3] for (k, v), e in self.evidence.items()
+                    if k == key and (v.split("^", 1)[0].strip() if k == "hl7.app" else v)
+                    == name), default=0.0)
+
+    def values_newest_first(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for (key, value), _ in sorted(self.evidence.items(), key=lambda kv: -kv[1][3]):
+            out.setdefault(key, []).append(value)
+        return out
 
     def protocols(self) -> list[str]:
         out = set()
@@ -110,6 +141,13 @@ class Inventory:
 
     def __init__(self, rules: ClassRules | None = None) -> None:
         self.rules = rules or ClassRules.load()
+        self.models = ModelCatalogue(self.rules.doc)
+        self.makers: dict[str, list[str]] = dict(self.rules.doc.get("makers", {}))
+        self.tls_ports: dict[str, str] = dict(self.rules.doc.get("dataflows", {}))
+        self.advisories: list[Advisory] = []
+        self.advisories_stamp: tuple[Any, ...] | None = None
+        self._rematch = False
+        self._pending_events: list[dict[str, Any]] = []
         self.devices: dict[str, Device] = {}
         self._index: dict[int, str] = {}           # fast-path device index -> MAC
         self._new: list[str] = []                  # MACs first seen in this process
@@ -289,6 +327,28 @@ class Inventory:
             if link_src and smac and not _group_mac(smac):
                 self._ip(self._device(smac, ts), rec.get("src"), ts, "discovery protocol",
                          "link")
+            self._data_flows(rec, ts)
+
+    def _data_flows(self, rec: dict[str, Any], ts: float) -> None:
+        """Clinical data from src to dst, on both devices (appliance.inventory.dataflows)."""
+        flows = flows_in_record(rec, self.tls_ports)
+        if not flows:
+            return
+        smac, dmac, src, dst = rec.get("smac"), rec.get("dmac"), rec.get("src"), rec.get("dst")
+        for protocol, what, encrypted in flows:
+            for mac, direction, peer, peer_mac in ((smac, "sends", dst, dmac),
+                                                   (dmac, "receives", src, smac)):
+                dev = self.devices.get(mac) if mac and not _group_mac(mac) else None
+                if dev is None or dev.router or not peer:
+                    continue
+                if dev.flows.add(direction, peer, peer_mac, protocol, what, encrypted, ts):
+                    dev.dirty = True
+                    if direction == "sends":
+                        self._pending_events.append({
+                            "type": "patient_data_unencrypted", "ts": ts, "mac": mac,
+                            "peer": peer, "peer_mac": peer_mac, "protocol": protocol,
+                            "what": what, "direction": "sends"})
+                dev.dirty = True
 
     # -- decisions --
 
@@ -305,20 +365,66 @@ class Inventory:
                                "mac": mac, "vendor": dev.vendor, "ip": ip, "vlan": dev.vlan,
                                "randomized": dev.randomized})
         self._new.clear()
+        events += self._pending_events
+        self._pending_events = []
+        rematch, self._rematch = self._rematch, False
         for dev in self.devices.values():
-            if not dev.dirty:
+            if not dev.dirty and not rematch:
                 continue
-            decision = self.rules.decide(dev.facts(), dev.cls)
-            reasons = {"rules": decision.matched, "contradicting": decision.contradicting,
-                       "scores": decision.scores, "kept_by_hysteresis": decision.kept}
-            if decision.cls != dev.cls:
-                events.append({"type": "device_classified", "ts": stamp, "mac": dev.mac,
-                               "class": decision.cls, "confidence": decision.confidence,
-                               "previous": dev.cls,
-                               "rules": [m["rule"] for m in decision.matched]})
-            dev.cls, dev.confidence, dev.reasons = (decision.cls, decision.confidence,
-                                                    reasons)
+            if dev.dirty:
+                decision = self.rules.decide(dev.facts(), dev.cls)
+                reasons = {"rules": decision.matched, "contradicting": decision.contradicting,
+                           "scores": decision.scores, "kept_by_hysteresis": decision.kept}
+                if decision.cls != dev.cls:
+                    events.append({"type": "device_classified", "ts": stamp, "mac": dev.mac,
+                                   "class": decision.cls, "confidence": decision.confidence,
+                                   "previous": dev.cls,
+                                   "rules": [m["rule"] for m in decision.matched]})
+                dev.cls, dev.confidence, dev.reasons = (decision.cls, decision.confidence,
+                                                        reasons)
+                dev.roles = decision.roles
+                events += self._renamed(dev, stamp)
+                found = self.models.identify(dev.values_newest_first())
+                dev.identity = None if found is None else dict(
+                    found.as_dict(), advisory_products=list(found.advisory_products),
+                    cpe=found.cpe)
+            events += self._match_advisories(dev, stamp)
         return events
+
+    def _renamed(self, dev: Device, stamp: float) -> list[dict[str, Any]]:
+        """A name key that gains a new value after having one: the device was renamed (also
+        when both arrive in one batch, as in a replay: first seen order decides)."""
+        now = dev.name_values()
+        before, dev.known_names = dev.known_names or {}, {k: set(v) for k, v in now.items()}
+        out = []
+        for key, names in now.items():
+            for previous, name in zip(names, names[1:], strict=False):
+                if name not in before.get(key, set()):
+                    out.append({"type": "device_name_changed", "ts": stamp, "mac": dev.mac,
+                                "key": key, "name": name, "previous": previous})
+        return out
+
+    def _match_advisories(self, dev: Device, stamp: float) -> list[dict[str, Any]]:
+        found = match_device(dev.identity or {}, self.advisories, self.makers) \
+            if self.advisories else []
+        before = {a["id"] for a in dev.advisories}
+        if found != dev.advisories:
+            dev.dirty = True
+        dev.advisories = found
+        return [{"type": "advisory_match", "ts": stamp, "mac": dev.mac, "advisory": a["id"],
+                 "title": a["title"], "product": a["product"], "status": a["status"],
+                 "cvss": a["cvss"], "make": (dev.identity or {}).get("make"),
+                 "model": (dev.identity or {}).get("model"),
+                 "software_version": (dev.identity or {}).get("software_version")}
+                for a in found if a["id"] not in before]
+
+    def set_advisories(self, advisories: list[Advisory], stamp: tuple[Any, ...] | None = None
+                       ) -> None:
+        """Advisories to match every device against (from the store); rematched at the next
+        classify()."""
+        self.advisories = advisories
+        self.advisories_stamp = stamp
+        self._rematch = True
 
     def _lookup_vendors(self) -> None:
         todo = [d for d in self.devices.values() if not d.vendor_checked]
@@ -346,96 +452,6 @@ class Inventory:
 
     def class_members(self, cls: str) -> list[str]:
         return sorted(d.mac for d in self.devices.values() if d.cls == cls)
-
-    # -- the store --
-
-    def load(self, store: Store) -> None:
-        db = store.db
-        if not db["inventory"].exists():
-            return
-        for row in db.query("SELECT * FROM inventory"):
-            dev = Device(row["mac"], row["first_seen"] or 0.0, row["last_seen"] or 0.0,
-                         row["vendor"], False, bool(row["randomized"]), row["vlan"],
-                         bool(row["router"]))
-            dev.cls = row["class"] or UNKNOWN
-            dev.confidence = row["confidence"] or 0.0
-            dev.reasons = json.loads(row["reasons"] or "{}")
-            dev.base = {k: int(row[k] or 0) for k in _COUNTER_KEYS}
-            dev.peers = {ip: [p[0], p[1], p[2], set(p[3])]
-                         for ip, p in json.loads(row["peers"] or "{}").items()}
-            dev.stored = True
-            dev.dirty = False
-            self.devices[dev.mac] = dev
-        for row in db.query("SELECT * FROM evidence"):
-            found = self.devices.get(row["mac"])
-            if found is not None and len(found.evidence) < MAX_EVIDENCE:
-                found.evidence[(row["key"], row["value"])] = [
-                    row["source"], row["scope"], row["first_seen"], row["last_seen"],
-                    row["count"], False]
-        for row in db.query("SELECT * FROM inventory_ips"):
-            found = self.devices.get(row["mac"])
-            if found is not None:
-                found.ips[row["ip"]] = [row["first_seen"], row["last_seen"], row["source"]]
-
-    def save(self, store: Store, events: Sequence[dict[str, Any]] = ()) -> int:
-        """Write changed devices (and the events' history) in one transaction."""
-        dirty = [d for d in self.devices.values() if d.dirty]
-        if not dirty and not events:
-            return 0
-        now = time.time()
-        rows, ev_rows, ip_rows = [], [], []
-        for dev in dirty:
-            total = {k: dev.base[k] + dev.run[k] for k in _COUNTER_KEYS}
-            rows.append((dev.mac, dev.vendor, int(dev.randomized), dev.cls, dev.confidence,
-                         json.dumps(dev.reasons), json.dumps(dev.names()), dev.vlan,
-                         int(dev.router), dev.first_seen, dev.last_seen,
-                         total["packets_sent"], total["bytes_sent"],
-                         total["packets_received"], total["bytes_received"],
-                         json.dumps({ip: [p[0], p[1], p[2], sorted(p[3])]
-                                     for ip, p in dev.peers.items()}), now))
-            for (key, value), e in dev.evidence.items():
-                if e[5]:
-                    ev_rows.append((dev.mac, key, value, e[0], e[1], e[2], e[3], e[4]))
-            ip_rows += [(dev.mac, ip, v[2], v[0], v[1]) for ip, v in dev.ips.items()]
-        history = [(e["ts"], e["mac"], e["type"], e.get("class"), e.get("confidence"),
-                    json.dumps({k: v for k, v in e.items()
-                                if k not in ("ts", "mac", "type", "class", "confidence")}))
-                   for e in events if e.get("type") in ("inventory_new_device",
-                                                        "device_classified")]
-        conn = store.db.conn
-        try:
-            with store.db.atomic():
-                conn.executemany(
-                    "INSERT OR REPLACE INTO inventory (mac, vendor, randomized, class, "
-                    "confidence, reasons, names, vlan, router, first_seen, last_seen, "
-                    "packets_sent, bytes_sent, packets_received, bytes_received, peers, "
-                    "updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                if any(d.router for d in dirty):
-                    # a router keeps only link-local evidence and addresses (see _become_router)
-                    for dev in (d for d in dirty if d.router):
-                        conn.execute("DELETE FROM evidence WHERE mac = ? AND scope != 'link'",
-                                     (dev.mac,))
-                        conn.execute("DELETE FROM inventory_ips WHERE mac = ?", (dev.mac,))
-                conn.executemany(
-                    "INSERT INTO evidence (mac, key, value, source, scope, first_seen, "
-                    "last_seen, count) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(mac, key, value) "
-                    "DO UPDATE SET last_seen = excluded.last_seen, count = excluded.count",
-                    ev_rows)
-                conn.executemany(
-                    "INSERT INTO inventory_ips (mac, ip, source, first_seen, last_seen) "
-                    "VALUES (?,?,?,?,?) ON CONFLICT(mac, ip) DO UPDATE SET "
-                    "last_seen = max(inventory_ips.last_seen, excluded.last_seen)", ip_rows)
-                conn.executemany(
-                    "INSERT INTO inventory_history (ts, mac, event, class, confidence, detail) "
-                    "VALUES (?,?,?,?,?,?)", history)
-        except Exception as exc:     # sqlite3 errors: one line, earlier data intact
-            raise StoreError(f"{store.path}: inventory write failed: {exc}") from None
-        for dev in dirty:
-            dev.dirty = False
-            dev.stored = True
-            for e in dev.evidence.values():
-                e[5] = False
-        return len(dirty)
 
 
 _LINK_IP_SOURCES = {"discovery protocol", "dhcp ACK (yiaddr)", "lldp management address"}
@@ -509,6 +525,11 @@ def _device_dict(dev: Device) -> dict[str, Any]:
         "confidence": dev.confidence,
         "class_reasons": dev.reasons.get("rules", []),
         "contradicting": dev.reasons.get("contradicting", []),
+        "roles": list(dev.roles),
+        "make": (dev.identity or {}).get("make"),
+        "model": (dev.identity or {}).get("model"),
+        "software_version": (dev.identity or {}).get("software_version"),
+        "identity": dev.identity,
         "names": dev.names(),
         "ips": [{"ip": ip, "first_seen": v[0], "last_seen": v[1], "source": v[2]}
                 for ip, v in sorted(dev.ips.items(), key=lambda kv: kv[1][0])],
@@ -518,6 +539,9 @@ def _device_dict(dev: Device) -> dict[str, Any]:
         "peers": [{"ip": ip, "flows": p[0], "bytes": p[1], "last_seen": p[2],
                    "services": sorted(p[3])}
                   for ip, p in sorted(dev.peers.items(), key=lambda kv: -kv[1][0])],
+        "data_flows": dev.flows.as_list(),
+        "unencrypted_patient_data": dev.flows.unencrypted_patient_data,
+        "advisories": list(dev.advisories),
         "first_seen": dev.first_seen,
         "last_seen": dev.last_seen,
         **total,
@@ -538,32 +562,24 @@ def annotate(devices: list[dict[str, Any]],
         if ident is not None:
             device = {**device, "class": ident.get("class"),
                       "class_confidence": ident.get("confidence"),
-                      "names": ident.get("names") or [], "vendor": ident.get("vendor")}
+                      "names": ident.get("names") or [], "vendor": ident.get("vendor"),
+                      "roles": ident.get("roles") or [], "make": ident.get("make"),
+                      "model": ident.get("model"),
+                      "software_version": ident.get("software_version"),
+                      "unencrypted_patient_data": bool(ident.get("unencrypted_patient_data")),
+                      "data_flows": brief_flows(ident.get("data_flows") or []),
+                      "advisories": brief_advisories(ident.get("advisories") or [])}
         out.append(device)
     return out
 
 
-class _NoRules(ClassRules):
-    """Reading the store needs no rule file."""
-
-    def __init__(self) -> None:
-        super().__init__([], {UNKNOWN: ""})
-
-
-def inventory_list(store: Store, brief: bool = False) -> list[dict[str, Any]]:
-    """The stored inventory as JSON-ready dicts, oldest device first.
-
-    For the retained MQTT inventory message (appliance.outputs.mqtt) `brief=True` leaves out
-    the evidence lists and keeps the names of the rules behind each class.
-    """
-    inv = Inventory(_NoRules())
-    inv.load(store)
-    devices = inv.as_list()
-    return [brief_dict(d) for d in devices] if brief else devices
+def brief_flows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Data flows without counters, for the fleet's inventory."""
+    return [{k: f.get(k) for k in ("direction", "peer", "protocol", "encrypted",
+                                    "patient_data", "what")} for f in flows[:16]]
 
 
-def brief_dict(device: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in device.items() if k not in ("evidence", "contradicting")}
-    out["class_reasons"] = [r["rule"] for r in device.get("class_reasons", [])]
-    out["peers"] = device["peers"][:8]
-    return out
+def brief_advisories(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Advisory matches without their long texts, for the fleet's inventory."""
+    return [{k: a.get(k) for k in ("id", "status", "cvss", "product", "url")}
+            for a in found[:16]]

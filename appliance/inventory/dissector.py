@@ -9,9 +9,10 @@ The fast path marks a budgeted sample of packets (`Classifier.classify(..., samp
    the queue is full the chunk is dropped and counted; nothing blocks (unless `block=True`,
    which offline replay uses: a file can wait, a ward cannot).
 2. **Supervisor thread**: triages each chunk in plain Python (appliance.inventory.triage:
-   keeps only packets that can identify a device - DHCP, LLDP, CDP, mDNS, SSDP, NetBIOS, the
-   first bytes of TLS handshakes, HTTP, HL7/MLLP, DICOM associations - and only the first one
-   of each kind per device per `dedupe_ttl_s`), writes what is left as a pcapng chunk file
+   reads L2-L4 from the fast path's decoder and keeps only packets that can identify a device
+   - DHCP, LLDP, CDP, mDNS, SSDP, NetBIOS, the first bytes of TLS handshakes, HTTP, HL7/MLLP
+   headers, DICOM associations and command sets - and only those that would be new evidence
+   per `dedupe_ttl_s`), writes what is left as a pcapng chunk file
    (appliance.common.capwriter) in a private spool directory (tmpfs when there is one: chunks
    can hold patient data and never reach the SD card), and gives it to the worker.
 3. **Worker process** (`python -m appliance.inventory.tshark --worker`): reads each chunk with
@@ -59,13 +60,15 @@ DECODE_AS: dict[str, str] = {
 # Fast-path sampling budgets used when dissection is on (Classifier.set_sampling), tuned on
 # the demo ward with bench/bench_dissect.py (docs/inventory.md has the figures). The first 6
 # packets of a flow reach a TLS ClientHello (and a TLS 1.2 server certificate), an HL7
-# message or a DICOM A-ASSOCIATE after the handshake. 16 packets per device per hour: a
-# device's first minutes (neighbour discovery, DHCP, NTP and DNS take some) still reach its
-# identifying exchange, and afterwards a device costs at most 16 copies an hour. 64 per
-# second in all bound what a flood of new flows or devices can make the datapath copy while a
-# ward powering up is still seen. The classifier's defaults (8 per flow, 64 per device per
-# minute, 256/s) mark 11.7% of the demo ward's packets; these 0.16%.
-SAMPLING = {"per_flow": 6, "device_budget": 16, "device_window_s": 3600.0,
+# message, a DICOM A-ASSOCIATE or the command after it. 32 packets per device per hour: a
+# device's first minutes (neighbour discovery, DHCP, NTP and DNS take some, and so do the
+# empty segments of each connection) still reach every identifying exchange - a modality
+# that verifies, stores and queries in three associations, a monitor with several MLLP
+# connections - and afterwards a device costs at most 32 copies an hour. 64 per second in
+# all bound what a flood of new flows or devices can make the datapath copy while a ward
+# powering up is still seen. The classifier's defaults (8 per flow, 64 per device per
+# minute, 256/s) mark 13% of the demo ward's packets; these about 0.3%.
+SAMPLING = {"per_flow": 6, "device_budget": 32, "device_window_s": 3600.0,
             "global_budget": 64}
 
 LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_SLL, LINKTYPE_SLL2 = 1, 101, 113, 276
@@ -121,6 +124,7 @@ class Dissector:
         self.config = cfg = config or DissectConfig()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.triage = Triage(cfg.dedupe_ttl_s, cfg.per_key)
+        self.skipped: dict[str, int] = {}      # malformed HL7/DICOM the worker skipped
         self._raw: queue.Queue[Chunk] = queue.Queue(maxsize=max(1, cfg.queue_chunks))
         self._chunk: Chunk = []
         self._chunk_bytes = 0
@@ -272,6 +276,7 @@ class Dissector:
         out["queued_chunks"] = self._raw.qsize()
         out["triage_kept"] = dict(self.triage.kept)
         out["triage_dropped"] = dict(self.triage.dropped)
+        out["worker_skipped"] = dict(self.skipped)
         out["worker_pid"] = self._worker.proc.pid if self._worker is not None else None
         out["worker_cpu_s"] = round(self.worker_cpu_s(), 3)
         out["last_error"] = self.last_error
@@ -309,12 +314,14 @@ class Dissector:
             self._dispatch()
 
     def _triage_chunk(self, chunk: Chunk) -> None:
-        keep = self.triage.keep
         kept = 0
-        for i, (ts, link, frame) in enumerate(chunk):
-            if i % 32 == 31:
+        decisions: list[bool] = []
+        for start in range(0, len(chunk), 32):
+            if start:
                 time.sleep(0)   # hand the GIL back: the datapath thread never waits long
-            if keep(ts, link, frame):
+            decisions += self.triage.keep_chunk(chunk[start:start + 32])
+        for (ts, link, frame), keep in zip(chunk, decisions, strict=True):
+            if keep:
                 if len(self._pending) >= self.config.max_pending:
                     self.counters["packets_dropped_backlog"] += 1
                     continue
@@ -404,6 +411,8 @@ class Dissector:
             self.counters["runs"] += 1
             self.counters["packets_dissected"] += int(answer.get("packets", 0))
             self.counters["unparsed"] += int(answer.get("unparsed", 0))
+            for why, n in (answer.get("skipped") or {}).items():
+                self.skipped[str(why)[:40]] = self.skipped.get(str(why)[:40], 0) + int(n)
             records = answer.get("records") or []
             self.counters["records"] += len(records)
             if len(self._results) >= 256:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.inventory.classes import ClassRules
 from appliance.inventory.devices import Inventory
+from appliance.inventory.persist import load_advisories, load_inventory, save_inventory
 
 if TYPE_CHECKING:
     from appliance.inventory.dissector import DissectConfig, Dissector
@@ -65,7 +66,8 @@ class Identification:
         self.store = store
         self.inventory = Inventory(rules)
         if store is not None:
-            self.inventory.load(store)
+            load_inventory(self.inventory, store)
+            load_advisories(self.inventory, store)
         self.dissector: Dissector = Dissector(self.config)
         self.samples = bytearray(0)
         self.samples_view = memoryview(self.samples)
@@ -102,9 +104,11 @@ class Identification:
 
     def snapshot(self, devices: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         self.inventory.observe_devices(devices)
+        if self.store is not None:
+            load_advisories(self.inventory, self.store)    # imported while running?
         events = self.poll(force=True)
         if self.store is not None:
-            self.inventory.save(self.store, events)
+            save_inventory(self.inventory, self.store, events)
         return events
 
     def finish(self, devices: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:

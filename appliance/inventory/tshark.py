@@ -18,6 +18,13 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
+from appliance.inventory.clinical import (
+    dicom_evidence,
+    msh_evidence,
+    parse_msh,
+    parse_pdu,
+    pdu_header,
+)
 from appliance.inventory.der import cert_subject
 from appliance.inventory.dissector import DECODE_AS
 
@@ -50,6 +57,11 @@ def extract(pkt: Any) -> dict[str, Any] | None:
             rec["sport"] = _int(_first(l4, f"{name}.srcport"))
             rec["dport"] = _int(_first(l4, f"{name}.dstport"))
     bad = 0
+    tcp = layers.get("tcp")
+    if tcp is not None:
+        skipped = _clinical(_payload(tcp), rec["ev"])
+        if skipped:
+            rec["skipped"] = skipped
     for layer in pkt.layers:
         fn = EXTRACTORS.get(layer.layer_name)
         if fn is None:
@@ -60,7 +72,34 @@ def extract(pkt: Any) -> dict[str, Any] | None:
             bad += 1
     if bad:
         rec["unparsed"] = bad
-    return rec if rec["ev"] or bad else None
+    return rec if rec["ev"] or bad or rec.get("skipped") else None
+
+
+def _payload(tcp: Any) -> bytes:
+    text = _first(tcp, "tcp.payload")
+    if not text:
+        return b""
+    try:
+        return bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        return b""
+
+
+def _clinical(payload: bytes, ev: list[Evidence]) -> str | None:
+    """HL7 MSH and DICOM association or command set from the raw TCP payload (tshark's
+    own HL7 and DICOM dissectors do not name DIMSE commands); the reason when malformed."""
+    if payload[:1] == b"\x0b":
+        msh, why = parse_msh(payload)
+        if msh is None:
+            return why
+        ev.extend(msh_evidence(msh))
+        return None
+    if pdu_header(payload) is not None:
+        found, why = parse_pdu(payload)
+        if found is None:
+            return None if why in ("dicom_data_set", "dicom_other_pdu") else why
+        ev.extend(dicom_evidence(found))
+    return None
 
 
 def _values(layer: Any, name: str) -> list[str]:
@@ -127,6 +166,8 @@ def _dhcp(layer: Any, ev: list[Evidence]) -> None:
                  "link")
         _add(ev, "src", "dhcp.fqdn", _first(layer, "dhcp.option.client_fqdn.name"),
              "dhcp option 81 (client FQDN)", "link")
+        _add(ev, "src", "dhcp.vendor_info", _vendor_info(layer),
+             "dhcp option 43 (vendor-specific information)", "link")
     elif op == "2":
         relay = _first(layer, "dhcp.ip.relay")
         role = "relay" if relay and relay != "0.0.0.0" else "server"
@@ -134,6 +175,19 @@ def _dhcp(layer: Any, ev: list[Evidence]) -> None:
         yiaddr = _first(layer, "dhcp.ip.your")
         if chaddr and msg == "5" and yiaddr and yiaddr != "0.0.0.0":
             _add(ev, f"mac:{chaddr}", "ip.assigned", yiaddr, "dhcp ACK (yiaddr)", "link")
+
+
+def _vendor_info(layer: Any) -> str | None:
+    """Option 43's printable text (vendors put model and firmware strings there)."""
+    raw = _first(layer, "dhcp.option.vendor.value")
+    if not raw:
+        return None
+    try:
+        data = bytes.fromhex(raw.replace(":", ""))
+    except ValueError:
+        return None
+    text = "".join(chr(b) if 0x20 <= b < 0x7F else " " for b in data)
+    return " ".join(text.split()) or None
 
 
 def _dhcpv6(layer: Any, ev: list[Evidence]) -> None:
@@ -226,51 +280,6 @@ def _nbns(layer: Any, ev: list[Evidence]) -> None:
         _add(ev, "src", "netbios.name", name.split("<")[0], "netbios name", "link")
 
 
-def _hl7(layer: Any, ev: list[Evidence]) -> None:
-    """MSH only: sending/receiving application and facility, message type. Never PID/OBX."""
-    for segment in _values(layer, "hl7.segment"):
-        if not segment.startswith("MSH"):
-            continue
-        f = segment.rstrip("\r\n ").split("|")
-        if len(f) < 9:
-            continue
-        msg_type = "^".join(f[8].split("^")[:2])
-        _add(ev, "src", "hl7.app", f[2].split("^")[0], "hl7 MSH-3 (sending application)", "ip")
-        _add(ev, "src", "hl7.facility", f[3].split("^")[0], "hl7 MSH-4 (sending facility)",
-             "ip")
-        _add(ev, "src", "hl7.sends", msg_type, "hl7 MSH-9 (message type)", "ip")
-        _add(ev, "dst", "hl7.app", f[4].split("^")[0], "hl7 MSH-5 (receiving application)",
-             "ip")
-        _add(ev, "dst", "hl7.facility", f[5].split("^")[0], "hl7 MSH-6 (receiving facility)",
-             "ip")
-        _add(ev, "dst", "hl7.receives", msg_type, "hl7 MSH-9 (message type)", "ip")
-        if len(f) > 11:
-            _add(ev, "src", "hl7.version", f[11], "hl7 MSH-12 (version)", "ip")
-
-
-def _dicom(layer: Any, ev: list[Evidence]) -> None:
-    pdu = _first(layer, "dicom.pdu.type")
-    calling = _first(layer, "dicom.assoc.ae.calling")
-    called = _first(layer, "dicom.assoc.ae.called")
-    if pdu not in ("1", "2", "0x01", "0x02") or calling is None or called is None:
-        return
-    rq = pdu in ("1", "0x01")
-    # A-ASSOCIATE-RQ goes calling -> called; the -AC answers called -> calling
-    me, peer = (calling, called) if rq else (called, calling)
-    _add(ev, "src", "dicom.ae", me, "dicom A-ASSOCIATE " + ("calling" if rq else "called")
-         + " AE title", "ip")
-    _add(ev, "dst", "dicom.ae", peer, "dicom A-ASSOCIATE " + ("called" if rq else "calling")
-         + " AE title", "ip")
-    _add(ev, "src", "dicom.role", "SCU" if rq else "SCP", "dicom A-ASSOCIATE", "ip")
-    _add(ev, "dst", "dicom.role", "SCP" if rq else "SCU", "dicom A-ASSOCIATE", "ip")
-    if rq:
-        for syntax in _shownames(layer, "dicom.pctx.abss.syntax")[:16]:
-            _add(ev, "src", "dicom.sop_class", syntax.split(" (")[0],
-                 "dicom presentation context (abstract syntax)", "ip")
-    _add(ev, "src", "dicom.implementation", _first(layer, "dicom.userinfo.version"),
-         "dicom implementation version name", "ip")
-
-
 def _tls(layer: Any, ev: list[Evidence]) -> None:
     types = _values(layer, "tls.handshake.type")
     if "1" in types:
@@ -303,7 +312,7 @@ def _http(layer: Any, ev: list[Evidence]) -> None:
 
 EXTRACTORS: dict[str, Callable[[Any, list[Evidence]], None]] = {
     "dhcp": _dhcp, "bootp": _dhcp, "dhcpv6": _dhcpv6, "lldp": _lldp, "cdp": _cdp,
-    "mdns": _mdns, "ssdp": _ssdp, "nbns": _nbns, "hl7": _hl7, "dicom": _dicom, "tls": _tls,
+    "mdns": _mdns, "ssdp": _ssdp, "nbns": _nbns, "tls": _tls,
     "http": _http,
 }
 
@@ -329,6 +338,7 @@ def dissect_file(path: str, tshark: str, decode_as: dict[str, str]) -> dict[str,
     capture = pyshark.FileCapture(path, keep_packets=False, decode_as=decode_as,
                                   tshark_path=tshark)
     records: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
     packets = unparsed = 0
     try:
         for pkt in capture:
@@ -340,12 +350,15 @@ def dissect_file(path: str, tshark: str, decode_as: dict[str, str]) -> dict[str,
                 continue
             if rec is not None:
                 unparsed += rec.pop("unparsed", 0)
+                why = rec.pop("skipped", None)
+                if why:
+                    skipped[why] = skipped.get(why, 0) + 1
                 if rec["ev"]:
                     records.append(rec)
     finally:
         with contextlib.suppress(Exception):
             capture.close()
-    return {"packets": packets, "records": records, "unparsed": unparsed}
+    return {"packets": packets, "records": records, "unparsed": unparsed, "skipped": skipped}
 
 
 def worker_main(tshark: str, decode_as: dict[str, str], stdin: IO[str] = sys.stdin,

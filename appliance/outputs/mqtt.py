@@ -63,7 +63,8 @@ SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
                          "policy_rejected", "policy_fault", "policy_fault_cleared", "bypass",
                          "spool_overflow", "spool_disk_full", "spool_disk_ok",
-                         "integrity_alarm", "integrity_restored"})
+                         "integrity_alarm", "integrity_restored",
+                         "patient_data_unencrypted", "advisory_match"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
                   "flows_ended", "flows_evicted", "events_dropped", "device_table_full")
 CONTROL_RESERVE = 16          # paho slots kept for state, inventory and command responses
@@ -104,7 +105,10 @@ class MqttOutput(Output):
         self._flags: tuple[Any, ...] = (status["overflow"], status["disk_full"],
                                         status["low_disk"])
         self.counters = collections.Counter[str]()
+        # when this appliance saw each violation (its clock, not the packet's: a replayed
+        # capture's old timestamps must not make the last hour look empty)
         self._violations: collections.deque[tuple[float, int]] = collections.deque()
+        self.stop_reason = "shutdown"       # said in the offline state of a clean stop
         self._interval_violations = 0
         self._last_totals: dict[str, int] = {}
         self._last_stats = clock()
@@ -179,7 +183,11 @@ class MqttOutput(Output):
         self._snapshots += 1
         self._enqueue(self.summarizer.expire(now))
         self._devices = devices
-        identity = frozenset((d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vlan"))
+        # what the fleet's inventory shows: a device, its address, and what it was found to be
+        identity = frozenset((d.get("mac"), d.get("ipv4"), d.get("ipv6"), d.get("vlan"),
+                              d.get("class"), d.get("make"), d.get("model"),
+                              d.get("software_version"), bool(d.get("unencrypted_patient_data")),
+                              tuple(a.get("id") for a in d.get("advisories") or ()))
                              for d in devices)
         if identity != self._identity and (
                 self._identity is None
@@ -216,7 +224,7 @@ class MqttOutput(Output):
             time.sleep(0.02)
         if self.connected.is_set():
             info = self.client.publish(self.topics["state"],
-                                       self._state_payload("offline", "shutdown"),
+                                       self._state_payload("offline", self.stop_reason),
                                        qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2.0)
@@ -308,6 +316,9 @@ class MqttOutput(Output):
                                   "last_seq": self.audit.last_seq()})
         else:
             body["reason"] = reason
+            if reason != "connection lost":      # a clean stop knows what it leaves behind
+                spool = self.spool.status()
+                body["spool"] = {"depth": spool["depth"], "overflow": spool["overflow"]}
         return json.dumps(body, separators=(",", ":"), default=str)
 
     def publish_state(self) -> None:
@@ -337,7 +348,9 @@ class MqttOutput(Output):
                                            "flows", "violations")}
             entry["vendor"] = (d.get("vendor")
                                or self._vendors.get((d.get("mac") or "")[:8]) or None)
-            for key in ("class", "class_confidence", "names"):   # from identification
+            for key in ("class", "class_confidence", "names", "roles", "make", "model",
+                        "software_version", "unencrypted_patient_data", "data_flows",
+                        "advisories"):                         # from identification
                 if key in d:
                     entry[key] = d[key]
             listed.append(entry)

@@ -143,8 +143,20 @@ def _v4_nearest_rule(db: sqlite_utils.Database) -> None:
     db.table("violations").add_column("nearest_rule", str)
 
 
+def _v5_identity(db: sqlite_utils.Database) -> None:
+    """Make, model and software version, server roles, data flows and advisory matches per
+    device (appliance.inventory.devices); imported CSAF advisories
+    (appliance.inventory.advisories)."""
+    for column, kind in (("make", str), ("model", str), ("software_version", str),
+                         ("identity", str), ("roles", str), ("data_flows", str),
+                         ("unencrypted_patient_data", int), ("advisories", str)):
+        db.table("inventory").add_column(column, kind)
+    db.execute("CREATE TABLE advisories (id TEXT PRIMARY KEY, title TEXT, released TEXT, "
+               "url TEXT, source TEXT, document TEXT NOT NULL, imported REAL)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule]
+    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule, _v5_identity]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",

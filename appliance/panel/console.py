@@ -32,6 +32,7 @@ from rich.text import Text
 
 from appliance.common.control import ANSWER_TIMEOUT, request
 from appliance.common.text import shown
+from appliance.common.when import zone_name
 from appliance.errors import WardtapError
 
 SCHEMA = 1                      # "v" of the --json document; bumped on incompatible changes
@@ -284,7 +285,8 @@ def render_status(v: dict[str, Any], width: int = 120) -> RenderableType:
     grid.add_row("LEDs", Text.from_markup(_led_markup(v, compact)))
     recent = v["violations"]["recent"][:STATUS_VIOLATIONS]
     seen = v["violations"]["seen"]
-    grid.add_row("violations", f"{seen:,} seen" + (", the latest:" if recent else ""))
+    grid.add_row("violations", f"{seen:,} seen" + (f", the latest (times {zone_name()}, the "
+                                                     "packets' own):" if recent else ""))
     parts: list[RenderableType] = [grid]
     if recent and compact:
         parts += [Padding(_violation_line(e), (0, 0, 0, 2)) for e in recent]
@@ -471,8 +473,9 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
     if banner is not None:
         parts.append(Layout(_line(banner), size=1))
     c = v["counters"]
+    # labels keep their width (a value is cut, with an ellipsis, never a label)
     left = Table.grid(padding=(0, 1))
-    left.add_column(style="bold", no_wrap=True)
+    left.add_column(style="bold", no_wrap=True, min_width=len("kernel drops"))
     left.add_column(no_wrap=True, overflow="ellipsis")
     pps = v["rate"]["packets_per_s"]
     left.add_row("packets", _n(c["packets"]))
@@ -487,7 +490,7 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
                  f"{_n(v['flows']['created'])} created")
     left.add_row("devices", _n(v["devices"]))
     right = Table.grid(padding=(0, 1))
-    right.add_column(style="bold", no_wrap=True)
+    right.add_column(style="bold", no_wrap=True, min_width=len("violations"))
     right.add_column(no_wrap=True, overflow="ellipsis")
     right.add_row("mode", _mode(v))
     right.add_row("health", _health(v))
@@ -528,6 +531,8 @@ def run_top(socket_path: str, once: bool = False, interval: float = 1.0) -> int:
     if once:
         snap = fetch(socket_path)
         console.print(dashboard(snap, console, socket_path, interval, live=False))
+        if snap.state != "ok" and not sys.stderr.isatty():   # a terminal shows the frame
+            print(f"wardtap: error: {snap.problem}", file=sys.stderr)
         return {"ok": 0, "busy": 1, "error": 1}.get(snap.state, 2)
     if not console.is_terminal:
         raise WardtapError("top needs a terminal; in scripts use `wardtap top --once` or "

@@ -86,6 +86,9 @@ class Policy:
     rules: tuple[Rule, ...]
     digest: str = ""
     text: str = field(default="", repr=False)
+    # rules written with `enabled = false` (a proposal's conversations left out for review):
+    # validated, never compiled or evaluated
+    disabled: tuple[Rule, ...] = ()
 
     def rule_name(self, index: int) -> str | None:
         return self.rules[index].name if 0 <= index < len(self.rules) else None
@@ -163,10 +166,10 @@ class _Validator:
         non_ip = self._action(head, "non_ip")
         fragments = self._action(head, "fragment_unmatched", "deny")
         groups = self._groups(doc.get("groups", {}))
-        rules = self._rules(doc.get("rules", []), groups)
+        rules, disabled = self._rules(doc.get("rules", []), groups)
         digest = hashlib.sha256(self.text.encode()).hexdigest()
         return Policy(self.path, name, version, arp, non_ip, fragments, groups, rules, digest,
-                      self.text)
+                      self.text, disabled)
 
     def _unknown(self, table: dict[str, Any], allowed: set[str], where: str,
                  line: int | None, header: str | None = None, nth: int = 0) -> None:
@@ -256,11 +259,14 @@ class _Validator:
             raise self.fail(f"{value!r} is not a VLAN id 0-4095", where, line)
         return value
 
-    def _rules(self, raw: Any, groups: dict[str, Group]) -> tuple[Rule, ...]:
+    def _rules(self, raw: Any, groups: dict[str, Group]
+               ) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        """(enabled rules, rules with `enabled = false`)."""
         if not isinstance(raw, list):
             raise self.fail("must be an array of tables ([[rules]])", "rules",
                             self.lines.key("", "rules"))
         rules: list[Rule] = []
+        disabled: list[Rule] = []
         names: set[str] = set()
         header = "[[rules]]"
         for nth, spec in enumerate(raw):
@@ -273,7 +279,8 @@ class _Validator:
                 return self.lines.key(header, key, nth)
 
             self._unknown(spec, {"name", "from", "to", "proto", "ports", "initiate",
-                                 "icmp_types", "description"}, where, line, header, nth)
+                                 "icmp_types", "description", "enabled"}, where, line, header,
+                          nth)
             name = spec.get("name", f"rule-{nth + 1}")
             if not isinstance(name, str) or not _NAME.match(name):
                 raise self.fail("must be 1-64 letters, digits, '_', '.', '-'",
@@ -304,9 +311,12 @@ class _Validator:
             if initiate not in ("from", "either"):
                 raise self.fail('must be "from" or "either"', f"{where}.initiate",
                                 at("initiate"))
-            rules.append(Rule(name, sources, destinations, proto, ports,
-                              initiate == "either", line))
-        return tuple(rules)
+            enabled = spec.get("enabled", True)
+            if not isinstance(enabled, bool):
+                raise self.fail("must be true or false", f"{where}.enabled", at("enabled"))
+            (rules if enabled else disabled).append(
+                Rule(name, sources, destinations, proto, ports, initiate == "either", line))
+        return tuple(rules), tuple(disabled)
 
     def _endpoints(self, value: Any, groups: dict[str, Group], where: str,
                    line: int | None) -> tuple[str, ...]:

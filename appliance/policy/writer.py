@@ -79,6 +79,8 @@ class RuleSpec:
     description: str | None = None
     comments: list[str] = field(default_factory=list)
     disabled: bool = False          # written commented out (e.g. names a placeholder)
+    enabled: bool = True            # False: written with `enabled = false` (left out for
+    #                                 review; one line to change to allow it)
 
 
 @dataclass
@@ -120,6 +122,14 @@ def _array(key: str, values: list[int] | list[str] | list[int | str],
         line = f"{key} = [{', '.join(_v(v) for v in values)}]"
         if len(line) <= 96:
             return [line]
+        out, row = [f"{key} = ["], "   "
+        for v in values:                       # many values, no notes: wrapped, not one a line
+            item = f" {_v(v)},"
+            if len(row) + len(item) > 96:
+                out.append(row)
+                row = "   "
+            row += item
+        return [*out, row, "]"]
     out = [f"{key} = ["]
     for v in values:
         note = notes.get(str(v))
@@ -175,6 +185,8 @@ def render(draft: PolicyDraft) -> str:
             body.extend(_array("icmp_types", r.icmp_types, {}))
         if r.initiate != "from":
             body.append(f"initiate = {_s(r.initiate)}")
+        if not r.enabled:
+            body.append("enabled = false    # left out for review: true allows it")
         if disabled:
             out.extend(line if line.startswith("#") else f"# {line}" for line in body)
         else:

@@ -29,6 +29,12 @@ class ReplayJob:
     devices: int = 4096
     dissect: bool = False
     tshark: str = "tshark"
+    wide: bool = False                      # tables at full width, not fitted to the terminal
+    # the SIEM (appliance.outputs.syslog, .eve)
+    syslog: str | None = None
+    syslog_format: str = "rfc5424"
+    syslog_ca: str | None = None
+    eve: str | None = None
     # fleet reporting (docs/mqtt.md)
     broker: str | None = None
     site: str | None = None
@@ -56,7 +62,9 @@ def _reporter(args: ReplayJob, mode: str, policy: Any) -> Any:
         "cert": args.tls_cert, "key": args.tls_key, "username": args.username,
         "password_file": args.password_file, "spool": spool,
         "drain_timeout": args.drain_timeout, "stats_interval": 1e12})
-    return MqttOutput(settings, mode=mode, policy=_policy_info(policy), datapath="replay")
+    output = MqttOutput(settings, mode=mode, policy=_policy_info(policy), datapath="replay")
+    output.stop_reason = "replay finished"
+    return output
 
 
 def run_job(args: ReplayJob,
@@ -82,6 +90,7 @@ def run_job(args: ReplayJob,
     store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None
     reporter = _reporter(args, mode, policy) if args.broker else None
+    siem = _siem(args)
     ident: Any = None
     inventory: list[dict[str, Any]] = []
     try:
@@ -96,6 +105,7 @@ def run_job(args: ReplayJob,
             reporter.publish([{"type": "started", "mode": mode, "datapath": "replay",
                                "captures": args.captures}])
         hooks = [h for h in (reporter.publish if reporter else None, on_events) if h]
+        hooks += [output.publish for output in siem]
         if hooks:
             def each_hook(events: list[dict[str, Any]]) -> None:
                 for hook in hooks:
@@ -117,6 +127,8 @@ def run_job(args: ReplayJob,
             reporter.snapshot(replayer.classifier.stats(), devices)
             reporter.send_stats(replayer.classifier.stats(), devices)
     finally:
+        for output in siem:
+            output.close()
         if ident is not None:
             ident.close()
         if out is not None:
@@ -135,6 +147,7 @@ def run_job(args: ReplayJob,
         if ident is not None:
             result["dissect"] = ident.stats()
             result["inventory"] = inventory
+            result["inventory_events"] = ident.events
         print(json.dumps(result, indent=2))
     else:
         print(render(summary))
@@ -142,10 +155,25 @@ def run_job(args: ReplayJob,
             from appliance.inventory.render import render_table
 
             print(f"\ninventory ({len(inventory)} devices)")
-            print(render_table(inventory))
+            print(render_table(inventory, wide=args.wide))
     for error in summary.errors:
         print(f"wardtap: error: {error}", file=sys.stderr)
     return 2 if summary.errors else 0
+
+
+def _siem(args: ReplayJob) -> list[Any]:
+    """--syslog URL and --eve FILE: the replay's events to the SIEM."""
+    from appliance.outputs import make_output
+
+    outputs = []
+    if args.syslog:
+        options: dict[str, Any] = {"url": args.syslog, "format": args.syslog_format}
+        if args.syslog_ca:
+            options["ca"] = args.syslog_ca
+        outputs.append(make_output("syslog", options))
+    if args.eve:
+        outputs.append(make_output("eve", {"path": args.eve}))
+    return outputs
 
 
 def _open_store(path: str) -> Any:
@@ -156,7 +184,7 @@ def _open_store(path: str) -> Any:
 
 def _open_out(path: str) -> Any:
     try:
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed by the caller)
+        return open(path, "wb")  # noqa: SIM115  (closed by the caller; UTF-8 JSON lines)
     except OSError as exc:
         raise WardtapError(f"{path}: cannot write: {exc.strerror}") from None
 

@@ -6,7 +6,6 @@ objects; memory stays bounded whatever the capture's size (the mmap aside).
 
 from __future__ import annotations
 
-import json
 import time
 from array import array
 from collections import Counter
@@ -14,18 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from appliance.common.records import address, device_dict, event_dict, mac
+from appliance.common.records import device_dict, event_dict
 from appliance.errors import CaptureError
 from appliance.policy.model import Policy, compile_policy
+from appliance.replay.packetlines import PacketLines
 from appliance.sources.capture import DEFAULT_BATCH, CaptureFile
-from fastpath import (
-    MALFORMED_FIRST,
-    NO_RULE_INDEX,
-    REASON_NAMES,
-    VERDICT_NAMES,
-    Classifier,
-    decode_batch,
-)
+from fastpath import MALFORMED_FIRST, REASON_NAMES, Classifier
 
 if TYPE_CHECKING:
     from appliance.inventory.identify import Identification
@@ -113,6 +106,16 @@ class Replayer:
     def _run_file(self, capture: CaptureFile, store: Store | None, run_id: int | None,
                   packets_out: IO[str] | None,
                   progress: Callable[[int, int], None] | None) -> None:
+        lines = PacketLines(packets_out, self.rule_name) if packets_out is not None else None
+        try:
+            self._batches(capture, store, run_id, lines, progress)
+        finally:
+            if lines is not None:
+                lines.close()
+
+    def _batches(self, capture: CaptureFile, store: Store | None, run_id: int | None,
+                 lines: PacketLines | None,
+                 progress: Callable[[int, int], None] | None) -> None:
         clf = self.classifier
         ident = self.identify
         samples = ident.samples_view if ident is not None else None
@@ -122,9 +125,8 @@ class Replayer:
                          batch.linktypes, self._verdicts, self._reasons, self._rules, samples)
             if ident is not None:
                 ident.offer(batch, n)
-            if packets_out is not None:
-                write_packet_lines(packets_out, batch, self._verdicts[:n], self._reasons[:n],
-                                   self._rules[:n], self.rule_name)
+            if lines is not None:
+                lines.write(batch, self._verdicts[:n], self._reasons[:n], self._rules[:n])
             if clf.pending_events >= EVENT_DRAIN // 2:
                 self._drain(store, run_id)
             if progress is not None:
@@ -220,50 +222,3 @@ def _by_device(violations: list[dict[str, Any]],
         reasons.setdefault(key, Counter())[v["reason"]] += 1
     return [{"mac": k[0], "ip": k[1], "violations": n, "reasons": dict(reasons[k])}
             for k, n in counts.most_common()]
-
-
-def write_packet_lines(out: IO[str], batch: Any, verdicts: Any, reasons: Any,
-                       rules: Any, rule_name: Callable[[int], str | None]) -> None:
-    """One JSON line per packet, in capture order (for `--packets-out` and tests)."""
-    import numpy as np
-
-    from fastpath import DECODED_DTYPE
-
-    n = batch.count
-    decoded = np.zeros(n, DECODED_DTYPE)
-    decode_reasons = np.empty(n, np.uint8)
-    decode_batch(batch.buf, batch.offsets, batch.lengths, batch.linktypes,
-                 decoded.view(np.uint8), decode_reasons)
-    lines = []
-    for i in range(n):
-        rec = decoded[i]
-        l3 = int(rec["l3"])
-        ip = l3 in (4, 6) and decode_reasons[i] == 0
-        rule = int(rules[i])
-        line: dict[str, Any] = {
-            "i": batch.first_index + i,
-            "verdict": VERDICT_NAMES[int(verdicts[i])],
-            "reason": REASON_NAMES.get(int(reasons[i]), "unknown"),
-            "rule": None if rule == NO_RULE_INDEX else rule_name(rule),
-            "vlan": int(rec["vlan"]) or None,
-            "src": address(bytes(rec["src"]), l3) if ip else None,
-            "dst": address(bytes(rec["dst"]), l3) if ip else None,
-            "proto": int(rec["proto"]) if ip else None,
-        }
-        if rec["vlan_outer"]:
-            line["vlan_outer"] = int(rec["vlan_outer"])
-        if rec["has_mac"]:
-            line["smac"] = mac(bytes(rec["src_mac"]))
-        proto = int(rec["proto"])
-        has_l4 = ip and rec["frag"] != 2
-        if proto in (1, 58):
-            line["icmp_type"] = int(rec["icmp_type"]) if has_l4 else None
-            line["icmp_code"] = int(rec["icmp_code"]) if has_l4 else None
-        else:
-            ported = has_l4 and proto in (6, 17, 132, 136)
-            line["sport"] = int(rec["sport"]) if ported else None
-            line["dport"] = int(rec["dport"]) if ported else None
-        if rec["tunnel"]:
-            line["tunnel"] = True
-        lines.append(json.dumps(line, separators=(",", ":")))
-    out.write("\n".join(lines) + "\n")

@@ -18,12 +18,15 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.common.oui import vendors
 from appliance.errors import WardtapError
 from appliance.policy.model import ICMP, PORTED, PROTOCOL_NAMES
 from appliance.policy.writer import iso
+
+if TYPE_CHECKING:
+    from appliance.inventory.dissector import DissectConfig
 
 _SOLICITED = ipaddress.ip_network("ff02::1:ff00:0/104")
 _UNSPECIFIED = {"0.0.0.0", "::"}
@@ -86,6 +89,8 @@ class Baseline:
     """
 
     def __init__(self) -> None:
+        from appliance.inventory.devices import Inventory
+
         self.conversations: dict[ConvKey, Stats] = {}
         self._open: dict[int, ConvKey] = {}
         self.devices: dict[str, dict[str, Any]] = {}   # MAC -> classifier device record
@@ -94,13 +99,25 @@ class Baseline:
         self.packets = 0
         self.bytes = 0
         self.counters: Counter[str] = Counter()
+        # Who each device is, for the review (appliance.review.caution): the inventory fed
+        # with the same events (vendor, ports: the fast path's evidence); `known` overrides
+        # it with a better-informed inventory (deep dissection, or a store's) when there is one.
+        self.inventory = Inventory()
+        self.known: dict[str, dict[str, Any]] = {}
+        self.identified_by = "the fast path (MAC vendor, ports)"
 
     # --- feeding -------------------------------------------------------------------------
 
     def observe(self, events: Iterable[dict[str, Any]]) -> None:
         """Take a batch of events (records.event_dict form); other event types are ignored."""
+        events = events if isinstance(events, list) else list(events)
+        self.inventory.observe_events(events)
         for e in events:
             kind = e["type"]
+            if e.get("orient") == "unsolicited" and kind in ("new_flow", "flow_end"):
+                # An answer no request explains (docs/fastpath.md): no conversation of anyone's.
+                self.counters["unsolicited_answers"] += kind == "new_flow"
+                continue
             if kind == "new_flow":
                 key = (_mac(e.get("smac")), e["src"], _mac(e.get("dmac")), e["dst"],
                        int(e["vlan"]), int(e["proto"]), _port(e))
@@ -121,6 +138,15 @@ class Baseline:
 
     def _end(self, e: dict[str, Any]) -> None:
         key = self._open.pop(e["flow"], None)
+        if e.get("end") == "reoriented":
+            # Its initiator was a guess a later packet contradicted; the flow started again
+            # the right way round (its own new_flow), so the guess is taken back.
+            self.counters["flows_reoriented"] += 1
+            if key is not None and key in self.conversations:
+                self.conversations[key].flows -= 1
+                if self.conversations[key].flows <= 0:
+                    del self.conversations[key]
+            return
         if key is None:   # its new_flow was lost (event ring overflow): addresses only
             key = (None, e["src"], None, e["dst"], int(e["vlan"]), int(e["proto"]), _port(e))
             stats = self.conversations.setdefault(key, Stats())
@@ -141,6 +167,8 @@ class Baseline:
 
     def add_devices(self, devices: Iterable[dict[str, Any]]) -> None:
         """Merge the classifier's device table (Replayer.devices()): counters per MAC."""
+        devices = list(devices)
+        self.inventory.observe_devices(devices)
         for d in devices:
             if not d.get("mac"):
                 continue
@@ -156,6 +184,13 @@ class Baseline:
                 old["multi_ip"] = old["multi_ip"] or d["multi_ip"]
 
     # --- reading -------------------------------------------------------------------------
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        """MAC -> the inventory's entry (class, confidence, vendor, names...)."""
+        self.inventory.classify()
+        out = {d["mac"]: d for d in self.inventory.as_list()}
+        out.update(self.known)
+        return out
 
     def view(self) -> View:
         return View(self)
@@ -423,19 +458,41 @@ def service(proto: int, port: int) -> str:
 
 
 def learn(paths: Sequence[str], flow_capacity: int = 65536,
-          device_capacity: int = 4096) -> Baseline:
-    """Replay captures in learn mode and return the baseline; a damaged capture is an error."""
+          device_capacity: int = 4096, dissect: DissectConfig | None = None,
+          known: Sequence[dict[str, Any]] = ()) -> Baseline:
+    """Replay captures in learn mode and return the baseline; a damaged capture is an error.
+
+    `dissect`: also identify devices with tshark on sampled packets (DHCP, LLDP, HL7, DICOM,
+    TLS...), so the review knows what each device is; `known`: an inventory already made
+    (`wardtap devices --json`, a store's), which wins over what this run finds."""
     from appliance.replay.runner import Replayer
 
     baseline = Baseline()
     replayer = Replayer(None, "learn", flow_capacity=flow_capacity,
                         device_capacity=device_capacity)
     replayer.on_events = baseline.observe
-    summary = replayer.run(list(paths))
-    if summary.errors:
-        raise WardtapError(summary.errors[0])
-    baseline.close(replayer.active_flows())
-    baseline.add_devices(replayer.devices())
+    ident = None
+    if dissect is not None:
+        from appliance.inventory.identify import Identification
+
+        ident = Identification(dissect)
+        replayer.enable_identification(ident)
+    try:
+        summary = replayer.run(list(paths))
+        if summary.errors:
+            raise WardtapError(summary.errors[0])
+        baseline.close(replayer.active_flows())
+        baseline.add_devices(replayer.devices())
+        if ident is not None:
+            ident.finish(replayer.devices(), timeout=300)
+            baseline.known = {d["mac"]: d for d in ident.inventory.as_list()}
+            baseline.identified_by = "deep dissection (tshark on sampled packets)"
+    finally:
+        if ident is not None:
+            ident.close()
+    if known:
+        baseline.known.update({d["mac"]: d for d in known if d.get("mac")})
+        baseline.identified_by += " and a stored inventory"
     baseline.captures = list(paths)
     baseline.packets = summary.packets
     baseline.bytes = summary.bytes

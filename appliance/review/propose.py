@@ -17,7 +17,7 @@ it is written), so replaying the same capture under it gives no violations.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from appliance.policy.model import ICMP, PORTED, PROTOCOL_NAMES, compile_policy,
 from appliance.policy.writer import GroupSpec, PolicyDraft, RuleSpec, iso, safe_name, unique
 from appliance.review.baseline import (
     Baseline,
+    Conv,
     Key,
     Stats,
     View,
@@ -37,6 +38,7 @@ from appliance.review.baseline import (
     proto_label,
     service,
 )
+from appliance.review.caution import TITLES, Caution, Flag, assess, is_public
 
 EPHEMERAL_LO = 32768          # Linux starts its ephemeral ports here (32768-60999)
 EPHEMERAL_WINDOWS = 49152     # Windows, macOS and IANA: 49152-65535
@@ -95,15 +97,30 @@ def _port_tokens(view: View) -> dict[tuple[Key, Key, int, int], int]:
     return out
 
 
-def _partition(view: View, tokens: dict[tuple[Key, Key, int, int], int]) -> dict[Key, int]:
+port_tokens = _port_tokens
+
+
+def _partition(view: View, tokens: dict[tuple[Key, Key, int, int], int],
+               caution: Caution) -> dict[Key, int]:
     """The coarsest grouping in which members of a group have the same conversations with
-    the same groups (partition refinement; at most one round per endpoint)."""
+    the same groups (partition refinement; at most one round per endpoint).
+
+    Only the conversations the proposal allows count. Internet addresses never share a
+    group with internal hosts; flagged devices and endpoints seen only in conversations
+    left out for review are groups of their own."""
+    trusted = {k for k in view.convs if not caution.left_out(k)}
+    used = {end for k in trusted for end in (view.convs[k].initiator, view.convs[k].responder)}
     block: dict[Key, Any] = {}
     for key, ent in view.entities.items():
-        local = key[0] == "mac"
-        block[key] = ("local", tuple(sorted(ent.vlans))) if local else ("remote",)
+        if (caution.leave_out and key in caution.devices) or key not in used:
+            block[key] = ("alone", key)
+        elif key[0] == "mac":
+            block[key] = ("local", tuple(sorted(ent.vlans)))
+        else:
+            block[key] = ("remote", is_public(key[1]))
     ids = _renumber(block)
-    convs = [(c.initiator, c.responder, c.proto, tokens[k]) for k, c in view.convs.items()]
+    convs = [(c.initiator, c.responder, c.proto, tokens[k]) for k, c in view.convs.items()
+             if k in trusted]
     for _ in range(len(view.entities) + 1):
         signature: dict[Key, set[tuple[Any, ...]]] = {k: set() for k in view.entities}
         for i, r, proto, port in convs:
@@ -163,6 +180,9 @@ def _name_blocks(blocks: list[Block], names: dict[str, str]) -> None:
                 v = slug(next(iter(vendor)))  # type: ignore[arg-type]
                 options += [v, f"{v}-{behaviour}"]
             options.append(behaviour)
+        elif is_public(b.members[0][1]):      # never named like an internal server
+            options.append(f"internet-{b.members[0][1]}" if len(b.members) == 1
+                           else "internet-hosts")
         else:
             if len(b.members) == 1:
                 options.append(f"{svc}-{b.members[0][1]}" if svc else b.members[0][1])
@@ -227,17 +247,23 @@ def _flows(n: int) -> str:
 
 
 def propose(baseline: Baseline, name: str = "learned", captures: Sequence[str] = (),
-            view: View | None = None) -> PolicyDraft:
-    """A policy allowing exactly the baseline's conversations, grouped and commented."""
+            view: View | None = None, caution: Caution | None = None) -> PolicyDraft:
+    """A policy allowing the baseline's conversations, grouped and commented, except those
+    `caution` flags (appliance.review.caution.assess): they are written as rules with
+    `enabled = false`, each with its reasons."""
     view = view or baseline.view()
     tokens = _port_tokens(view)
-    ids = _partition(view, tokens)
+    if caution is None:
+        caution = assess(view, tokens, baseline.identities(), baseline.span())
+    ids = _partition(view, tokens, caution)
     names = vendors(m for k, m in view.entities if k == "mac")
     members: dict[int, list[Key]] = defaultdict(list)
     for key in sorted(view.entities, key=key_order):
         members[ids[key]].append(key)
     blocks = {bid: Block(keys, keys[0][0] == "mac") for bid, keys in members.items()}
     for k, conv in view.convs.items():
+        if caution.left_out(k):
+            continue
         if conv.responder[0] != "lit":
             blocks[ids[conv.responder]].served[(conv.proto, tokens[k])] += conv.stats.packets
         if conv.initiator[0] != "lit":
@@ -260,8 +286,13 @@ def propose(baseline: Baseline, name: str = "learned", captures: Sequence[str] =
         ports: Counter[int] = field(default_factory=Counter)
 
     pending: dict[tuple[str, str, int], Pending] = defaultdict(Pending)
+    flagged: dict[tuple[str, str, int], list[Flag]] = defaultdict(list)
     for k, conv in view.convs.items():
+        if caution.left_out(k):
+            continue
         p = pending[(label(conv.initiator), label(conv.responder), conv.proto)]
+        flagged[(label(conv.initiator), label(conv.responder), conv.proto)] += \
+            caution.convs.get(k, [])
         tok = tokens[k]
         p.tokens.add(tok)
         if tok == EPH:
@@ -295,8 +326,12 @@ def propose(baseline: Baseline, name: str = "learned", captures: Sequence[str] =
         done.add(rkey)
         rules.append(_rule(src, dst, proto, p.tokens, p.eph_min, p.stats, p.initiators,
                            p.responders, p.via, p.ports, either, view, names, rule_names))
+        kept = flagged.get(rkey, []) + (flagged.get(back, []) if either else [])
+        for why in dict.fromkeys(f"REVIEW ({TITLES[f.kind]}): {f.why}" for f in kept):
+            rules[-1].comments.append(why)       # allowed on request (--allow-flagged)
 
-    groups = [_group(b, view, names) for b in ordered]
+    rules += left_out_rules(view, tokens, caution, ids, blocks, label, names, rule_names)
+    groups = [_group(b, view, names, caution) for b in ordered]
     first, last = baseline.span()
     flows = sum(s.flows for s in baseline.conversations.values())
     devices = sum(1 for k in view.entities if k[0] == "mac")
@@ -307,9 +342,17 @@ def propose(baseline: Baseline, name: str = "learned", captures: Sequence[str] =
         f"address" if baseline.conversations else "nothing seen",
         "Review before you enforce it (docs/learn.md): every group and rule below says what "
         "was seen.",
-        "It allows exactly what was seen, grouped: devices that had the same conversations "
-        "share a group.",
+        "It allows what was seen, grouped: devices that had the same conversations share a "
+        "group,",
+        "except what a careful engineer would not allow without looking: those rules are "
+        "written with",
+        "`enabled = false` and say why (appliance.review.caution; docs/learn.md).",
+        f"Devices identified by {baseline.identified_by}.",
     ]
+    left = caution.counts()
+    if left:
+        header.append(f"LEFT OUT FOR REVIEW: {sum(left.values())} conversations ("
+                      + ", ".join(f"{TITLES[k]} {n}" for k, n in left.most_common()) + ")")
     if view.routers:
         header.append("routers (their MAC carries several addresses; hosts behind them are "
                       "matched by address): " + ", ".join(
@@ -401,8 +444,98 @@ def _notes(src: str, dst: str, proto: int, tokens: set[int], eph_min: int,
     return out
 
 
-def _group(b: Block, view: View, names: dict[str, str]) -> GroupSpec:
+def left_out_rules(view: View, tokens: dict[tuple[Key, Key, int, int], int],
+                   caution: Caution, ids: dict[Key, int], blocks: dict[int, Block],
+                   label: Callable[[Key], str], names: dict[str, str],
+                   taken: set[str]) -> list[RuleSpec]:
+    """The flagged conversations as rules with `enabled = false`, one per pair of groups,
+    protocol and reason, each saying why. A side names its group only when every member of
+    the group took part; otherwise the addresses of those that did, so that enabling the
+    rule allows what was seen and no more."""
+    buckets: dict[tuple[Any, Any, int, str], list[Conv]] = defaultdict(list)
+    for k, conv in view.convs.items():
+        flags = caution.convs.get(k)
+        if not flags or not caution.left_out(k):
+            continue
+        side = tuple(("lit", e[1]) if e[0] == "lit" else ("block", ids[e])
+                     for e in (conv.initiator, conv.responder))
+        buckets[(side[0], side[1], conv.proto, flags[0].kind)].append(conv)
+    out = []
+    for (_, _, proto, kind), convs in sorted(buckets.items(), key=lambda kv: (
+            kv[0][3], repr(kv[0][:3]))):
+        src = _left_out_side([c.initiator for c in convs], ids, blocks, label, view)
+        dst = _left_out_side([c.responder for c in convs], ids, blocks, label, view)
+        ports = {c.port for c in convs}       # as seen: a scan's ports are not ephemeral
+        stats = Stats()
+        initiators: Counter[Key] = Counter()
+        for c in convs:
+            stats.add(c.stats)
+            initiators[c.initiator] += c.stats.flows
+        proto_text: str | int = PROTOCOL_NAMES.get(proto, proto)
+        svc = _svc_label(proto, min(ports)) if len(ports) == 1 and proto in PORTED | ICMP \
+            else str(proto_text)
+        rname = unique(safe_name(f"review-{kind}-{src[0]}-to-{dst[0]}-{svc}"), taken)
+        what = service(proto, min(ports)) if len(ports) == 1 else (
+            f"{proto_text}, {len(ports)} ports")
+        reasons = []
+        for c in convs:
+            for flag in caution.convs[(c.initiator, c.responder, c.proto, c.port)]:
+                if flag.why not in reasons:
+                    reasons.append(flag.why)
+        kinds = []
+        for c in convs:
+            for flag in caution.convs[(c.initiator, c.responder, c.proto, c.port)]:
+                if TITLES[flag.kind] not in kinds:
+                    kinds.append(TITLES[flag.kind])
+        comments = [f"LEFT OUT FOR REVIEW ({', '.join(kinds)}):"]
+        comments += [f"  {why}" for why in reasons[:LIST_DEVICES]]
+        if len(reasons) > LIST_DEVICES:
+            comments.append(f"  ... and {len(reasons) - LIST_DEVICES} more reasons")
+        comments.append(f"seen: {', '.join(src)} -> {', '.join(dst)} {what}: "
+                        f"{_flows(stats.flows)}, {_n(stats.packets)} packets, "
+                        f"{_n(stats.bytes)} bytes, {iso(stats.first)} .. {iso(stats.last)}")
+        who = [f"{_who(k, view, names)} {_flows(n)}" for k, n in sorted(
+            initiators.items(), key=lambda kv: (-kv[1], key_order(kv[0]))) if k[0] != "lit"]
+        if who:
+            more = f"; and {len(who) - LIST_DEVICES} more" if len(who) > LIST_DEVICES else ""
+            comments.append("  started by: " + "; ".join(who[:LIST_DEVICES]) + more)
+        spec = RuleSpec(rname, src, dst, proto_text, comments=comments, enabled=False)
+        if proto in PORTED:
+            spec.ports = _ports_value(proto, ports, 65536)
+        elif proto in ICMP:
+            spec.icmp_types = sorted(ports)
+        out.append(spec)
+    return out
+
+
+def _left_out_side(keys: list[Key], ids: dict[Key, int], blocks: dict[int, Block],
+                   label: Callable[[Key], str], view: View) -> list[str]:
+    first = keys[0]
+    if first[0] == "lit":
+        return [first[1]]
+    involved = set(keys)
+    if set(blocks[ids[first]].members) <= involved:
+        return [label(first)]
+    out: list[str] = []
+    for key in sorted(involved, key=key_order):
+        if key[0] == "ip":
+            out.append(key[1])
+            continue
+        ips = sorted((i for i in view.entities[key].ips if literal_of(i, None) is None),
+                     key=ip_order)
+        routable = [i for i in ips if not i.lower().startswith("fe80:")]
+        out += routable or ips
+    return sorted(set(out), key=ip_order) or [label(first)]
+
+
+def _group(b: Block, view: View, names: dict[str, str], caution: Caution) -> GroupSpec:
     g = GroupSpec(b.name)
+    for key in b.members:
+        for flag in caution.devices.get(key, ()):
+            g.comments.append(f"REVIEW ({TITLES[flag.kind]}): {flag.why}")
+    if not (b.served or b.used):
+        g.comments.append("seen only in conversations left out for review (rules with "
+                          "`enabled = false` below)")
     stats = Stats()
     vlans: set[int] = set()
     ips: set[str] = set()
@@ -446,16 +579,29 @@ def _group(b: Block, view: View, names: dict[str, str]) -> GroupSpec:
     return g
 
 
-def check_allows(text: str, baseline: Baseline, path: str) -> None:
-    """Validate a proposal and make sure it allows every conversation it was learned from."""
+def check_allows(text: str, baseline: Baseline, path: str,
+                 caution: Caution | None = None, view: View | None = None) -> int:
+    """Validate a proposal and make sure it allows every conversation it was learned from,
+    except those left out for review; return how many of those it allows all the same (a
+    group rule that covers them: the same conversation was seen outside the flagged
+    traffic)."""
     policy = parse_policy(text, path)
     compile_policy(policy)
     evaluator = Evaluator(policy)
-    for (smac, src, dmac, dst, vlan, proto, port) in baseline.conversations:
+    view = view if view is not None or caution is None else baseline.view()
+    covered = 0
+    for raw in baseline.conversations:
+        smac, src, dmac, dst, vlan, proto, port = raw
         d = evaluator.decide(Endpoint(smac, src, vlan), Endpoint(dmac, dst, vlan), proto, port)
+        if caution is not None and view is not None:
+            ikey, rkey = view.raw[raw]
+            if caution.left_out((ikey, rkey, proto, port)):
+                covered += d.allowed
+                continue
         if not d.allowed:
             raise WardtapError(f"{path}: internal error: the proposal does not allow "
                                f"{src} -> {dst} {service(proto, port)} ({d.reason}); "
                                "please report it")
+    return covered
 
 

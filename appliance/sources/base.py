@@ -41,8 +41,10 @@ class Source:
         """
         raise NotImplementedError
 
-    def verdict(self, batch: Batch, verdicts: memoryview, mode: str) -> None:
-        """Inline sources: apply the batch's verdicts (allow=1, deny=2, malformed=3)."""
+    def verdict(self, batch: Batch, verdicts: memoryview, mode: str,
+                reasons: memoryview | None = None) -> None:
+        """Inline sources: apply the batch's verdicts (allow=1, deny=2, malformed=3); the
+        reasons tell a verdict for this packet only (an unsolicited answer) from a flow's."""
 
     def set_bypass(self, on: bool) -> None:
         """The daemon entered (on) or left bypass. Sources that forward (inline) stop or

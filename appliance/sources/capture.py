@@ -19,8 +19,13 @@ from fastpath import CaptureScanner
 DEFAULT_BATCH = 4096
 RELEASE_EVERY = 16 << 20      # bytes of consumed capture unmapped at a time
 
-LINKTYPE_NAMES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked (SLL)",
-                  276: "Linux cooked v2 (SLL2)", 228: "raw IPv4", 229: "raw IPv6"}
+# Link types the fast path decodes (fastpath.LINKTYPES), by their tcpdump names.
+LINKTYPE_NAMES = {
+    0: "BSD loopback (NULL)", 1: "Ethernet", 8: "SLIP", 9: "PPP", 12: "raw IP (BSD)",
+    14: "raw IP (OpenBSD)", 50: "PPP in HDLC framing", 51: "PPPoE (PPP_ETHER)", 101: "raw IP",
+    104: "Cisco HDLC", 105: "IEEE 802.11", 107: "Frame Relay", 108: "OpenBSD loopback",
+    113: "Linux cooked (SLL)", 117: "OpenBSD pflog", 127: "802.11 radiotap",
+    228: "raw IPv4", 229: "raw IPv6", 239: "Linux NFLOG", 276: "Linux cooked v2 (SLL2)"}
 
 # Scanner error codes (fastpath/capture.pxi CAPERR_*) and what they mean to a user.
 _ERRORS = {
@@ -28,7 +33,7 @@ _ERRORS = {
     2: "corrupt: a packet record has an impossible length",
     3: "not a pcap or pcapng capture (unknown magic number)",
     4: "unsupported link type {linktype}; supported: " + ", ".join(
-        f"{n} ({t})" for t, n in LINKTYPE_NAMES.items()),
+        f"{t} ({n})" for t, n in LINKTYPE_NAMES.items()),
     5: "corrupt pcapng: block length is not a multiple of 4 or too small",
     6: "corrupt pcapng: block before the section header",
     7: "corrupt pcapng: packet names an interface with no description block",
@@ -53,6 +58,7 @@ class Batch:
     linktypes: memoryview       # uint16: link type of each packet
     count: int
     first_index: int            # packet number of offsets[0] within the file
+    hints: memoryview | None = None   # uint8, inline sources: what conntrack knows (fastpath)
 
 
 class CaptureFile:

@@ -12,9 +12,10 @@ the FORWARD hook, where one rule per family jumps to our own chain:
       4  packet mark == ALLOW(epoch)     -> ACCEPT                  remembered by the flow)
       5  packet mark == DENY(epoch)      -> CONNMARK --save-mark
       6  packet mark == DENY(epoch)      -> DROP
-      7  everything else                 -> NFQUEUE --queue-num N --queue-bypass
+      7  conntrack status CONFIRMED      -> MARK KNOWN   (a hint for the classifier, below)
+      8  everything else                 -> NFQUEUE --queue-num N --queue-bypass
     (IPv6 only, before 7: neighbour discovery and MLD accepted, as ARP is never queued)
-      8  (no target, never reached: the state in its comment, "wardtap state=enforce epoch=3")
+      9  (no target, never reached: the state in its comment, "wardtap state=enforce epoch=3")
 
 Why per-flow verdicts: the classifier decides a flow on its first packet, so only that
 packet needs to cross into userspace. Its verdict comes back as a packet mark with
@@ -22,6 +23,14 @@ NF_REPEAT; rules 3-6 copy the mark into the flow's conntrack mark and accept or 
 every later packet of the flow, in both directions, is matched by rule 1 or 2 and never
 leaves the kernel. The cost of inline enforcement is then one userspace round trip per
 flow, not per packet (docs/datapaths.md has the measured figures).
+
+Rule 7 tells the classifier whether the kernel tracked the queued packet's conversation
+before it (its conntrack entry is confirmed: earlier packets of it went through, decided or
+not, e.g. while the classifier restarted) or whether this packet is the first the kernel has
+seen of it. A packet that looks like an answer is taken for one only in the first case: an
+"answer" whose conversation the kernel has never seen answers nothing (docs/fastpath.md, "Who
+started a flow"). The hint is verdict value 3 of epoch 0 in the same mask, a value no verdict
+takes; the verdict the classifier gives replaces it.
 
 Marks live under one contiguous mask (default 0xff000000), so other users of the packet
 and conntrack marks keep their bits: the two lowest bits of the field are the verdict
@@ -43,10 +52,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +68,10 @@ from appliance.errors import WardtapError
 CHAIN = "WARDTAP_FWD"
 DEFAULT_MASK = 0xFF000000
 VERDICT_ALLOW, VERDICT_DENY = 1, 2
+HINT_KNOWN = 3                # verdict bits no verdict uses: a hint on a queued packet
 FAMILIES = ("ipv4", "ipv6")
+log = logging.getLogger("wardtap.inline")
+EPOCH_DIR = "/run/wardtap"
 _TOOLS = {"ipv4": ("iptables", "iptables-restore"), "ipv6": ("ip6tables", "ip6tables-restore")}
 STATES = ("enforce", "failopen", "bypass")
 QUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
@@ -65,7 +80,7 @@ QUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
 # iptables, they are forwarded without classification; without them IPv6 stops working.
 _LINK_PLUMBING = ((133, 255), (134, 255), (135, 255), (136, 255),
                   (130, 1), (131, 1), (132, 1), (143, 1))
-_STATE_RE = re.compile(r'wardtap state=(\w+) epoch=(\d+) queue=(\d+)')
+_STATE_RE = re.compile(r'wardtap state=(\w+) epoch=(\d+) queue=(\d+)(?: tracking=(\d+))?')
 _COUNTER_RE = re.compile(r'--comment "?wardtap:([\w-]+)"? -c (\d+) (\d+)')
 
 
@@ -104,6 +119,11 @@ class Marks:
 
     def deny(self, epoch: int) -> int:
         return self.value(VERDICT_DENY, epoch)
+
+    @property
+    def known(self) -> int:
+        """The hint "the kernel tracked this conversation before this packet" (rule 7)."""
+        return self.value(HINT_KNOWN, 0)
 
     def next_epoch(self, epoch: int) -> int:
         return (epoch + 1) % self.epochs
@@ -161,6 +181,10 @@ class InlineRules:
         self.chain = chain
         lock_dir = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
         self.lock_path = os.path.join(lock_dir, f"wardtap-inline-{_netns_id()}-{chain}.lock")
+        # The epoch of rules removed by a clean stop: conntrack keeps the flows' marks after
+        # the rules are gone, so the next install must not reuse an epoch they carry. Kept
+        # in /run, which is emptied at boot as conntrack is.
+        self.epoch_path = os.path.join(EPOCH_DIR, f"inline-{_netns_id()}-{chain}.epoch")
 
     # -- commands ------------------------------------------------------------------------
 
@@ -208,8 +232,9 @@ class InlineRules:
 
     # -- rendering -----------------------------------------------------------------------
 
-    def render(self, state: str, epoch: int, family: str = "ipv4") -> str:
-        """The chain's content in iptables-restore syntax for one family."""
+    def render(self, state: str, epoch: int, family: str = "ipv4", tracking: int = 0) -> str:
+        """The chain's content in iptables-restore syntax for one family. `tracking`: since
+        when (CLOCK_BOOTTIME seconds) the chain has tracked connections without a break."""
         if state not in STATES:
             raise InlineError(f"unknown rule state {state!r}")
         c, m = self.chain, self.marks
@@ -236,29 +261,35 @@ class InlineRules:
                 lines += [rule(f"-p ipv6-icmp --icmpv6-type {t} -m hl --hl-eq {hl} ",
                                "link-plumbing", "-j ACCEPT") for t, hl in _LINK_PLUMBING]
             if state == "enforce":
+                known = f"{m.known:#010x}/{mask}"
+                lines.append(rule("-m conntrack --ctstatus CONFIRMED ", "known-conversation",
+                                  f"-j MARK --set-xmark {known}"))
                 lines.append(rule("", "queue",
                                   f"-j NFQUEUE --queue-num {self.queue} --queue-bypass"))
             else:
                 lines.append(rule("", "failopen", "-j ACCEPT"))
         # The state, for status() and the watchdog: after the last verdict, never evaluated.
         lines += [f'-A {c} -m comment --comment "wardtap state={state} epoch={epoch} '
-                  f'queue={self.queue}"', "COMMIT"]
+                  f'queue={self.queue} tracking={tracking}"', "COMMIT"]
         return "\n".join(lines) + "\n"
 
-    def _write(self, state: str, epoch: int) -> None:
+    def _write(self, state: str, epoch: int, tracking: int = 0) -> None:
         for family in FAMILIES:
             iptables, restore = _TOOLS[family]
-            self._run([restore, "-w", "--noflush"], stdin=self.render(state, epoch, family))
+            self._run([restore, "-w", "--noflush"],
+                      stdin=self.render(state, epoch, family, tracking))
             if self._run([iptables, "-w", "-C", *self._jump()], check=False).returncode:
                 self._run([iptables, "-w", "-I", self._jump()[0], "1", *self._jump()[1:]])
 
-    def _read_state(self) -> tuple[str, int] | None:
-        """(state, epoch) from the IPv4 chain's first rule; None if not installed."""
+    def _read_state(self) -> tuple[str, int, int] | None:
+        """(state, epoch, tracking since) from the IPv4 chain; None if not installed."""
         result = self._run(["iptables", "-w", "-S", self.chain], check=False)
         if result.returncode != 0:
             return None
         found = _STATE_RE.search(result.stdout)
-        return (found.group(1), int(found.group(2))) if found else None
+        if not found:
+            return None
+        return found.group(1), int(found.group(2)), int(found.group(4) or 0)
 
     def _enable_bridge_netfilter(self) -> None:
         """Make this bridge's IP traffic traverse iptables/ip6tables (br_netfilter).
@@ -298,11 +329,23 @@ class InlineRules:
             self._enable_bridge_netfilter()
             current = self._read_state()
             if epoch is None:
-                epoch = current[1] if current else 0
+                epoch = current[1] if current else self._removed_epoch()
                 if rotate or current is None:
                     epoch = self.marks.next_epoch(epoch)
-            self._write("enforce", epoch)
+            # Connections are tracked from the first install after boot (the conntrack
+            # matches register the kernel's tracking); bypass has none, so it starts again.
+            tracking = current[2] if current and current[0] != "bypass" and current[2] \
+                else boottime()
+            self._write("enforce", epoch, tracking)
         return epoch
+
+    def tracking_since(self) -> int | None:
+        """Since when (CLOCK_BOOTTIME seconds) the kernel has tracked this bridge's
+        connections without a break; None when the rules are absent or in bypass."""
+        current = self._read_state()
+        if current is None or current[0] == "bypass" or not current[2]:
+            return None
+        return current[2]
 
     def rotate(self) -> int:
         return self.install(rotate=True)
@@ -313,7 +356,7 @@ class InlineRules:
             current = self._read_state()
             if current is None or current[0] != "enforce":
                 return False
-            self._write("failopen", current[1])
+            self._write("failopen", current[1], current[2])
             return True
 
     def resume(self) -> bool:
@@ -322,8 +365,29 @@ class InlineRules:
             current = self._read_state()
             if current is None or current[0] != "failopen":
                 return False
-            self._write("enforce", current[1])
+            self._write("enforce", current[1], current[2])
             return True
+
+    def _removed_epoch(self) -> int:
+        try:
+            with open(self.epoch_path) as fh:
+                return int(fh.read().strip()) % self.marks.epochs
+        except (OSError, ValueError):
+            return 0
+
+    def _keep_removed_epoch(self, epoch: int) -> None:
+        """Atomically (a file of another user in the directory is replaced, not written)."""
+        try:
+            os.makedirs(EPOCH_DIR, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=EPOCH_DIR, prefix=".epoch-")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{epoch}\n")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.epoch_path)
+        except OSError as exc:
+            # Not fatal: the next install may then reuse an epoch, so flows decided before
+            # keep their verdicts until they end instead of being decided again.
+            log.warning("inline: cannot keep the epoch in %s (%s)", EPOCH_DIR, exc.strerror)
 
     def bypass(self) -> None:
         """Forward everything plainly; the jump stays so `install` returns at once."""
@@ -335,6 +399,9 @@ class InlineRules:
     def remove(self) -> None:
         """Delete the jumps and the chains (both families); absent rules are fine."""
         with self._locked():
+            current = self._read_state()
+            if current is not None:
+                self._keep_removed_epoch(current[1])
             for family in FAMILIES:
                 iptables, _ = _TOOLS[family]
                 while self._run([iptables, "-w", "-D", *self._jump()], check=False
@@ -377,6 +444,11 @@ class InlineRules:
             "count": _read_int("/proc/sys/net/netfilter/nf_conntrack_count"),
             "max": _read_int("/proc/sys/net/netfilter/nf_conntrack_max")}
         return out
+
+
+def boottime() -> int:
+    """Seconds since boot, suspend included (the clock conntrack timeouts run on)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME))
 
 
 def _read_int(path: str) -> int | None:

@@ -46,7 +46,14 @@ from typing import Any
 from appliance.common.child import child_env
 from appliance.sources.base import Source, SourceError
 from appliance.sources.capture import Batch
-from appliance.sources.netfilter import DEFAULT_MASK, InlineError, InlineRules, queue_stats
+from appliance.sources.netfilter import (
+    DEFAULT_MASK,
+    InlineError,
+    InlineRules,
+    boottime,
+    queue_stats,
+)
+from fastpath import HINT_KNOWN_CONVERSATION, HINT_NEW_CONVERSATION, REASON_NAMES
 
 log = logging.getLogger("wardtap")
 
@@ -61,6 +68,12 @@ NFQA_CFG_F_FAIL_OPEN = 1 << 0
 NFQA_CFG_F_GSO = 1 << 2
 CAP_NET_ADMIN = 12
 VERDICT_ALLOW = 1             # fastpath VERDICT_NAMES: none, allow, deny, malformed
+# Verdicts for this packet only, not for its flow (no mark): an unsolicited answer is dropped
+# and a flow whose receiver is not identified yet passes, so either is decided again when its
+# other side speaks (docs/fastpath.md, "Who started a flow").
+PACKET_ONLY_REASONS = {code for code, name in REASON_NAMES.items()
+                       if name in ("unsolicited_answer", "pending_receiver")}
+
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 WATCHDOG_RESTART = 5.0
 
@@ -143,8 +156,14 @@ class NfqueueSource(Source):
     def __init__(self, bridge: str = "br0", queue: int = 0, max_len: int = 4096,
                  snaplen: int = 512, batch_size: int = 1024, idle_interval: float = 1.0,
                  mark_mask: int = DEFAULT_MASK, stall_ms: float = 500.0,
-                 watchdog: bool = True, **options: Any) -> None:
+                 watchdog: bool = True, keep_rules: bool = False, answer_window: float = 60.0,
+                 **options: Any) -> None:
+        """`answer_window`: the classifier's UDP idle timeout. "This packet is the first the
+        kernel has seen of its conversation" says something only once the kernel has tracked
+        longer than that (an answer never waits longer for its request); before (just after
+        boot, or out of bypass) no hint is given and the classifier's own window applies."""
         super().__init__(**options)
+        self.keep_rules = keep_rules
         if not 0 <= queue <= 65535:
             raise SourceError(f"queue {queue} out of range (0-65535)")
         if batch_size < 1 or max_len < 1 or snaplen < 64:
@@ -157,6 +176,7 @@ class NfqueueSource(Source):
         self.idle_interval = idle_interval
         self.stall_ms = stall_ms
         self.use_watchdog = watchdog
+        self.answer_window = answer_window
         try:
             self.rules = InlineRules(bridge, queue, mark_mask)
         except InlineError as exc:
@@ -166,7 +186,8 @@ class NfqueueSource(Source):
         self.counters = dict.fromkeys(
             ("packets", "bytes", "batches", "allowed", "denied", "passed",
              "accepted_unverdicted", "requeued", "socket_overflows", "callback_errors",
-             "watchdog_restarts"), 0)
+             "watchdog_restarts", "unmarked"), 0)
+        self._tracking_since: int | None = None
         self._lib: ctypes.CDLL | None = None
         self._h: int | None = None
         self._qh: int | None = None
@@ -203,6 +224,7 @@ class NfqueueSource(Source):
             self._bind()
             self.epoch = self.rules.install(rotate=True)
             self._rule_state = "enforce"
+            self._tracking_since = self.rules.tracking_since()
         except InlineError as exc:
             self.close()
             raise SourceError(f"cannot install the enforcement rules on {self.bridge}: "
@@ -269,6 +291,8 @@ class NfqueueSource(Source):
         self._links = array("H", [LINKTYPE_LINUX_SLL] * n)
         self._ids = array("I", bytes(4 * n))
         self._marks = array("I", bytes(4 * n))
+        self._hints = array("B", bytes(n))
+        self._hintview = memoryview(self._hints)
         self._payload = ctypes.c_void_p()
         self._tv = _Timeval()
         self._views = [memoryview(a) for a in (self._offsets, self._lengths, self._wire,
@@ -348,12 +372,22 @@ class NfqueueSource(Source):
             self._wire[i] = SLL_HEADER + max(wire, n)
             self._ids[i] = packet_id
             self._marks[i] = lib.nfq_get_nfmark(nfad)
+            self._hints[i] = self._hint(self._marks[i])
             self._count = i + 1
             self._used = off + SLL_HEADER + n
         except Exception:  # noqa: BLE001  (a callback must not raise into C)
             self.counters["callback_errors"] += 1
             if packet_id is not None and self._qh:
                 lib.nfq_set_verdict2(self._qh, packet_id, NF_ACCEPT, 0, 0, None)
+        return 0
+
+    def _hint(self, mark: int) -> int:
+        """What the kernel knows of a queued packet's conversation, from rule 7's mark."""
+        if mark & self.marks.mask == self.marks.known:
+            return HINT_KNOWN_CONVERSATION
+        since = self._tracking_since
+        if since is not None and boottime() - since > self.answer_window:
+            return HINT_NEW_CONVERSATION
         return 0
 
     def _drain(self) -> None:
@@ -401,14 +435,17 @@ class NfqueueSource(Source):
             self.counters["bytes"] += self._used
             offsets, lengths, wire, stamps, links = (v[:n] for v in self._views)
             last_yield = now
-            yield Batch(self._bufview, offsets, lengths, wire, stamps, links, n, 0)
+            yield Batch(self._bufview, offsets, lengths, wire, stamps, links, n, 0,
+                        self._hintview[:n])
 
     # -- verdicts ----------------------------------------------------------------------------
 
-    def verdict(self, batch: Batch, verdicts: memoryview, mode: str) -> None:
+    def verdict(self, batch: Batch, verdicts: memoryview, mode: str,
+                reasons: memoryview | None = None) -> None:
         """enforce: allow -> accept and mark the flow allowed; deny/malformed -> drop and mark
-        it denied. learn/monitor: accept and mark allowed (violations are reported by the
-        classifier). bypass: accept, unmarked.
+        it denied; a verdict for this packet only (PACKET_ONLY_REASONS) is given unmarked.
+        learn/monitor: accept and mark allowed (violations are reported by the classifier).
+        bypass: accept, unmarked.
 
         "Accept/drop with a mark" is NF_REPEAT with the mark: the packet goes through the
         chain again, where the mark is saved to the flow's conntrack mark and acted on.
@@ -422,11 +459,14 @@ class NfqueueSource(Source):
         mask = self.marks.mask
         keep = ~mask & 0xFFFFFFFF
         allow, deny = self.marks.allow(self.epoch), self.marks.deny(self.epoch)
+        known = self.marks.known
         ids, marks = self._ids, self._marks
         decided: list[tuple[int, int]] = []
-        allowed = denied = 0
+        allowed = denied = unmarked = 0
         for i in range(n):
             old = marks[i]
+            if old & mask == known:
+                old &= keep                 # rule 7's hint, not a verdict
             if mode == "bypass":
                 decided.append((NF_ACCEPT, old))
                 continue
@@ -440,10 +480,14 @@ class NfqueueSource(Source):
                 # raced this packet). Act once without repeating, so it cannot loop.
                 self.counters["requeued"] += 1
                 decided.append((NF_ACCEPT if ok else NF_DROP, old))
+            elif reasons is not None and reasons[i] in PACKET_ONLY_REASONS:
+                unmarked += 1
+                decided.append((NF_ACCEPT if ok else NF_DROP, old))
             else:
                 decided.append((NF_REPEAT, (old & keep) | (allow if ok else deny)))
         self.counters["allowed"] += allowed
         self.counters["denied"] += denied
+        self.counters["unmarked"] += unmarked
         if mode == "bypass":
             self.counters["passed"] += n
         qh = self._qh
@@ -475,9 +519,11 @@ class NfqueueSource(Source):
                 if self._rule_state != "bypass":
                     self.rules.bypass()
                     self._rule_state = "bypass"
+                    self._tracking_since = None
             elif previous is not None or self._rule_state != "enforce":
                 self.epoch = self.rules.install(rotate=True)
                 self._rule_state = "enforce"
+                self._tracking_since = self.rules.tracking_since()
         except InlineError as exc:
             log.error("inline: cannot change the rules for mode %s: %s", mode, exc)
 
@@ -488,9 +534,11 @@ class NfqueueSource(Source):
             if on:
                 self.rules.bypass()
                 self._rule_state = "bypass"
+                self._tracking_since = None
             else:
                 self.epoch = self.rules.install(rotate=True)
                 self._rule_state = "enforce"
+                self._tracking_since = self.rules.tracking_since()
         except InlineError as exc:
             log.error("inline: cannot %s: %s", "bypass" if on else "enforce", exc)
 
@@ -522,6 +570,10 @@ class NfqueueSource(Source):
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters, epoch=self.epoch)
+        since = self._tracking_since
+        # Until the kernel has tracked the bridge for answer_window seconds, a lone answer
+        # may belong to a request sent before tracking began, so none is judged unsolicited.
+        out["tracked_seconds"] = -1 if since is None else max(0, boottime() - since)
         q = queue_stats(self.queue)
         if q is not None:
             out.update(queue_waiting=q.queued, queue_delivered=q.id_sequence,
@@ -531,9 +583,11 @@ class NfqueueSource(Source):
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the queue. The rules stay: with nobody listening, --queue-bypass forwards
-        new flows and decided flows keep their verdicts, so a restart is seamless. Use
-        appliance.sources.netfilter.InlineRules.bypass()/remove() to change that."""
+        """Release the queue and, on a clean stop, remove the rules: a stopped appliance
+        blocks nothing (denied flows too pass again), and nothing is left in the kernel
+        that `wardtap inline status` would have to explain. With `keep_rules` they stay:
+        --queue-bypass forwards new flows and decided flows keep their verdicts, so a
+        restart is seamless (a crash leaves them too; `wardtap inline remove`)."""
         wd, self._watchdog = self._watchdog, None
         self._close_heartbeat()
         if wd is not None:
@@ -555,3 +609,11 @@ class NfqueueSource(Source):
             assert self._lib is not None
             self._lib.nfq_close(self._h)
             self._h = None
+        if not self.keep_rules and self._rule_state != "absent":
+            try:
+                self.rules.remove()
+                self._rule_state = "absent"
+                log.info("inline: rules removed from %s (clean stop)", self.bridge)
+            except InlineError as exc:
+                log.error("inline: could not remove the rules (`wardtap inline remove`): %s",
+                          exc)

@@ -29,6 +29,8 @@ socket = "/run/wardtap/control.sock"
 [tables]
 flows = 65536               # flow slots, 128 bytes each
 devices = 4096
+udp_timeout = 60            # seconds a UDP flow stays without packets; also how long an
+                            # answer may come without its request seen (docs/fastpath.md)
 
 [broker]                    # optional: report to the fleet over MQTT (docs/mqtt.md)
 url = "mqtts://broker.hosp.example:8883"
@@ -43,7 +45,16 @@ fleet_key = "fleet.pub"     # Ed25519 public key that signs enforcement commands
 [integrity]                 # optional: verify SHA-256 manifests (appliance.system.integrity)
 manifests = ["/usr/share/wardtap/install.manifest.json", "integrity.json"]
 interval = 900              # seconds between checks (the first one at start)
+
+[syslog]                    # optional: events to the SIEM (appliance.outputs.syslog)
+url = "tls://siem.hosp.example:6514"   # udp://, tcp:// or tls://
+format = "rfc5424"          # or "cef"
+
+[eve]                       # optional: a Suricata-EVE-like JSON file (appliance.outputs.eve)
+path = "eve.json"
 ```
+
+conf/wardtap.toml in the source tree is a sample with every key explained.
 """
 
 from __future__ import annotations
@@ -84,6 +95,7 @@ class Config:
     control_socket: str | None = DEFAULT_CONTROL
     flows: int = 65536
     devices: int = 4096
+    udp_timeout: float = 60.0
     learn_output: str | None = None
     learn_interval: int = 0
     panel: bool = True            # LEDs, button, relay heartbeat (simulated off a Pi)
@@ -91,6 +103,8 @@ class Config:
     broker: dict[str, Any] | None = None
     # [integrity]: {"manifests": [absolute paths], "interval": seconds}
     integrity: dict[str, Any] | None = None
+    # [syslog], [eve]: (output name, options) for appliance.outputs.make_output
+    outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -103,12 +117,12 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                  "timeout_ms": int, "fanout": int, "fanout_mode": str, "promiscuous": bool,
                  # inline (NFQUEUE)
                  "max_len": int, "idle_interval": (int, float), "mark_mask": int,
-                 "stall_ms": (int, float), "watchdog": bool},
+                 "stall_ms": (int, float), "watchdog": bool, "keep_rules": bool},
     "policy": {"file": str},
     "store": {"path": str},
     "events": {"log": str},
     "control": {"socket": str},
-    "tables": {"flows": int, "devices": int},
+    "tables": {"flows": int, "devices": int, "udp_timeout": (int, float)},
     "learn": {"output": str, "interval": int},
     "panel": {"enabled": bool},
     "broker": {"url": str, "site": str, "appliance": str, "ca": str, "cert": str, "key": str,
@@ -121,6 +135,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                "spool_reserve_bytes": int,
                "max_command_bytes": int, "require_subscriber": bool},
     "integrity": {"manifests": list, "interval": (int, float)},
+    "syslog": {"url": str, "format": str, "facility": str, "ca": str, "cert": str, "key": str,
+               "types": list, "hostname": str},
+    "eve": {"path": str, "flows": bool},
 }
 _BROKER_PATHS = ("ca", "cert", "key", "password_file", "fleet_key", "spool")
 
@@ -130,7 +147,7 @@ _DATAPATH_OPTIONS = {
     "tap": {"interface", "block_size", "block_count", "frame_size", "snaplen", "timeout_ms",
             "fanout", "fanout_mode", "promiscuous"},
     "inline": {"bridge", "queue", "max_len", "snaplen", "batch_size", "idle_interval",
-               "mark_mask", "stall_ms", "watchdog"},
+               "mark_mask", "stall_ms", "watchdog", "keep_rules"},
 }
 
 
@@ -206,6 +223,10 @@ def load_config(path: str) -> Config:
     if mode in ("monitor", "enforce") and get("policy", "file") is None:
         raise ConfigError(path, f"mode {mode} needs a policy: [policy] file = \"...\"",
                           lines.key("[appliance]", "mode"), "policy.file")
+    udp_timeout = get("tables", "udp_timeout", 60)
+    if not 1 <= udp_timeout <= 3600:
+        raise ConfigError(path, "must be between 1 and 3600 seconds",
+                          lines.key("[tables]", "udp_timeout"), "tables.udp_timeout")
     broker = _broker(path, lines, doc, rel, get("store", "path"))
     integrity = None
     if "integrity" in doc:
@@ -218,13 +239,20 @@ def load_config(path: str) -> Config:
             raise ConfigError(path, "must be above 0 seconds",
                               lines.key("[integrity]", "interval"), "integrity.interval")
         integrity = {"manifests": [rel(m) for m in manifests], "interval": float(interval)}
+    outputs = _siem(path, lines, doc, rel)
+    for name in options.get("files", []) if datapath == "replay" else []:
+        if not os.path.isfile(name):            # found now, not after "running"
+            raise ConfigError(path, f"capture {name}: no such file",
+                              lines.key("[datapath]", "files"), "datapath.files")
     return Config(
-        path=path, mode=mode, datapath=datapath, datapath_options=options, broker=broker,
+        path=path, mode=mode, outputs=outputs, datapath=datapath, datapath_options=options,
+        broker=broker,
         policy=rel(get("policy", "file")), store=rel(get("store", "path")),
         event_log=rel(get("events", "log")),
         control_socket=rel(get("control", "socket", DEFAULT_CONTROL)),
         flows=get("tables", "flows", 65536), devices=get("tables", "devices", 4096),
-        learn_output=rel(get("learn", "output")), learn_interval=get("learn", "interval", 0),
+        udp_timeout=float(udp_timeout), learn_output=rel(get("learn", "output")),
+        learn_interval=get("learn", "interval", 0),
         panel=get("panel", "enabled", True), integrity=integrity,
     )
 
@@ -264,3 +292,46 @@ def _broker(path: str, lines: TomlLines, doc: dict[str, Any], rel: Any,
                               "[broker] spool", lines.table("[broker]"), "broker.spool")
         options["spool"] = rel(store)
     return options
+
+
+def _siem(path: str, lines: TomlLines, doc: dict[str, Any], rel: Any
+          ) -> list[tuple[str, dict[str, Any]]]:
+    """[syslog] and [eve]: checked here, so a typo stops the start, not the first event."""
+    from appliance.outputs.siem import FACILITIES
+    from appliance.outputs.syslog import SyslogError, parse_syslog_url
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    if "syslog" in doc:
+        options = dict(doc["syslog"])
+        if "url" not in options:
+            raise ConfigError(path, 'needs url = "udp://HOST:514" (or tcp://, tls://)',
+                              lines.table("[syslog]"), "syslog.url")
+        try:
+            parse_syslog_url(options["url"])
+        except SyslogError as exc:
+            raise ConfigError(path, str(exc), lines.key("[syslog]", "url"),
+                              "syslog.url") from None
+        if options.get("format", "rfc5424") not in ("rfc5424", "cef"):
+            raise ConfigError(path, 'must be "rfc5424" or "cef"',
+                              lines.key("[syslog]", "format"), "syslog.format")
+        if options.get("facility", "local0") not in FACILITIES:
+            raise ConfigError(path, f"must be one of {', '.join(FACILITIES)}",
+                              lines.key("[syslog]", "facility"), "syslog.facility")
+        if not all(isinstance(t, str) for t in options.get("types", [])):
+            raise ConfigError(path, "must list event types as strings",
+                              lines.key("[syslog]", "types"), "syslog.types")
+        for key in ("ca", "cert", "key"):
+            if key in options:
+                options[key] = rel(options[key])
+                if not os.path.isfile(options[key]):
+                    raise ConfigError(path, f"{options[key]}: no such file",
+                                      lines.key("[syslog]", key), f"syslog.{key}")
+        out.append(("syslog", options))
+    if "eve" in doc:
+        options = dict(doc["eve"])
+        if "path" not in options:
+            raise ConfigError(path, 'needs path = "eve.json"', lines.table("[eve]"),
+                              "eve.path")
+        options["path"] = rel(options["path"])
+        out.append(("eve", options))
+    return out

@@ -400,4 +400,10 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     else:
         for r in results:
             out(f"{r.manifest}: ok, {r.checked} files" if r.ok else f"MISMATCH {r.summary()}")
-    return 0 if all(r.ok for r in results) else 1
+    failed = sum(1 for r in results if not r.ok)
+    if failed:
+        import sys
+
+        print(f"wardtap: error: {failed} of {len(results)} manifests do not match (see above)",
+              file=sys.stderr)
+    return 0 if not failed else 1

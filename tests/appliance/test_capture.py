@@ -475,25 +475,28 @@ def test_pcapng_bad_byte_order_magic(tmp_path: Path) -> None:
 
 
 def test_pcap_unsupported_link_type(tmp_path: Path) -> None:
-    path = write(tmp_path / "wifi.pcap", pcap_bytes([udp_frame(1)], linktype=105))
+    path = write(tmp_path / "usb.pcap", pcap_bytes([udp_frame(1)], linktype=189))
     with pytest.raises(CaptureError) as info:
         CaptureFile(str(path))
-    assert_error(info.value, path, 20, "unsupported link type 105", "Ethernet")
+    assert_error(info.value, path, 20, "unsupported link type 189", "1 (Ethernet)")
 
 
-def test_pcapng_unsupported_link_type_after_good_packets(tmp_path: Path) -> None:
+def test_pcapng_interface_of_unsupported_link_type_is_read(tmp_path: Path) -> None:
+    """A pcapng from a machine with an interface the decoder does not know (USB, say) is
+    read: that interface's packets are indexed with their link type (the classifier calls
+    them unsupported_linktype), the others are classified as usual."""
     f = io.BytesIO()
     w = PcapngWriter(f)
     w.add_interface(LINKTYPE_ETHERNET)
     w.write(0, udp_frame(1), 0)
+    w.add_interface(189)                                     # USB (Linux)
+    w.write(1, bytes(48), 0)
     w.write(0, udp_frame(2), 0)
-    start = f.tell()
-    w.add_interface(105)                                     # 802.11
-    w.write(1, b"\x08\x00" + bytes(30), 0)
-    path = write(tmp_path / "wifi.pcapng", f.getvalue())
+    path = write(tmp_path / "usb.pcapng", f.getvalue())
     got, err = scan(path)
-    assert [p.frame for p in got] == [udp_frame(1), udp_frame(2)]
-    assert_error(err, path, start, "unsupported link type 105", "(after 2 good packets)")
+    assert err is None
+    assert [(p.frame, p.linktype) for p in got] == [
+        (udp_frame(1), LINKTYPE_ETHERNET), (bytes(48), 189), (udp_frame(2), LINKTYPE_ETHERNET)]
 
 
 # --- files that cannot be opened -----------------------------------------------------------
@@ -542,7 +545,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("data", [b"", b"\xd4\xc3\xb2\xa1" + bytes(10), b"garbage!" * 8,
-                                  pcap_bytes([udp_frame(1)], linktype=105)],
+                                  pcap_bytes([udp_frame(1)], linktype=189)],
                          ids=["empty", "short", "magic", "linktype"])
 def test_a_capture_that_cannot_be_read_keeps_no_file_open(tmp_path: Path, data: bytes) -> None:
     path = write(tmp_path / "bad.pcap", data)

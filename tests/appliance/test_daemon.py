@@ -87,7 +87,7 @@ def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-u
     result = run_wardtap("mode", "bypass", "--socket", sock)
     assert result.returncode == 0, result.stderr
     assert request(sock, {"cmd": "status"})["mode"] == "bypass"
-    result = run_wardtap("mode", "learn", "--socket", sock)
+    result = run_wardtap("mode", "learn", "--socket", sock, "--json")
     assert json.loads(result.stdout)["previous"] == "bypass"
 
     proc.send_signal(signal.SIGTERM)
@@ -163,16 +163,27 @@ def test_learn_mode_proposes_a_policy_on_command(tmp_path: Path) -> None:
         wait_for(lambda: os.path.exists(sock) and
                  request(sock, {"cmd": "status"})["counters"]["packets"] == 3000,
                  timeout=20, what="the daemon to replay the ward")
-        result = run_wardtap("propose", "--socket", sock)
+        result = run_wardtap("propose", "--socket", sock, "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         answer = json.loads(result.stdout)
         assert answer["path"] == str(tmp_path / "proposed.toml")
         policy = load_policy(answer["path"])
         assert policy.rules and policy.groups
-        # What it learned allows what it saw: replaying the capture gives no violation.
-        replay = run_wardtap("replay", str(tmp_path / "ward.pcap"), "--policy", answer["path"],
+        # What it learned allows what it saw, but what it left out for review (the demo's
+        # attacks among it): with those rules enabled, replaying the capture gives no
+        # violation.
+        assert answer["left_out"] > 0 and answer["left_out_reasons"]
+        text = Path(answer["path"]).read_text()
+        enabled = tmp_path / "enabled.toml"
+        enabled.write_text(text.replace("enabled = false", "enabled = true"))
+        replay = run_wardtap("replay", str(tmp_path / "ward.pcap"), "--policy", str(enabled),
                              "--json")
         assert json.loads(replay.stdout)["violations"] == 0
+        # the command answers a person in words
+        said = run_wardtap("propose", "--socket", sock)
+        assert said.returncode == 0 and said.stdout.startswith(
+            f"proposed policy written to {answer['path']}: ")
+        assert "left out for review" in said.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

@@ -61,7 +61,7 @@ def test_hostile_policy_files(tmp_path: Path, case: str) -> None:
      "line 4: 'nan' is not a finite number"),
     ("[appliance]\n" + "# " + "x" * (300 << 10),
      "more than the 262,144 bytes allowed for a configuration file"),
-])
+], ids=["deep", "dotted-key", "nan", "oversized"])
 def test_hostile_daemon_configuration(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "wardtap.toml"
     path.write_text(text)
@@ -78,7 +78,7 @@ def test_hostile_daemon_configuration(tmp_path: Path, text: str, message: str) -
     (b" " * (2 << 20), "more than the 1,048,576 bytes allowed for a MUD file"),
     (b'{"ietf-mud:mud": {"mud-version": 1, "mud-url": "https://[pump.example/x"}}',
      "ietf-mud:mud.mud-url: 'https://[pump.example/x' is not a URL"),    # found by fuzzing
-])
+], ids=["deep", "nan", "duplicate-key", "not-utf8", "oversized", "bad-url"])
 def test_hostile_mud_files(tmp_path: Path, data: bytes, message: str) -> None:
     path = tmp_path / "device.mud.json"
     path.write_bytes(data)
@@ -91,7 +91,7 @@ def test_hostile_mud_files(tmp_path: Path, data: bytes, message: str) -> None:
 @pytest.mark.parametrize("text, message", [
     (DEEP_TOML.replace("[policy]", "[appliance]"), "nested more than 32 levels deep"),
     (DOTTED_TOML.replace("[policy]", "[appliance]"), "a dotted key of more than 32 parts"),
-])
+], ids=["deep", "dotted-key"])
 def test_hostile_provisioning_file(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "wardtap-provision.toml"
     path.write_text(text)

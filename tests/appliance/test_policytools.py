@@ -380,7 +380,7 @@ def test_invalid_json_and_unknown_fill(tmp_path: Path) -> None:
     line = _one_error(run_wardtap("policy", "import-mud", str(MUD), "--fill", "my-controller"))
     assert "expected NAME=ADDRESS" in line
     line = _one_error(run_wardtap("policy", "import-mud", str(MUD), "--mac", "00:12"))
-    assert "--mac '00:12'" in line
+    assert "--mac: '00:12' is not a MAC address" in line
 
 
 def test_drop_entries_and_ignored_fields_are_warnings(tmp_path: Path) -> None:

@@ -193,6 +193,9 @@ def test_packets_out_lines_in_capture_order(tmp_path: Path) -> None:
     assert [line["i"] for line in lines] == list(range(len(WARD)))
     assert [(line["verdict"], line["reason"], line["rule"]) for line in lines] == [
         w[1:] for w in WARD]
+    # each line carries its capture time (seconds, microseconds kept)
+    assert [line.pop("ts") for line in lines] == [
+        round((T0 + i * MS) / 1e9, 6) for i in range(len(WARD))]
     assert lines[0] == {"i": 0, "verdict": "allow", "reason": "rule",
                         "rule": "pumps-to-server", "vlan": None, "src": PUMP_IP,
                         "dst": SERVER_IP, "proto": 6, "smac": PUMP_MAC, "sport": 51000,

@@ -250,7 +250,10 @@ def test_rules_are_idempotent_and_leave_other_marks_alone(ward: Ward) -> None:
         chain = ward.exec(ward.appliance, f"{tool} -S WARDTAP_FWD").stdout
         assert "--queue-num 0 --queue-bypass" in chain
         assert "--nfmask 0xff000000 --ctmask 0xff000000" in chain   # other bits untouched
-        assert chain.count("0xff000000") == 10
+        assert chain.count("0xff000000") == 11
+        # The classifier's hint: this conversation was known to the kernel before.
+        assert "--ctstatus CONFIRMED -m comment --comment \"wardtap:known-conversation\" " \
+               "-j MARK --set-xmark 0x3000000/0xff000000" in chain
     status = json.loads(run("status").stdout)
     assert status["state"] == "enforce" and status["epoch"] == 1   # installing again: same
     assert status["bridge_nf_call"] == {"iptables": 1, "ip6tables": 1}
@@ -524,3 +527,29 @@ def _recv(s: socket.socket) -> bool:
         return bool(s.recv(16))
     except BlockingIOError:
         return False
+
+
+def test_clean_stop_removes_the_rules_and_wardtap_inline_says_so(
+        ward: Ward, appliances: Callable[..., InlineAppliance]) -> None:
+    """SIGTERM: the WARDTAP chains go (a stopped appliance blocks nothing); `wardtap
+    inline status` says what the kernel holds, `remove` clears what a crash left."""
+    def inline(*args: str) -> subprocess.CompletedProcess[str]:
+        return ward.exec(ward.appliance, [sys.executable, "-m", "appliance.cli", "inline",
+                                          *args], check=False)
+
+    app = appliances("enforce")
+    status = inline("status")
+    assert status.returncode == 0 and status.stdout.startswith("br0: enforcing")
+    assert "a classifier is listening" in status.stdout
+    app.kill(signal.SIGTERM)
+    assert app.proc is not None and app.proc.returncode == 0
+    for tool in ("iptables", "ip6tables"):
+        assert "WARDTAP" not in ward.exec(ward.appliance, f"{tool} -S").stdout
+    assert inline("status").stdout.startswith("br0: no wardtap rules")
+    # a crash (kill -9) leaves them; `wardtap inline remove` takes them away
+    app = appliances("enforce")
+    app.kill(signal.SIGKILL)
+    assert inline("status").stdout.startswith("br0: enforcing")
+    removed = inline("remove")
+    assert removed.returncode == 0 and "forwards plainly" in removed.stdout
+    assert json.loads(inline("status", "--json").stdout)["families"]["ipv4"]["hooked"] is False

@@ -24,7 +24,7 @@ from demoward import frames as P
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ_TARGET = ROOT / "tests" / "fuzz" / "fuzz_decode.py"
 
-LINKTYPES = [1, 101, 113, 276, 228, 229]
+LINKTYPES = list(fastpath.LINKTYPES)
 M1, M2, OUI_MAC = "02:11:22:33:44:55", "02:66:77:88:99:aa", "00:1a:2b:00:00:01"
 A4, B4, A6, B6 = "10.4.1.10", "10.20.0.15", "fd00:4::10", "fd00:20::15"
 SETTINGS = dict(deadline=None, database=None, derandomize=True,
@@ -71,6 +71,29 @@ def seed_frames() -> list[tuple[int, bytes]]:
         (101, P.ipv6(A6, B6, 17, u6)),
         (228, P.ipv4(A4, B4, 1, P.icmp(8, 0, 3, 3))),
         (229, P.ipv6(A6, B6, 6, P.tcp(9, 10, "S"))),
+        # other link types and encapsulations (docs/fastpath.md)
+        (0, P.null_loopback(P.ipv4(A4, B4, 17, u4))),
+        (0, P.cisco_hdlc(P.ipv4(A4, B4, 6, P.tcp(1, 2)))),
+        (108, P.loop(P.ipv6(A6, B6, 17, u6))),
+        (9, P.ppp(P.ipv4(A4, B4, 6, P.tcp(3, 4)))),
+        (50, P.ppp(P.ipv6(A6, B6, 17, u6), 0x0057)),
+        (51, P.pppoe_session(P.ipv4(A4, B4, 1, P.icmp(8, 0, 1, 1)))),
+        (104, P.cisco_hdlc(P.ipv6(A6, B6, 6, P.tcp(5, 6)), P.ETH_IPV6)),
+        (107, P.frame_relay(P.ipv4(A4, B4, 17, u4))),
+        (8, P.slip(P.ipv4(A4, B4, 6, P.tcp(7, 8)))),
+        (117, P.pflog(P.ipv6(A6, B6, 17, u6), 28)),
+        (239, P.nflog(P.ipv4(A4, B4, 6, P.tcp(9, 10)))),
+        (12, P.ipv4(A4, B4, 17, u4)),
+        (14, P.ipv6(A6, B6, 17, u6)),
+        (105, P.dot11_data(P.ipv4(A4, B4, 6, P.tcp(1, 2)), M2, M1, OUI_MAC)),
+        (127, P.radiotap(P.dot11_data(P.ipv6(A6, B6, 17, u6), M2, M1, OUI_MAC, to_ds=False,
+                                      qos=True, ethertype=P.ETH_IPV6))),
+        (1, P.ether(M2, M1, P.ETH_PPPOE_SESSION, P.pppoe_session(P.ipv4(A4, B4, 17, u4)))),
+        (1, P.ether(M2, M1, P.ETH_MPLS, P.mpls(P.ipv6(A6, B6, 6, P.tcp(1, 2))))),
+        (1, P.ether(M2, M1, P.ETH_VNTAG, P.vntag(P.ipv4(A4, B4, 1, P.icmp(8, 0, 2, 2))))),
+        (1, P.ether(M2, M1, P.ETH_NSH, P.nsh(P.ether(M1, M2, P.ETH_IPV4,
+                                                     P.ipv4(A4, B4, 17, u4)), 3))),
+        (1, P.ether_8023(M2, M1, P.llc_snap(P.ipv4(A4, B4, 6, P.tcp(3, 4))))),
     ]
 
 
@@ -103,7 +126,7 @@ def mutated_frame(draw: st.DrawFn) -> tuple[int, bytes]:
     return linktype, bytes(b)
 
 
-random_frame = st.tuples(st.sampled_from(LINKTYPES + [0, 105]), st.binary(max_size=160))
+random_frame = st.tuples(st.sampled_from(LINKTYPES + [2, 147]), st.binary(max_size=160))
 
 
 def policy() -> fastpath.CompiledPolicy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import ipaddress
 import os
 import shutil
@@ -59,6 +60,24 @@ def quiet_port() -> int:
                 continue
             return port
     return free_port()
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its socket inodes in /proc/net/tcp{,6})."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:       # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _name(cn: str) -> x509.Name:
@@ -213,23 +232,38 @@ class Broker:
         return f"mqtts://127.0.0.1:{self.password_port}"
 
     def start(self) -> None:
+        """Start mosquitto. Another process can take a port between free_port() and the
+        bind (parallel tests, other brokers): the first start then picks new ports; a
+        restart keeps its ports, since clients reconnect to them."""
         assert self.proc is None or self.proc.poll() is not None
-        log = open(self.directory / "mosquitto.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
-        self.starts += 1
-        ports = [self.plain_port] + ([self.tls_port, self.password_port] if self.tls else [])
-        wait_for(lambda: self._listening(ports), timeout=10, what="mosquitto to listen")
+        for attempt in range(5):
+            log = open(self.directory / "mosquitto.log", "ab")  # noqa: SIM115
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log,
+                                         stderr=subprocess.STDOUT)
+            log.close()
+            ports = [self.plain_port] + ([self.tls_port, self.password_port]
+                                         if self.tls else [])
+            try:
+                wait_for(functools.partial(self._listening, ports), timeout=10,
+                         what="mosquitto to listen")
+            except AssertionError:
+                taken = "Address already in use" in self.log()
+                if not (taken and self.starts == 0 and attempt < 4):
+                    raise
+                self.plain_port, self.tls_port, self.password_port = (
+                    free_port(), free_port(), free_port())
+                self.conf.write_text(self._config())
+                continue
+            self.starts += 1
+            return
 
     def _listening(self, ports: list[int]) -> bool:
+        """Listening, and ours: a connect alone could reach another process that holds
+        the port, so the listening sockets must be among mosquitto's own."""
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log()[-2000:]}")
-        for port in ports:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) != 0:
-                    return False
-        return True
+        assert self.proc is not None
+        return all(port in _listening_ports(self.proc.pid) for port in ports)
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (mosquitto saves its persistence file) or SIGKILL."""

@@ -215,8 +215,18 @@ def test_fleet_command_line(fleet: Any, tmp_path: Path) -> None:
     r = _wardtap(fleet, "push-policy", str(policy), "--to", f"{SITE}/{NAME}")
     assert r.returncode == 0 and "applied demo-ward-4b v5" in r.stdout, r.stdout + r.stderr
     policy.write_text(DEMO_POLICY.replace("version = 1", "version = 4", 1))
-    r = _wardtap(fleet, "push-policy", str(policy), "--to", SITE)
+    audit_db = str(tmp_path / "fleet-audit.db")
+    r = _wardtap(fleet, "push-policy", str(policy), "--to", SITE, "--audit-db", audit_db)
     assert r.returncode == 1 and "FAILED   refusing to roll back" in r.stdout
+    # the refused push is in the fleet database's audit log, with the appliance's answer
+    from appliance.fleet.accounts import audit_rows
+    from appliance.fleet.db import connect
+
+    db = connect(audit_db)
+    rows = audit_rows(db, action="policy")
+    db.close()
+    assert len(rows) == 1 and rows[0]["outcome"] == "failed"
+    assert "refusing to roll back" in rows[0]["answers"][f"{SITE}/{NAME}"]["error"]
     r = _wardtap(fleet, "list")
     assert r.returncode == 0 and "online" in r.stdout and "demo-ward-4b v5" in r.stdout
     r = _wardtap(fleet, "inventory", f"{SITE}/{NAME}", "--refresh")

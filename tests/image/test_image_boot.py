@@ -28,7 +28,8 @@ from fleet.brokerkit import Broker
 
 from appliance.sources.netfilter import CHAIN
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds and boots an image: root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="builds and boots an image: root"),
+              pytest.mark.xdist_group("image")]     # one build, one worker
 
 
 @pytest.fixture(scope="session")

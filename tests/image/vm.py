@@ -42,6 +42,8 @@ QEMU = {
     "amd64": (["qemu-system-x86_64", "-device", "i6300esb"], "ttyS0"),
     "arm64": (["qemu-system-aarch64", "-M", "virt", "-cpu", "max"], "ttyAMA0"),
 }
+# Where the image build keeps its base system between test runs (WARDTAP_IMAGE_CACHE).
+IMAGE_CACHE = Path("/var/cache/wardtap-test/image")
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
@@ -60,7 +62,10 @@ def build_image(out: Path, arch: str | None = None) -> Path:
     if not key.exists():
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wardtap-test", "-f", str(key)])
     root = out / "root"
+    # The base system (debootstrap, kernel) is kept between runs: image/build-chroot.sh
+    # BASE_CACHE; every step of the stage itself runs fresh.
     env = {**os.environ, "PUBKEY_SSH_FIRST_USER": (out / "admin_key.pub").read_text().strip(),
+           "BASE_CACHE": os.environ.get("WARDTAP_IMAGE_CACHE", str(IMAGE_CACHE)),
            **({"ARCH": arch} if arch else {})}
     try:
         for cmd in ([str(REPO / "image/build-chroot.sh"), str(root)],

@@ -106,3 +106,63 @@ def test_rule_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text(good + '\n[[rules]]\nclass = "IoT"\nname = "mine"\nscore = 0.9\n'
                     '"mdns.model" = ["*thermostat*"]\n')
     assert ClassRules.load(str(path)).decide({"mdns.model": ["Ward Thermostat"]}).cls == "IoT"
+
+
+@pytest.mark.parametrize(("facts", "cls"), [
+    ({"dicom.role": ["SCP"], "dicom.receives": ["C-STORE-RQ"]}, "image archive"),
+    ({"dicom.role": ["SCP"], "dicom.receives": ["C-FIND-RQ"], "flow.server": ["tcp/104"]},
+     "image archive"),
+    ({"hl7.receives": ["ADT^A01"], "flow.server": ["tcp/2575"]}, "HL7 interface engine"),
+    ({"hl7.app": ["EPIC^EMR"], "hl7.receives": ["ORU^R01"]}, "HL7 interface engine"),
+    ({"dhcp.role": ["server"]}, "DHCP server"),
+    ({"flow.server": ["udp/53"]}, "DNS server"),
+    ({"flow.server": ["udp/123"]}, "NTP server"),
+    ({"flow.server": ["tcp/389", "tcp/88", "udp/88"]}, "directory server"),
+    ({"flow.server": ["tcp/445"]}, "file server"),
+])
+def test_servers_and_infrastructure_have_classes(facts: dict[str, list[str]], cls: str) -> None:
+    d = RULES.decide(facts)
+    assert d.cls == cls and d.confidence >= 0.5, d
+    assert cls in d.roles
+
+
+def test_server_roles_do_not_contradict_each_other() -> None:
+    d = RULES.decide({"dhcp.role": ["server"], "flow.server": ["udp/53", "udp/123"]})
+    assert d.cls == "DHCP server" and d.confidence == 0.9 and d.contradicting == []
+    assert d.roles == ["DHCP server", "DNS server", "NTP server"]
+    # a central station's application is not an interface engine
+    central = RULES.decide({"hl7.app": ["PIIC-IX"], "hl7.receives": ["ORU^R01"],
+                            "flow.server": ["tcp/2575"]})
+    assert central.cls == "central station" and "HL7 interface engine" not in central.roles
+
+
+def test_a_maker_of_several_kinds_adds_little_to_any_one() -> None:
+    """GE Healthcare builds monitors and imaging: its MAC alone is not enough for either."""
+    d = RULES.decide({"vendor": ["GE Healthcare"]})
+    assert d.cls == "unknown"
+    assert d.scores["patient monitor"] == 0.2 and d.scores["imaging modality"] == 0.175
+    one_kind = RULES.decide({"vendor": ["Siemens Healthineers"]})
+    assert one_kind.scores["imaging modality"] == 0.35
+
+
+def test_models_name_make_model_and_class() -> None:
+    from appliance.inventory.models import ModelCatalogue
+
+    catalogue = ModelCatalogue(RULES.doc)
+    found = catalogue.identify({"dhcp.vendor_class": ["Alaris 8015 9.19.2"]})
+    assert found is not None
+    assert (found.make, found.model, found.version) == ("BD", "Alaris 8015 PC unit", "9.19.2")
+    d = RULES.decide({"dhcp.vendor_class": ["Alaris 8015"]})
+    assert d.cls == "infusion pump" and d.confidence >= 0.9
+    assert catalogue.identify({"dhcp.vendor_class": ["MSFT 5.0"]}) is None
+
+
+def test_a_bad_model_entry_names_its_line(tmp_path: Path) -> None:
+    text = RULES_TEXT + '\n[[models]]\nmake = "X"\nmodel = "Y"\nmatch = { "a" = ["b"] }\n' \
+        'version = { "a" = "(?P<version" }\n'
+    with pytest.raises(ClassRulesError, match=r"model 'Y': version for a is not a valid "
+                       r"regular expression"):
+        parse_rules(text, "rules.toml")
+
+
+RULES_TEXT = Path(RULES.path).read_text()

@@ -53,7 +53,7 @@ def test_every_demo_device_identified_with_its_class(ward: DemoWard,
     assert dissect["chunks_dropped"] == 0 and dissect["chunks_failed"] == 0
     # about one packet per device reaches pyshark; the fast path marked a few hundred
     assert dissect["packets_to_pyshark"] <= 0.002 * out["packets"]
-    assert dissect["marked"] <= 0.02 * out["packets"]
+    assert dissect["marked"] <= 0.03 * out["packets"]     # 32 per device per hour
 
 
 def test_inventory_in_the_store_and_the_devices_command(
@@ -66,7 +66,7 @@ def test_inventory_in_the_store_and_the_devices_command(
         d["mac"]: d["class"] for d in out["inventory"]}
     monitor = stored["00:09:fb:3c:41:01"]                      # mon-bed01, IPv4 and IPv6
     assert {"10.40.1.33", "fd00:40:1::33"} <= {i["ip"] for i in monitor["ips"]}
-    assert monitor["names"][0] == "MON-BED01"
+    assert monitor["names"][0] == "MX800"          # MSH-3: the application; MSH-4 is a place
     assert "tcp/2575 client" in monitor["protocols"]
     assert monitor["peers"][0]["ip"] in ("10.40.1.10", "fd00:40:1::10")
     assert monitor["bytes_sent"] > 0 and monitor["first_seen"] < monitor["last_seen"]
@@ -76,7 +76,7 @@ def test_inventory_in_the_store_and_the_devices_command(
     assert router["router"] and router["class"] == "network gear"
     assert not any(e["scope"] == "ip" for e in router["evidence"])
 
-    table = run_wardtap("devices", "--db", str(db)).stdout.splitlines()
+    table = run_wardtap("devices", "--db", str(db), "--wide").stdout.splitlines()
     assert table[0].split()[:4] == ["MAC", "VENDOR", "CLASS", "CONF"]
     assert len(table) == 1 + len(stored)
     assert any("infusion pump" in line and "B.Braun" in line for line in table)

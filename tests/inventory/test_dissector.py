@@ -3,6 +3,7 @@ malformed payloads. Every wait is bounded (flush timeouts, wait_for)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -60,8 +61,12 @@ def test_hung_tshark_is_killed_and_restarted(tmp_path: Path, tshark: str, hl7_pc
         st = d.stats()
         assert st["worker_timeouts"] == 1 and st["chunks_failed"] == 1 and st["packets_lost"]
         mode.write_text("")
-        records = _run(d, hl7_pcap)
-        assert evidence(records, caps.MONITOR.mac)["hl7.app"] == {"IntelliVue"}
+        # recovery, not speed: a cold worker (pyshark, then tshark) on a loaded machine
+        # can take longer than the 2 s that caught the hang
+        d.config.timeout_s = 30.0
+        records = _run(d, hl7_pcap, timeout=60)
+        assert evidence(records, caps.MONITOR.mac).get("hl7.app") == {"IntelliVue"}, \
+            json.dumps(d.stats())
         assert d.stats()["worker_starts"] == 2
         assert os.listdir(tmp_path / "spool") == ["worker.log"]   # no chunk left behind
 
@@ -180,3 +185,25 @@ def test_triage_keeps_one_of_each_and_the_certificate_segments() -> None:
 def test_missing_tshark_stops_at_start_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DissectError, match="tshark not found.*apt install tshark"):
         Dissector(DissectConfig(tshark=str(tmp_path / "nowhere" / "tshark"))).start()
+
+
+def test_triage_keys_on_new_evidence_not_on_the_peer_pair() -> None:
+    """A second association of the same modality to the same PACS is kept when it says
+    something new (another SOP class, a new AE title); the same one again is a duplicate."""
+    cap = caps.Capture()
+    pacs = caps.Host(caps.PACS.mac, "10.40.1.40")
+    for port, calling, abstract in ((40101, "US01", b"1.2.840.10008.1.1"),
+                                    (40102, "US01", b"1.2.840.10008.5.1.4.1.1.6.1"),
+                                    (40103, "US01", b"1.2.840.10008.5.1.4.1.1.6.1"),
+                                    (40104, "US02", b"1.2.840.10008.5.1.4.1.1.6.1")):
+        c = caps.Tcp(cap, caps.US, pacs, port, 104).handshake()
+        c.send(0, caps.dicom_associate(calling, "PACS", True, abstract=abstract))
+    for port, app in ((40201, "MX800^Philips"), (40202, "MX800^Philips"),
+                      (40203, "BEDMON7^Philips")):
+        c = caps.Tcp(cap, caps.MONITOR, caps.CENTRAL, port, 2575).handshake()
+        c.send(0, caps.hl7(app, "WARD4B", "PIIC-IX", "WARD4B", "ORU^R01^ORU_R01"))
+    triage = Triage(ttl_s=3600)
+    decisions = triage.keep_chunk([(ts, 1, frame) for ts, frame in cap.frames])
+    assert sum(decisions) == 5
+    assert triage.kept == {"dicom_association": 3, "hl7": 2}
+    assert triage.dropped["duplicate"] == 2

@@ -1,0 +1,1 @@
+"""The fleet console tests (a package, so its conftest does not shadow tests/conftest.py)."""
