@@ -67,7 +67,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def add_socket(p: argparse.ArgumentParser) -> None:
-    from appliance.system.config import DEFAULT_CONTROL
+    from appliance.common.control import DEFAULT_CONTROL  # not the configuration's parser
 
     p.add_argument("--socket", default=os.environ.get("WARDTAP_CONTROL", DEFAULT_CONTROL),
                    help="the daemon's control socket")

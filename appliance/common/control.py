@@ -20,6 +20,7 @@ from typing import Any
 from appliance.common.bounded import BoundsError, load_json
 from appliance.errors import WardtapError
 
+DEFAULT_CONTROL = "/run/wardtap/control.sock"   # the daemon's socket unless configured
 MAX_REQUEST = 64 * 1024
 MAX_REQUEST_DEPTH = 8
 ANSWER_TIMEOUT = 2.0

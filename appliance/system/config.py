@@ -66,12 +66,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.common.bounded import BoundsError, load_toml
+from appliance.common.control import DEFAULT_CONTROL  # noqa: F401  (re-exported)
 from appliance.common.tomlfile import TomlLines
 from appliance.errors import WardtapError
 
 MODES = ("learn", "monitor", "enforce", "bypass")
 DATAPATHS = ("replay", "tap", "inline")
-DEFAULT_CONTROL = "/run/wardtap/control.sock"
 MAX_CONFIG_BYTES = 256 << 10
 
 
