@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.contract.broker import (
     ROOT,
     BrokerSettings,
@@ -26,6 +27,7 @@ from appliance.contract.broker import (
 from appliance.errors import WardtapError
 
 DEFAULT_VALIDITY_S = 300.0
+MAX_MESSAGE_BYTES = 16 << 20      # far above the largest inventory an appliance sends
 
 
 class SequenceCounter:
@@ -84,9 +86,10 @@ class Message:
     properties: Any
 
     def json(self) -> Any:
+        """The payload as JSON (bounded: an appliance's message is outside input), or None."""
         try:
-            return json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+            return load_json(self.payload, max_bytes=MAX_MESSAGE_BYTES)
+        except BoundsError:
             return None
 
 

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.common.control import request
+from appliance.common.text import shown
 from appliance.common.when import zone_name
 from appliance.errors import WardtapError
 from appliance.panel.status import BUSY, REQUEST_TIMEOUT, SCHEMA, view  # noqa: F401
@@ -91,10 +92,17 @@ def _spark(history: list[float], width: int) -> str:
 
 def _policy(v: dict[str, Any], short: bool = False) -> Text:
     p = v["policy"]
-    if not p:
-        return Text("none")
-    return Text(f"{p['name']} v{p['version']}" if short else
-                f"{p['name']} v{p['version']} (generation {p['generation']})")
+    fault = v.get("policy_fault")
+    out = Text("none" if not p else shown(
+        f"{p['name']} v{p['version']}" if short else
+        f"{p['name']} v{p['version']} (generation {p['generation']})"))
+    if fault:
+        running = ("the last good policy" if fault.get("running") == "last-good"
+                   else "none: in bypass")
+        out.append(" POLICY FAULT" if short else
+                   f"  POLICY FAULT: the policy file was refused, running {running}: "
+                   f"{shown(fault.get('error'))}", style="bold red")
+    return out
 
 
 def _mode(v: dict[str, Any]) -> Text:
@@ -140,6 +148,9 @@ def _broker(v: dict[str, Any], short: bool = False) -> Text:
     if b["spool_overflow"]:
         dropped = sum((b["spool_dropped"] or {}).values())
         out.append(f", OVERFLOW ({dropped:,} dropped)", style="bold red")
+    if b.get("spool_disk_full"):
+        held = b.get("spool_held_in_memory") or 0
+        out.append(f", DISK FULL ({held:,} waiting in memory)", style="bold red")
     return out
 
 

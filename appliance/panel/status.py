@@ -41,6 +41,7 @@ def view(answer: dict[str, Any]) -> dict[str, Any]:
         "pid": answer.get("pid"), "mode": answer.get("mode"),
         "datapath": answer.get("datapath"), "uptime_s": answer.get("uptime_s"),
         "policy": answer.get("policy"),
+        "policy_fault": answer.get("policy_fault"),
         "health": {"state": "ok", "healthy": True, "datapath_running": True,
                    "batch_failures": 0, **health,
                    "integrity_alarm": (bool(integrity.get("alarm"))
@@ -61,7 +62,9 @@ def view(answer: dict[str, Any]) -> dict[str, Any]:
                    "connected": bool(broker.get("connected")),
                    "url": broker.get("url"), "spool_depth": broker.get("spool_depth"),
                    "spool_overflow": broker.get("spool_overflow"),
-                   "spool_dropped": broker.get("spool_dropped")},
+                   "spool_dropped": broker.get("spool_dropped"),
+                   "spool_disk_full": broker.get("disk_full"),
+                   "spool_held_in_memory": broker.get("held_in_memory")},
         "leds": None if not leds else {
             "patterns": leds.get("patterns") or {}, "line": leds.get("line") or "",
             "colours": leds.get("colours") or {}, "backend": leds.get("backend")},
