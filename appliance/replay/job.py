@@ -166,6 +166,8 @@ def run_job(args: ReplayJob,
 
 def _siem(args: ReplayJob) -> list[Any]:
     """--syslog URL and --eve FILE: the replay's events to the SIEM."""
+    if not (args.syslog or args.eve):
+        return []                  # appliance.outputs loads the store (sqlite-utils): not here
     from appliance.outputs import make_output
 
     outputs = []

@@ -57,3 +57,11 @@ def test_status_of_a_stopped_daemon_imports_nothing_heavy(tmp_path: Path) -> Non
         assert result["code"] == 2
         assert "wardtap is not running" in result["err"]
         assert heavy(result["modules"]) == []
+
+
+def test_a_plain_replay_does_not_load_the_store_or_numpy() -> None:
+    # No --db, --syslog, --eve, --dissect: nothing reads the store or an event array.
+    result = loaded("replay", str(ROOT / "tests" / "data" / "realward.pcap"), "--json")
+    assert result["code"] == 0
+    assert [m for m in result["modules"]
+            if m.split(".")[0] in ("numpy", "sqlite_utils", "rich")] == []
