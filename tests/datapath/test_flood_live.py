@@ -114,8 +114,10 @@ def test_allowed_conversations_survive_a_flood_of_new_flows(tmp_path: Path) -> N
             finally:
                 if daemon.poll() is None:
                     daemon.kill()
-    # The flood overflowed the table, and what it pushed out was the flood.
-    assert counters["flows_evicted"] > FLOOD // 2
+    # The flood overflowed the table (nothing else ends a flow here: every flow beyond the
+    # 1,024 slots pushed one out), and what it pushed out was the flood.
+    assert counters["flows_created"] > 4 * 1024
+    assert counters["flows_evicted"] >= counters["flows_created"] - 1024
     assert counters["flows_evicted_allowed"] == 0
     assert not [e for e in evicted if e.get("dport") == 53]
     # Each conversation is still the one flow it started as, allowed by its rule.
