@@ -22,6 +22,7 @@ from appliance.contract.broker import (
     connect_and_wait,
     make_client,
     split_topic,
+    stop,
     topic,
 )
 from appliance.errors import WardtapError
@@ -116,8 +117,7 @@ class FleetClient:
         self.close()
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop(self.client)
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any,
                       props: Any) -> None:

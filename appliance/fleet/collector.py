@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.common.text import shown
-from appliance.contract.broker import ROOT, BrokerSettings, make_client, start
+from appliance.contract.broker import ROOT, BrokerSettings, make_client, start, stop
 from appliance.fleet import ingest
 from appliance.fleet.db import Database, DatabaseError, connect
 
@@ -83,8 +83,7 @@ class Collector:
               session_expiry=self.session_expiry)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop(self.client)
         self._stop.set()
         if self._writer.is_alive():
             self._writer.join(timeout=30)

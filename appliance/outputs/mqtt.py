@@ -35,6 +35,7 @@ from appliance.contract.broker import (
     PAYLOAD_VERSION,
     make_client,
     start,
+    stop,
     topic,
 )
 from appliance.contract.commands import CommandProcessor
@@ -231,8 +232,7 @@ class MqttOutput(Output):
             except (RuntimeError, ValueError):
                 pass
         self.sender.stop()
-        self.client.disconnect()           # a normal DISCONNECT: the broker drops the will
-        self.client.loop_stop()
+        stop(self.client)                  # a normal DISCONNECT: the broker drops the will
         self.spool_left = left = self.spool.depth()
         if left:
             log.info("mqtt: %d messages stay in the spool for the next start", left)
