@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.layout import Layout
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
@@ -387,6 +386,9 @@ def _compact(snap: Snapshot, console: Console, width: int, height: int,
 
 def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height: int,
           live: bool) -> RenderableType:
+    # top's wide screen only: `wardtap status` draws without it (rich.layout loads rich.pretty)
+    from rich.layout import Layout
+
     layout = Layout()
     header = Layout(_header(snap, short=False), size=1)
     footer = Layout(_line((" q quit " if live else " wardtap top --once ", "reverse"),
