@@ -146,6 +146,7 @@ class Services:
         self.ward = ward
         self.dir = workdir
         self.procs: list[subprocess.Popen[str]] = []
+        self.capture: Capture | None = None
         self.hosts = workdir / "hosts"
         self.set_pumps(PUMPS_A)
         up = ward.uplink
@@ -202,6 +203,33 @@ class Services:
                 proc.wait(timeout=10)
 
 
+class Capture:
+    """tcpdump on the appliance's ward port: the same traffic, for a replay afterwards."""
+
+    def __init__(self, ward: Ward, path: Path) -> None:
+        self.path = path
+        self.proc = ward.popen(ward.appliance, ["tcpdump", "-i", "ward0", "-U", "-s", "0",
+                                                "-w", str(path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()         # "listening on ward0 ..." once it is
+        assert "listening" in line, line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def replay(self, policy_file: Path) -> list[dict[str, Any]]:
+        """Every packet's line from an enforce-mode replay of the capture."""
+        self.stop()
+        out = self.path.with_suffix(".jsonl")
+        subprocess.run([sys.executable, "-m", "appliance.cli", "replay", str(self.path),
+                        "--policy", str(policy_file), "--mode", "enforce", "--packets-out",
+                        str(out)], check=True, capture_output=True, timeout=60, cwd=ROOT)
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Ward, Services, InlineAppliance]]:
     os.chmod(tmp_path, 0o755)
@@ -213,12 +241,14 @@ def site(tmp_path: Path) -> Iterator[tuple[Ward, Services, InlineAppliance]]:
         (resolv / "resolv.conf").write_text(f"nameserver {UPLINK_IP}\noptions timeout:2\n")
         services = Services(ward, tmp_path)
         appliance = None
+        services.capture = Capture(ward, tmp_path / "ward.pcap")
         try:
             appliance = InlineAppliance(ward, tmp_path, policy(ward.mac(ward.ward))).start()
             yield ward, services, appliance
         finally:
             if appliance is not None:
                 appliance.kill(signal.SIGTERM)
+            services.capture.stop()
             services.close()
             shutil.rmtree(resolv, ignore_errors=True)
 
@@ -279,13 +309,23 @@ def test_rules_by_name_follow_dns(site: tuple[Ward, Services, InlineAppliance]) 
     assert curl(ward, "https://pumps.vendor.example/", "--resolve",
                 f"pumps.vendor.example:443:{PUMPS_B}") == "000"
     assert violations(appliance, dst=PUMPS_B, dport=443, reason="no_rule")
-    stats = appliance.status()
-    assert json.dumps(stats)                                        # reachable, serialisable
+    # The same traffic replayed in enforce mode: the same decisions, from capture times.
+    assert services.capture is not None
+    lines = services.capture.replay(appliance.dir / "policy.toml")
+    first: dict[tuple[Any, Any, Any], dict[str, Any]] = {}       # each flow's first packet
+    for p in lines:
+        first.setdefault((p.get("dst"), p.get("dport"), p.get("sport")), p)
+    verdicts = {(k[0], p["verdict"], p["reason"]) for k, p in first.items() if k[1] == 443}
+    assert (CDN, "allow", "watched") in verdicts
+    assert (EVIL, "deny", "no_rule") in verdicts
+    assert (PUMPS_B, "deny", "no_rule") in verdicts                 # after the TTL
+    assert any(p.get("dst") == PUMPS_A and p["reason"] == "server_name_mismatch"
+               for p in lines)
 
 
 def test_clinical_rules_judge_the_first_payload(
         site: tuple[Ward, Services, InlineAppliance]) -> None:
-    ward, _, appliance = site
+    ward, services, appliance = site
     # HL7: ORU^R01 from MX800 is what the rule allows; the engine ACKs it.
     assert client(ward, HL7_CLIENT, "MX800", "ORU^R01^ORU_R01") == "AA"
     # Another message type, or another sending application: never reaches the engine.
@@ -305,3 +345,10 @@ def test_clinical_rules_judge_the_first_payload(
     wait_for(lambda: violations(appliance, dport=104, field="dicom_calling_ae")
              and violations(appliance, dport=104, field="dicom_service"),
              timeout=10, what="the DICOM violations")
+    # Replayed in enforce mode: the same judgements on the same first payloads.
+    assert services.capture is not None
+    lines = services.capture.replay(appliance.dir / "policy.toml")
+    judged = [p for p in lines if p["reason"] == "clinical_mismatch"]
+    assert {p.get("dport") for p in judged} == {2575, 104}
+    assert any(p.get("dport") == 2575 and p["verdict"] == "allow" and p["reason"] == "rule"
+               for p in lines)                                    # the ORU^R01 from MX800
