@@ -17,6 +17,7 @@ from typing import Any
 
 from appliance.common.tomlfile import TomlLines as _Lines
 from appliance.common.userfile import read_bytes
+from appliance.errors import PolicyError
 from appliance.policy.conditions import (
     NAME_TTL,
     DicomCondition,
@@ -26,7 +27,6 @@ from appliance.policy.conditions import (
     dns_name,
     hl7_condition,
 )
-from appliance.errors import PolicyError
 from fastpath import CompiledPolicy
 
 PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}

@@ -326,6 +326,11 @@ def propose(baseline: Baseline, name: str = "learned", captures: Sequence[str] =
         done.add(rkey)
         rules.append(_rule(src, dst, proto, p.tokens, p.eph_min, p.stats, p.initiators,
                            p.responders, p.via, p.ports, either, view, names, rule_names))
+        if proto == 6 and not either:
+            _first_payloads(rules[-1], baseline, [
+                (raw[1], raw[3], raw[6]) for raw, (ik, rk) in view.raw.items()
+                if raw[5] == 6 and (label(ik), label(rk)) == (src, dst)
+                and not caution.left_out((ik, rk, 6, raw[6]))])
         kept = flagged.get(rkey, []) + (flagged.get(back, []) if either else [])
         for why in dict.fromkeys(f"REVIEW ({TITLES[f.kind]}): {f.why}" for f in kept):
             rules[-1].comments.append(why)       # allowed on request (--allow-flagged)
@@ -412,6 +417,25 @@ def _rule(src: str, dst: str, proto: int, tokens: set[int], eph_min: int, stats:
     elif proto in ICMP:
         spec.icmp_types = sorted(tokens)
     return spec
+
+
+def _first_payloads(spec: RuleSpec, baseline: Baseline, convs: list[tuple[str, str, int]]
+                    ) -> None:
+    """HL7 or DICOM conditions from what the rule's conversations' first payloads said, and
+    the TLS server names seen (docs/learn.md)."""
+    hl7, dicom, server_names = baseline.payloads.conditions(convs)
+    if hl7:
+        spec.hl7 = hl7
+        spec.comments.append("  hl7: what the sampled first messages said (MSH-9, MSH-3, "
+                             "MSH-5); anything else would be denied")
+    if dicom:
+        spec.dicom = dicom
+        spec.comments.append("  dicom: what the sampled associations said (AE titles, SOP "
+                             "classes); anything else would be denied")
+    if server_names:
+        spec.comments.append("  TLS server names seen: " + ", ".join(server_names[:8])
+                             + ("..." if len(server_names) > 8 else "")
+                             + " (a group's `names` follows them wherever DNS points)")
 
 
 _LITERAL_NAMES = {"::": "unspecified6", "0.0.0.0": "unspecified"}

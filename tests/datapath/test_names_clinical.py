@@ -7,9 +7,9 @@
                                                                    a pynetdicom SCP
 
 The ward's resolver is dnsmasq (an /etc/netns resolv.conf); the names, addresses and TTLs
-are dnsmasq's, the TLS handshakes curl's and OpenSSL's (through Python's ssl), the HL7 and DICOM bytes those
-libraries'. Every wait is bounded; a binding's expiry is waited for on the clock (its TTL
-is what the test set), nothing else is.
+are dnsmasq's, the TLS handshakes curl's and OpenSSL's (through Python's ssl), the HL7 and
+DICOM bytes those libraries'. Every wait is bounded; a binding's expiry is waited for on the
+clock (its TTL is what the test set), nothing else is.
 """
 
 from __future__ import annotations
