@@ -125,9 +125,9 @@ def _payload_dissection(policy: Any) -> Any:
     if not (any(g.names for g in policy.groups.values())
             or any(r.hl7 or r.dicom for r in policy.rules)) or shutil.which("tshark") is None:
         return None
-    from appliance.inventory.dissector import DissectConfig
+    from appliance.inventory.dissector import REVIEW_SAMPLING, DissectConfig
 
-    return DissectConfig(tshark="tshark", block=True)
+    return DissectConfig(tshark="tshark", block=True, sampling=dict(REVIEW_SAMPLING))
 
 
 def _run_drift(args: argparse.Namespace) -> int:

@@ -267,6 +267,13 @@ def client(ward: Ward, script: str, *args: str) -> str:
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr
 
 
+def wardtap_json(*args: str) -> dict[str, Any]:
+    run = subprocess.run([sys.executable, "-m", "appliance.cli", *args, "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)  # type: ignore[no-any-return]
+
+
 def violations(appliance: InlineAppliance, **match: Any) -> list[dict[str, Any]]:
     return [e for e in appliance.events("violation")
             if all(e.get(k) == v for k, v in match.items())]
@@ -352,3 +359,36 @@ def test_clinical_rules_judge_the_first_payload(
     assert {p.get("dport") for p in judged} == {2575, 104}
     assert any(p.get("dport") == 2575 and p["verdict"] == "allow" and p["reason"] == "rule"
                for p in lines)                                    # the ORU^R01 from MX800
+    # Review on the same capture. `policy test` names the rule and the field ...
+    cap, policy_file = str(services.capture.path), str(appliance.dir / "policy.toml")
+    tested = wardtap_json("policy", "test", policy_file, cap)
+    fields = {(v["nearest_rule"], v["field"]) for v in tested["violations"]}
+    assert {("vitals", "hl7_message_type"), ("vitals", "hl7_sending_application"),
+            ("images", "dicom_calling_ae"), ("images", "dicom_service")} <= fields
+    # ... drift lists what was said on the wire that the rules do not allow ...
+    drifted = wardtap_json("policy", "drift", "--policy", policy_file, cap)
+    values: dict[str, set[str]] = {}
+    for dev in drifted["devices"]:
+        for item in dev["seen_not_allowed"]:
+            for name, seen in item.get("not_allowed_values", {}).items():
+                values.setdefault(name, set()).update(seen)
+    assert values["hl7_message_type"] == {"ADT^A01"}
+    assert values["hl7_sending_application"] == {"ROGUEAPP"}
+    assert values["dicom_calling_ae"] == {"ROGUE_AE"}
+    assert values["dicom_service"] == {"1.2.840.10008.5.1.4.1.2.2.1"}   # study root FIND
+    # ... and learn proposes the fields it saw.
+    proposal = services.dir / "learned.toml"
+    run = subprocess.run([sys.executable, "-m", "appliance.cli", "learn", cap, "-o",
+                          str(proposal)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    from appliance.policy.model import load_policy
+
+    learned = load_policy(str(proposal))
+    conds = [r for r in learned.rules + learned.disabled if r.hl7 or r.dicom]
+    hl7 = next(r.hl7 for r in conds if r.hl7)
+    dicom = next(r.dicom for r in conds if r.dicom)
+    assert set(hl7.message_types) == {"ORU^R01", "ADT^A01"}
+    assert set(hl7.sending) == {"MX800", "ROGUEAPP"} and hl7.receiving == ("CLOVERLEAF",)
+    assert set(dicom.calling) == {"US_ACUSON1", "ROGUE_AE"} and dicom.called == ("PACS_MAIN",)
+    assert set(dicom.services) == {"C-ECHO", "C-FIND"}
