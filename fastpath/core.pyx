@@ -74,7 +74,7 @@ CLINICAL_FIELDS = {"hl7_type": CF_HL7_TYPE, "hl7_type_prefix": CF_HL7_TYPE_PREFI
                    "dicom_calling": CF_DICOM_CALLING, "dicom_called": CF_DICOM_CALLED,
                    "dicom_sop": CF_DICOM_SOP, "dicom_sop_prefix": CF_DICOM_SOP_PREFIX}
 BINDING_SLOTS = BIND_BUCKETS * BIND_SLOTS
-BINDING_BYTES = sizeof(bind_t)
+BINDING_BYTES = sizeof(bind_t) + sizeof(uint32_t)
 WATCHED_PACKETS = WATCH_PACKETS
 EVENT_NAMES = {EV_NEW_DEVICE: "new_device", EV_NEW_FLOW: "new_flow",
                EV_VIOLATION: "violation", EV_FLOW_END: "flow_end", EV_MALFORMED: "malformed"}
@@ -257,10 +257,11 @@ cdef class Classifier:
         self.addr_tags = <uint64_t*>calloc(ADDR_SLOTS, sizeof(uint64_t))
         self.addr_devs = <uint32_t*>calloc(ADDR_SLOTS, sizeof(uint32_t))
         self.binds = <bind_t*>calloc(BIND_BUCKETS * BIND_SLOTS, sizeof(bind_t))
+        self.bind_tags = <uint32_t*>calloc(BIND_BUCKETS * BIND_SLOTS, sizeof(uint32_t))
         if (self.flows == NULL or self.tags == NULL or self.devices == NULL
                 or self.dev_tags == NULL or self.frag_keys == NULL or self.frag_flows == NULL or self.frag_flow_ids == NULL
                 or self.ring == NULL or self.svc_keys == NULL or self.addr_tags == NULL
-                or self.addr_devs == NULL or self.binds == NULL):
+                or self.addr_devs == NULL or self.binds == NULL or self.bind_tags == NULL):
             raise MemoryError("cannot allocate the classifier's tables")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
@@ -288,6 +289,7 @@ cdef class Classifier:
         free(self.addr_tags)
         free(self.addr_devs)
         free(self.binds)
+        free(self.bind_tags)
 
     # -- configuration, between batches ------------------------------------------------
 
@@ -421,7 +423,7 @@ cdef class Classifier:
                 + (self.frag_mask + 1) * 20 + (self.ring_mask + 1) * sizeof(event_t)
                 + (self.svc_mask + 1) * sizeof(uint64_t)
                 + (self.addr_mask + 1) * (sizeof(uint64_t) + sizeof(uint32_t))
-                + BIND_BUCKETS * BIND_SLOTS * sizeof(bind_t))
+                + BIND_BUCKETS * BIND_SLOTS * (sizeof(bind_t) + sizeof(uint32_t)))
 
     def bindings(self, uint64_t now_ns=0):
         """Name -> address bindings alive at `now_ns` (default: the latest packet's time), as

@@ -105,16 +105,17 @@ cdef inline bint any_bit(const uint64_t* g) noexcept nogil:
     return (g[0] | g[1] | g[2] | g[3]) != 0
 
 
-cdef inline uint32_t bind_bucket(Classifier c, const uint8_t* addr) noexcept nogil:
+cdef inline uint64_t bind_hash(Classifier c, const uint8_t* addr) noexcept nogil:
     cdef const uint64_t* w = <const uint64_t*>addr
-    return <uint32_t>(mix64((w[0] ^ c.seed) * <uint64_t>0x9E3779B97F4A7C15 ^ w[1])
-                      & (BIND_BUCKETS - 1)) * BIND_SLOTS
+    return mix64((w[0] ^ c.seed) * <uint64_t>0x9E3779B97F4A7C15 ^ w[1])
 
 
 cdef inline void bind_add(Classifier c, const policy_t* pol, const uint8_t* addr,
                           const uint8_t* name, uint32_t n, const uint64_t* groups,
                           uint64_t expires, uint64_t now) noexcept nogil:
-    cdef uint32_t base = bind_bucket(c, addr), i
+    cdef uint64_t ah = bind_hash(c, addr)
+    cdef uint32_t base = <uint32_t>(ah & (BIND_BUCKETS - 1)) * BIND_SLOTS, i
+    cdef uint32_t tag = <uint32_t>(ah >> 32) | 1
     cdef uint64_t h = name_hash(name, n)
     cdef bind_t* b
     cdef bind_t* slot = NULL
@@ -131,6 +132,7 @@ cdef inline void bind_add(Classifier c, const policy_t* pol, const uint8_t* addr
     if slot == NULL:
         slot = soonest
         c.st.bindings_evicted += 1
+    c.bind_tags[slot - c.binds] = tag
     memcpy(slot.addr, addr, 16)
     slot.expires_ns = expires
     slot.name_hash = h
@@ -144,9 +146,13 @@ cdef inline void bind_add(Classifier c, const policy_t* pol, const uint8_t* addr
 cdef inline void bind_groups(Classifier c, const policy_t* pol, const uint8_t* addr,
                              uint64_t now, uint64_t* out) noexcept nogil:
     """OR into `out` the groups of every name `addr` is bound to now."""
-    cdef uint32_t base = bind_bucket(c, addr), i, w
+    cdef uint64_t ah = bind_hash(c, addr)
+    cdef uint32_t base = <uint32_t>(ah & (BIND_BUCKETS - 1)) * BIND_SLOTS, i, w
+    cdef uint32_t tag = <uint32_t>(ah >> 32) | 1
     cdef bind_t* b
     for i in range(BIND_SLOTS):
+        if c.bind_tags[base + i] != tag:      # one cache line of tags; entries on a match
+            continue
         b = &c.binds[base + i]
         if b.expires_ns <= now or memcmp(b.addr, addr, 16) != 0:
             continue
