@@ -135,12 +135,7 @@ def _many(args: argparse.Namespace) -> int:
     depth = sum(out.spool.depth() for out in outs)
     drained = time.monotonic()
     for out in outs:
-        try:
-            out.close()
-        except AttributeError as exc:
-            # paho 2.x: loop_stop() can race its own network thread at shutdown
-            # ('NoneType' object has no attribute 'join'); everything was acknowledged
-            print(json.dumps({"close_error": str(exc)}), flush=True)
+        out.close()
     print(json.dumps({"drained": depth == 0, "depth": depth,
                       "elapsed_s": round(drained - start, 3)}), flush=True)
     return 0 if depth == 0 else 1

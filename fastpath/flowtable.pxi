@@ -272,13 +272,15 @@ cdef inline bint flow_expired(Classifier c, const flow_t* f, uint64_t now) noexc
 
 
 cdef inline flow_t* flow_find(Classifier c, const flow_key_t* key) noexcept nogil:
-    """The flow for `key`, or NULL."""
+    """The live flow for `key`, or NULL (one idle past its timeout has ended, swept or not)."""
     cdef uint64_t h = hash_key(key, c.seed)
     cdef uint32_t tag = <uint32_t>(h >> 32) | 1
     cdef uint32_t base = (<uint32_t>h & c.bucket_mask) * BUCKET_SLOTS
     cdef uint32_t i
     for i in range(BUCKET_SLOTS):
         if c.tags[base + i] == tag and key_equal(&c.flows[base + i].key, key):
+            if flow_expired(c, &c.flows[base + i], c.now_ns):
+                return NULL
             return &c.flows[base + i]
     return NULL
 
@@ -317,7 +319,17 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
     created[0] = 0
     for i in range(BUCKET_SLOTS):
         if tags[i] == tag and key_equal(&c.flows[base + i].key, key):
-            return &c.flows[base + i]
+            f = &c.flows[base + i]
+            if not flow_expired(c, f, ts):
+                return f
+            # Idle past its timeout, the conversation has ended whether or not the sweep has
+            # reached its slot (the sweep's order follows the per-process hash seed): this
+            # packet starts a new flow, as it would after the sweep.
+            end_flow(c, f, END_IDLE, f.last_ns)
+            memset(f, 0, sizeof(flow_t))
+            f.key = key[0]
+            created[0] = 1
+            return f
     # Miss: first empty slot, else an expired one, else the least recently seen.
     for i in range(BUCKET_SLOTS):
         if tags[i] == 0:

@@ -49,7 +49,7 @@ COMMANDS: dict[str, Command] = {
     "top": Command("live dashboard of the running daemon (q quits)", "daemonctl", "add_top",
                    "run_top"),
     "mode": Command("set the running daemon's mode", "daemonctl", "add_mode", "run_mode"),
-    "reload": Command("reload the running daemon's policy", "daemonctl", "add_answer",
+    "reload": Command("reload the running daemon's policy", "daemonctl", "add_reload",
                       "run_reload"),
     "propose": Command("write the policy the daemon has learned so far", "daemonctl",
                        "add_propose", "run_propose"),
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(_module(command), command.run)(args))
     except WardtapError as exc:
-        print(f"wardtap: error: {exc}", file=sys.stderr)
+        from appliance.common.text import shown
+
+        print(shown(f"wardtap: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("wardtap: interrupted", file=sys.stderr)

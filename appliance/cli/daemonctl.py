@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any
 
+from appliance.common.text import shown
+
 
 def add_run(p: argparse.ArgumentParser) -> None:
     from appliance.cli.args import input_file
@@ -49,8 +51,11 @@ def run_daemon(args: argparse.Namespace) -> int:
         from appliance.errors import WardtapError
 
         raise WardtapError("--provision goes with --check")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s wardtap %(levelname)s %(message)s")
+    from appliance.common.text import SafeFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s wardtap %(levelname)s %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     dissect = None
     if args.dissect:
         from appliance.inventory.dissector import DissectConfig
@@ -72,6 +77,12 @@ def add_answer(p: argparse.ArgumentParser) -> None:
     """--json and --socket: commands that answer in words, or JSON for programs."""
     p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
     add_socket(p)
+
+
+def add_reload(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the policy if `wardtap policy check` would warn about it")
+    add_answer(p)
 
 
 def add_mode(p: argparse.ArgumentParser) -> None:
@@ -97,9 +108,11 @@ MODE_MEANS = {
 
 
 def _ask(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
-    from appliance.common.control import request
+    from appliance.common.control import SLOW_ANSWER_TIMEOUT, request
 
-    return request(args.socket, body, timeout=30.0 if body["cmd"] == "propose" else 5.0)
+    # Policy work (reload, propose) runs on the daemon's worker thread and may take a while.
+    slow = body["cmd"] in ("reload", "propose")
+    return request(args.socket, body, timeout=SLOW_ANSWER_TIMEOUT + 5 if slow else 5.0)
 
 
 def _json(answer: dict[str, Any]) -> int:
@@ -128,7 +141,7 @@ def run_mode(args: argparse.Namespace) -> int:
 
 
 def run_reload(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"cmd": "reload"})
+    answer = _ask(args, {"cmd": "reload", **({"strict": True} if args.strict else {})})
     if args.json:
         return _json(answer)
     if not answer.get("ok"):
@@ -138,6 +151,8 @@ def run_reload(args: argparse.Namespace) -> int:
     print(f"policy {p.get('name')} v{p.get('version')} loaded (sha256 "
           f"{str(p.get('sha256'))[:12]}, generation {p.get('generation')}): "
           f"{changed} running flow{'s' if changed != 1 else ''} changed verdict")
+    for warning in answer.get("warnings") or []:
+        print(shown(f"  warning: {warning}"))
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from appliance.cli import args as checked
 from appliance.cli.fleetopts import DEFAULT_KEY, add_connection, add_key, broker_settings
+from appliance.common.text import shown
 from appliance.common.when import Clock, local
 from appliance.errors import WardtapError
 from appliance.fleet.listing import age
@@ -147,8 +148,9 @@ def _run_watch(args: argparse.Namespace) -> int:
             if parts[2] == "state":
                 if not msg.retain:
                     line = (json.dumps({"appliance": where, "state": body}) if args.json else
-                            f"{time.strftime('%H:%M:%S')} {where:28} state "
-                            f"{body.get('status')} {body.get('mode') or body.get('reason')}")
+                            shown(f"{time.strftime('%H:%M:%S')} {where:28} state "
+                                  f"{body.get('status')} "
+                                  f"{body.get('mode') or body.get('reason')}"))
                     print(line, flush=True)
                 continue
             for event in body.get("events", []):
@@ -157,8 +159,8 @@ def _run_watch(args: argparse.Namespace) -> int:
                     print(json.dumps({"appliance": where, **event}), flush=True)
                 else:
                     when = time.strftime("%H:%M:%S", time.localtime(event.get("ts") or 0))
-                    print(f"{when} {where:28} {event.get('type'):16} {describe(event)}",
-                          flush=True)
+                    print(shown(f"{when} {where:28} {event.get('type')!s:16} "
+                                f"{describe(event)}"), flush=True)
                 if args.count is not None and seen >= args.count:
                     break
     return 0
@@ -284,12 +286,12 @@ def _send(args: argparse.Namespace, name: str, cmd_args: dict[str, Any], signed:
             failed += 1
             print(f"{where:{width}}  timeout  no answer within {args.timeout:g} s")
         elif answer.get("ok"):
-            print(f"{where:{width}}  ok       {summary(answer)}")
+            print(shown(f"{where:{width}}  ok       {summary(answer)}"))
         else:
             failed += 1
             detail = answer.get("detail") or ""
-            print(f"{where:{width}}  FAILED   {answer.get('error')}"
-                  f"{': ' + detail if detail else ''}")
+            print(shown(f"{where:{width}}  FAILED   {answer.get('error')}"
+                        f"{': ' + detail if detail else ''}"))
     for (site, appliance), why in sorted(offline.items()):
         failed += 1
         print(f"{site + '/' + appliance:{width}}  offline  {why}")
@@ -335,6 +337,11 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     add_key(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="allow appliances to go back to this older version (audited)")
+    p.add_argument("--allow-jump", action="store_true",
+                   help="allow a version more than 1000 above the running one (audited)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the policy (here and on the appliances) if it has lint "
+                   "warnings")
     p.add_argument("--validity", type=checked.seconds(0, 86400), default=300.0,
                    help="seconds the signed request stays valid (default 300)")
     _add_audit(p)
@@ -342,12 +349,19 @@ def _add_push(p: argparse.ArgumentParser) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
+    from appliance.policy.lint import lint
     from appliance.policy.model import compile_policy, load_policy
 
     policy = load_policy(args.file)
     compile_policy(policy)
-    print(f"{args.file}: policy {policy.name!r} v{policy.version} (sha256 "
-          f"{policy.digest[:12]}), {len(policy.rules)} rules -> {args.to}")
+    findings = lint(policy)
+    for finding in findings:
+        print(shown(f"wardtap: warning: {finding.text(args.file)}"), file=sys.stderr)
+    if findings and args.strict:
+        raise WardtapError(f"{args.file}: {len(findings)} lint warning(s) and --strict: not "
+                           "sent")
+    print(shown(f"{args.file}: policy {policy.name!r} v{policy.version} (sha256 "
+                f"{policy.digest[:12]}), {len(policy.rules)} rules -> {args.to}"))
 
     def summary(answer: dict[str, Any]) -> str:
         p = answer.get("policy") or {}
@@ -359,8 +373,9 @@ def _run_push(args: argparse.Namespace) -> int:
         return text + (" [ROLLED BACK on purpose]" if answer.get("rolled_back") else "")
 
     cmd_args: dict[str, Any] = {"policy": policy.text}
-    if args.allow_rollback:
-        cmd_args["allow_rollback"] = True
+    for flag in ("allow_rollback", "allow_jump", "strict"):
+        if getattr(args, flag):
+            cmd_args[flag] = True
     return _send(args, "policy", cmd_args, True, summary)
 
 
@@ -445,10 +460,12 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
 def _run_collect(args: argparse.Namespace) -> int:
     import logging
 
+    from appliance.common.text import SafeFormatter
     from appliance.fleet.collector import Collector
 
-    logging.basicConfig(level="INFO", stream=sys.stderr,
-                        format="%(asctime)s wardtap %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s wardtap %(levelname)s %(message)s"))
+    logging.basicConfig(level="INFO", handlers=[handler])
     from appliance.contract.broker import probe
 
     settings = broker_settings(args)

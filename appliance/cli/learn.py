@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write each device's baseline as JSON")
     p.add_argument("--json", action="store_true",
                    help="print the baseline as JSON instead of a summary (needs -o)")
+    p.add_argument("--strict", action="store_true",
+                   help="write nothing if the proposal has lint warnings")
     p.add_argument("--flows", type=checked.flows, default=65536, help="flow table slots")
     p.add_argument("--devices", type=checked.devices, default=4096, help="device table slots")
     p.add_argument("--no-dissect", action="store_true",
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     draft = propose(baseline, args.name, args.captures, view, caution)
     text = render(draft)
     check_allows(text, baseline, args.output or "<proposal>", caution, view)
+    _lint(text, args.output or "<proposal>", args.strict)
     baseline_json = ""
     if args.baseline or args.json:
         baseline_json = json.dumps(baseline.as_dict(view), indent=2) + "\n"
@@ -108,3 +111,17 @@ def run(args: argparse.Namespace) -> int:
             "`wardtap policy diff OLD NEW`")
     print(msg, file=sys.stderr if args.output is None else sys.stdout)
     return 0
+
+
+def _lint(text: str, where: str, strict: bool) -> None:
+    """The proposal's lint warnings on standard error; with --strict, refuse it."""
+    from appliance.common.text import shown
+    from appliance.policy.lint import lint
+    from appliance.policy.model import parse_policy
+
+    findings = lint(parse_policy(text, where))
+    for finding in findings:
+        print(shown(f"wardtap: warning: {finding.text(where)}"), file=sys.stderr)
+    if findings and strict:
+        raise WardtapError(f"{where}: {len(findings)} lint warning(s) and --strict: nothing "
+                           "written")

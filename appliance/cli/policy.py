@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from appliance.cli import args as checked
+from appliance.common.text import shown
 from appliance.review.diff import diff_policies, render_diff
 from appliance.review.drift import drift, render_drift
 from appliance.review.simulate import render_test, would_block
@@ -56,7 +57,8 @@ def add_actions(sub: Any) -> None:
 
 
 def _emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> int:
-    print(json.dumps(data, indent=2, default=str) if as_json else render(data))
+    print(json.dumps(data, indent=2, default=str) if as_json else
+          "\n".join(shown(line) for line in render(data).splitlines()))
     return 0
 
 
@@ -108,7 +110,7 @@ def _run_import_mud(args: argparse.Namespace) -> int:
     text, warnings, left_out, _ = _mud_policy(args, load_mud(args.file))
     compile_policy(parse_policy(text, args.output or "<import>"))
     for w in warnings:
-        print(f"wardtap: warning: {w}", file=sys.stderr)
+        print(shown(f"wardtap: warning: {w}"), file=sys.stderr)
     write_text(args.output, text)
     if args.output:
         print(f"{args.file}: imported -> {args.output}"
@@ -151,7 +153,7 @@ def _run_drift(args: argparse.Namespace) -> int:
         baseline = learn(args.captures)
         text, warnings, left_out, only = _mud_policy(args, profile, baseline)
         for w in warnings:
-            print(f"wardtap: warning: {w}", file=sys.stderr)
+            print(shown(f"wardtap: warning: {w}"), file=sys.stderr)
         policy = parse_policy(text, args.mud)
     return _emit(drift(policy, baseline, left_out, only), args.json, render_drift)
 
@@ -163,8 +165,11 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    check = sub.add_parser("check", help="validate a policy file")
+    check = sub.add_parser("check", help="validate a policy file, and warn about rules that "
+                           "allow more than they seem to")
     check.add_argument("file")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 2 when there is any warning")
     add_actions(sub)
 
 
@@ -175,10 +180,19 @@ def run(args: argparse.Namespace) -> int:
     if action is not None:
         return action(args)
 
+    from appliance.errors import PolicyError
+    from appliance.policy.lint import lint
+
     policy = load_policy(args.file)
     compile_policy(policy)
-    print(f"{args.file}: ok: policy {policy.name!r} v{policy.version}, "
-          f"{len(policy.groups)} groups, {len(policy.rules)} rules")
+    findings = lint(policy)
+    for finding in findings:
+        print(shown(f"wardtap: warning: {finding.text(args.file)}"), file=sys.stderr)
+    if findings and args.strict:
+        raise PolicyError(args.file, f"{len(findings)} warning(s) and --strict")
+    warned = f", {len(findings)} warning(s)" if findings else ""
+    print(shown(f"{args.file}: ok: policy {policy.name!r} v{policy.version}, "
+                f"{len(policy.groups)} groups, {len(policy.rules)} rules{warned}"))
     return 0
 
 

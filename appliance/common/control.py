@@ -2,7 +2,9 @@
 
 Requests are handed to the daemon's main loop and answered between batches, so they never
 race the classifier. A main loop that does not answer within the timeout gets
-{"ok": false, "error": "busy"}: a hung datapath is visible from the console.
+{"ok": false, "error": "busy"}: a hung datapath is visible from the console. A reload or a
+proposal (policy work on a worker thread) gets SLOW_ANSWER_TIMEOUT. The request is parsed
+within bounds (appliance.common.bounded), and its `source` is always "control".
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import socket
 import threading
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.errors import WardtapError
 
 MAX_REQUEST = 64 * 1024
+MAX_REQUEST_DEPTH = 8
 ANSWER_TIMEOUT = 2.0
+SLOW_ANSWER_TIMEOUT = 60.0
+SLOW_COMMANDS = frozenset({"reload", "propose"})
 
 
 class Request:
@@ -46,12 +52,16 @@ class ControlServer(threading.Thread):
         directory = os.path.dirname(path)
         try:
             os.makedirs(directory, exist_ok=True)
+            # bound and listening under a temporary name, then renamed: a client never finds
+            # the socket before it listens (that would be "connection refused")
+            fresh = f"{path}~"
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(fresh)
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.bind(path)
-            os.chmod(path, 0o660)
+            self.sock.bind(fresh)
+            os.chmod(fresh, 0o660)
             self.sock.listen(8)
+            os.replace(fresh, path)
             self.sock.settimeout(0.5)
         except OSError as exc:
             raise WardtapError(f"control socket {path}: {exc.strerror or exc}") from None
@@ -84,17 +94,20 @@ class ControlServer(threading.Thread):
 
     def _answer(self, data: bytes) -> dict[str, Any]:
         try:
-            body = json.loads(data.split(b"\n", 1)[0] or b"null")
-        except (ValueError, UnicodeDecodeError):
+            body = load_json(data.split(b"\n", 1)[0] or b"null", max_bytes=MAX_REQUEST,
+                             max_depth=MAX_REQUEST_DEPTH)
+        except BoundsError:
             return {"ok": False, "error": "request is not JSON"}
         if not isinstance(body, dict):
             return {"ok": False, "error": "request must be a JSON object"}
+        body["source"] = "control"
         request = Request(body)
         try:
             self.requests.put_nowait(request)
         except queue.Full:
             return {"ok": False, "error": "busy"}
-        return request.wait(ANSWER_TIMEOUT)
+        slow = body.get("cmd") in SLOW_COMMANDS
+        return request.wait(SLOW_ANSWER_TIMEOUT if slow else ANSWER_TIMEOUT)
 
     def close(self) -> None:
         self.stop_event.set()

@@ -14,6 +14,8 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from appliance.common.text import shown as shown_text  # cells come from the wire
+
 GAP = 2
 FALLBACK_WIDTH = 100      # not a terminal (a pipe, a file) and no $COLUMNS
 
@@ -37,7 +39,7 @@ def render(columns: Sequence[Column], rows: Sequence[Sequence[object]],
     """The table as text, every line at most `width` (default: the terminal's) columns wide,
     unless `wide`."""
     width = terminal_width() if width is None else width
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[("-" if c is None else shown_text(c)) for c in row] for row in rows]
     natural = [max([len(col.header)] + [len(line) for r in cells
                                         for line in r[i].splitlines() or [""]])
                for i, col in enumerate(columns)]

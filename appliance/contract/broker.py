@@ -193,6 +193,19 @@ def start(client: Any, settings: BrokerSettings, clean_start: bool = True,
     client.loop_start()
 
 
+def stop(client: Any, disconnect: bool = True) -> None:
+    """Disconnect (a normal DISCONNECT, so the broker drops the will) and stop the network
+    thread. paho-mqtt 2.x's loop_stop() checks its thread and then joins it, while the thread
+    clears that attribute as it ends (eclipse-paho/paho.mqtt.python#872): when the thread
+    wins that race it has already ended, so the AttributeError means "stopped"."""
+    if disconnect:
+        client.disconnect()
+    try:
+        client.loop_stop()
+    except AttributeError:
+        pass
+
+
 def probe(settings: BrokerSettings, timeout: float) -> None:
     """Reach the broker the way paho will (TCP, then TLS), so a failure is said precisely:
     a name that does not resolve, a refused connection, an unreachable or silent host, an
@@ -278,12 +291,12 @@ def connect_and_wait(client: Any, settings: BrokerSettings, timeout: float | Non
     client.on_connect = on_connect
     start(client, settings, clean_start=clean_start, session_expiry=session_expiry)
     if not done.wait(timeout):
-        client.loop_stop()
+        stop(client, disconnect=False)
         raise ContractError(f"the broker at {settings.url} accepted the connection but did "
                             f"not answer the MQTT login within {timeout:.1f} s")
     reason = outcome["reason"]
     if reason.is_failure:
-        client.loop_stop()
+        stop(client, disconnect=False)
         login = str(reason).lower()
         if "user name or password" in login or "authori" in login:
             who = f" as {settings.username!r}" if settings.username else ""

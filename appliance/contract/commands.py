@@ -12,6 +12,7 @@ checked on the MQTT network thread, in this order, and rejected with a one-word 
     bad_signature    the signature does not match (forged or altered)
     wrong_appliance  signed for another appliance ("target")
     expired          past its expiry, or an expiry too far ahead / issued in the future
+                     (times must be finite numbers, the expiry after the issue time)
     invalid_args     arguments of the wrong type or value
     replayed         sequence number not above the last accepted one (persisted)
 
@@ -22,18 +23,24 @@ the same command table as the local control socket (appliance.daemon.commands).
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.contract.signing import BadSignature, Verifier
 
 MAX_COMMAND_BYTES = 256 * 1024
+MAX_COMMAND_DEPTH = 8             # the deepest request is 3 levels; room to spare
 MAX_VALIDITY_S = 24 * 3600        # a signed command may not be valid for longer than a day
 CLOCK_SKEW_S = 300                # tolerated difference between fleet and appliance clocks
-IDENTIFY_MAX_S = 3600.0
+# Sequence numbers are at most microseconds since the epoch (docs/mqtt.md); one far beyond
+# the clock would block every later command (each must be above the last), so it is refused.
+MAX_SEQ_AHEAD_S = 24 * 3600
+IDENTIFY_DEFAULT_S = 300.0
+IDENTIFY_MAX_S = 600.0
 
 # name -> (changes enforcement, {argument: (types, required)})
 ArgSpec = dict[str, tuple[tuple[type, ...], bool]]
@@ -44,8 +51,9 @@ COMMANDS: dict[str, tuple[bool, ArgSpec]] = {
     "propose": (False, {}),          # the policy learned so far, and the running one (text)
     "mode": (True, {"mode": ((str,), True)}),
     "bypass": (True, {"on": ((bool,), True), "mode": ((str,), False)}),
-    "policy": (True, {"policy": ((str,), True), "allow_rollback": ((bool,), False)}),
-    "reload": (True, {}),
+    "policy": (True, {"policy": ((str,), True), "allow_rollback": ((bool,), False),
+                      "allow_jump": ((bool,), False), "strict": ((bool,), False)}),
+    "reload": (True, {"strict": ((bool,), False)}),
 }
 MODES = ("learn", "monitor", "enforce", "bypass")
 
@@ -101,9 +109,10 @@ class CommandProcessor:
         if len(payload) > self.max_bytes:
             raise Rejected("oversized", f"{len(payload)} bytes, at most {self.max_bytes}")
         try:
-            envelope = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise Rejected("malformed", "the request is not JSON") from None
+            envelope = load_json(payload, max_bytes=self.max_bytes,
+                                 max_depth=MAX_COMMAND_DEPTH)
+        except BoundsError as exc:
+            raise Rejected("malformed", f"the request is not usable JSON: {exc}") from None
         if not isinstance(envelope, dict):
             raise Rejected("malformed", "the request must be a JSON object")
         signed = "sig" in envelope or "body" in envelope
@@ -156,9 +165,10 @@ class CommandProcessor:
             raise Rejected("malformed", "signed command without a \"target\"")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
             raise Rejected("malformed", "\"seq\" must be a whole number above 0")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                    for x in (issued, expires)):
-            raise Rejected("malformed", "\"issued\" and \"expires\" must be Unix times")
+            raise Rejected("malformed", "\"issued\" and \"expires\" must be Unix times "
+                           "(finite numbers)")
         issuer = body.get("issuer")
         command.seq, command.target = seq, target
         command.issuer = issuer if isinstance(issuer, str) else None
@@ -167,12 +177,18 @@ class CommandProcessor:
         if target != self.target:
             raise Rejected("wrong_appliance", f"signed for {target}, this is {self.target}")
         now = self.clock()
+        if expires_at < issued_at:
+            raise Rejected("expired", "expires before it was issued")
         if now > expires_at:
             raise Rejected("expired", f"expired {now - expires_at:.0f} s ago")
         if issued_at > now + CLOCK_SKEW_S:
             raise Rejected("expired", "issued in the future (check the fleet's clock)")
         if expires_at - issued_at > MAX_VALIDITY_S:
             raise Rejected("expired", f"valid for more than {MAX_VALIDITY_S} s")
+        if seq > (now + MAX_SEQ_AHEAD_S) * 1_000_000:
+            raise Rejected("malformed", f"sequence {seq} is beyond microseconds since the "
+                           "epoch by this appliance's clock (it would block every later "
+                           "command)")
 
 
 def _check_args(name: str, args: dict[str, Any], spec: ArgSpec) -> None:
@@ -190,7 +206,8 @@ def _check_args(name: str, args: dict[str, Any], spec: ArgSpec) -> None:
         raise Rejected("invalid_args", f"mode must be one of {', '.join(MODES)}")
     if name == "bypass" and "mode" in args and args["mode"] not in MODES[:3]:
         raise Rejected("invalid_args", "leaving bypass needs mode learn, monitor or enforce")
-    if name == "identify" and not 0 < args.get("seconds", 1) <= IDENTIFY_MAX_S:
+    seconds = args.get("seconds", 1)
+    if name == "identify" and not (math.isfinite(seconds) and 0 < seconds <= IDENTIFY_MAX_S):
         raise Rejected("invalid_args", f"identify seconds must be in (0, {IDENTIFY_MAX_S:g}]")
 
 

@@ -20,9 +20,11 @@ import json
 import os
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.errors import WardtapError
 
 ENVELOPE_VERSION = 1
+MAX_BODY_DEPTH = 8
 
 
 class SigningError(WardtapError):
@@ -155,9 +157,9 @@ class Verifier:
             raise BadSignature("bad_signature", "the signature does not match the body "
                                "(forged or altered)") from None
         try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise BadSignature("malformed", "signed body is not JSON") from None
+            body = load_json(data, max_bytes=len(data), max_depth=MAX_BODY_DEPTH)
+        except BoundsError as exc:
+            raise BadSignature("malformed", f"signed body is not usable JSON: {exc}") from None
         if not isinstance(body, dict):
             raise BadSignature("malformed", "signed body must be a JSON object")
         return data, body

@@ -3,21 +3,25 @@
 The local control socket (`wardtap status|mode|reload|propose`, the front-panel button) and
 the fleet's MQTT commands (checked first by appliance.contract.commands) all arrive as a
 request body `{"cmd": NAME, ...arguments}` on the daemon's main loop, between batches, and
-are answered by `dispatch`. Handlers see the daemon only through `DaemonControl`.
+are answered by `dispatch`. Handlers see the daemon only through `DaemonControl`. A handler
+whose work runs on the policy worker returns a `Pending`; the main loop answers it once the
+work is done. Whatever happens, the answer is an answer: an unknown command, a bad argument
+or a handler that fails is a refusal (`{"ok": false, "reason": WORD, "error": LINE}`), never
+an exception.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import math
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.common.control import Request
-from appliance.contract.commands import IDENTIFY_MAX_S
-from appliance.errors import PolicyError
+from appliance.contract.commands import IDENTIFY_DEFAULT_S, IDENTIFY_MAX_S
 
 if TYPE_CHECKING:
     from appliance.policy.model import Policy
@@ -25,6 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("wardtap.commands")
 
 Answer = dict[str, Any]
+
+
+@dataclass
+class Pending:
+    """An answer that comes later: the policy worker runs `future`; once it is done the main
+    loop calls `finish(future)` for the answer (appliance.daemon.service)."""
+
+    future: Future[Any]
+    finish: Callable[[Future[Any]], Answer]
+
+
+Result = Answer | Pending
 
 
 class DaemonControl(Protocol):
@@ -43,13 +59,16 @@ class DaemonControl(Protocol):
 
     def set_mode(self, mode: str) -> Answer: ...
 
-    def reload(self) -> Answer: ...
+    def reload(self, strict: bool = False) -> Result: ...
+
+    def push_policy(self, text: str, *, allow_rollback: bool, allow_jump: bool,
+                    strict: bool) -> Result: ...
 
     def propose(self, text_only: bool = False) -> Answer: ...
 
     def request_stop(self) -> None: ...
 
-    def identify(self, seconds: float) -> bool: ...
+    def identify(self, seconds: float) -> Answer: ...
 
     def devices(self) -> list[dict[str, Any]]: ...
 
@@ -70,16 +89,38 @@ class CallbackRequest(Request):
         super().respond(response)
         try:
             self.callback(response)
-        except Exception:  # noqa: BLE001  (a failed reply must never stop the main loop)
-            log.exception("command reply failed")
+        except Exception as exc:  # noqa: BLE001  (a failed reply must never stop the main loop)
+            log.error("command reply failed: %s: %s", type(exc).__name__, exc)
 
 
-def dispatch(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    """Run the command `body["cmd"]` names; an unknown one is refused."""
-    handler = HANDLERS.get(str(body.get("cmd")))
+def refused(reason: str, error: str, **extra: Any) -> Answer:
+    """A refusal: `reason` one word (for the audit log), `error` one line for a person."""
+    return {"ok": False, "reason": reason, "error": error, **extra}
+
+
+def dispatch(control: DaemonControl, body: dict[str, Any]) -> Result:
+    """Run the command `body["cmd"]` names. Whatever happens, the answer is an answer: an
+    unknown command, bad arguments or a failing handler are refusals, never exceptions."""
+    name = body.get("cmd")
+    handler = HANDLERS.get(name) if isinstance(name, str) else None
     if handler is None:
-        return {"ok": False, "error": f"unknown command {body.get('cmd')!r}"}
-    return handler(control, body)
+        return refused("unknown_command", f"unknown command {str(name)[:64]!r}")
+    try:
+        return handler(control, body)
+    except Exception as exc:  # noqa: BLE001  (every failure is an answered refusal)
+        log.error("command %s failed: %s: %s", name, type(exc).__name__, exc)
+        log.debug("command %s failed", name, exc_info=True)
+        return refused("internal_error", f"{name} failed: {type(exc).__name__}: {exc}")
+
+
+def finish(pending: Pending) -> Answer:
+    """The answer of a Pending whose future is done (on the main loop); never raises."""
+    try:
+        return pending.finish(pending.future)
+    except Exception as exc:  # noqa: BLE001  (every failure is an answered refusal)
+        log.error("command failed: %s: %s", type(exc).__name__, exc)
+        log.debug("command failed", exc_info=True)
+        return refused("internal_error", f"{type(exc).__name__}: {exc}")
 
 
 def _status(control: DaemonControl, body: dict[str, Any]) -> Answer:
@@ -87,11 +128,15 @@ def _status(control: DaemonControl, body: dict[str, Any]) -> Answer:
 
 
 def _mode(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    return control.set_mode(str(body.get("mode")))
+    return control.set_mode(str(body.get("mode"))[:32])
 
 
-def _reload(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    return control.reload()
+def _flag(body: dict[str, Any], key: str) -> bool:
+    return body.get(key) is True
+
+
+def _reload(control: DaemonControl, body: dict[str, Any]) -> Result:
+    return control.reload(strict=_flag(body, "strict"))
 
 
 def _propose(control: DaemonControl, body: dict[str, Any]) -> Answer:
@@ -104,12 +149,13 @@ def _stop(control: DaemonControl, body: dict[str, Any]) -> Answer:
 
 
 def _identify(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    seconds = float(body.get("seconds") or 600)
-    if not 0 < seconds <= IDENTIFY_MAX_S:
-        return {"ok": False, "error": f"seconds must be in (0, {IDENTIFY_MAX_S:g}]"}
-    leds = control.identify(seconds)
-    log.info("identify for %g s (%s)", seconds, "LEDs" if leds else "no LEDs attached")
-    return {"ok": True, "seconds": seconds, "leds": leds}
+    value = body.get("seconds", IDENTIFY_DEFAULT_S)
+    if value is None:
+        value = IDENTIFY_DEFAULT_S
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not 0 < value <= IDENTIFY_MAX_S):
+        return refused("invalid_args", f"seconds must be a number in (0, {IDENTIFY_MAX_S:g}]")
+    return control.identify(float(value))
 
 
 def _inventory(control: DaemonControl, body: dict[str, Any]) -> Answer:
@@ -125,80 +171,24 @@ def _bypass(control: DaemonControl, body: dict[str, Any]) -> Answer:
     target = body.get("mode") or configured
     if target in ("monitor", "enforce") and control.policy is None:
         target = "learn"
-    return dict(control.set_mode(target))
+    return dict(control.set_mode(str(target)[:32]))
 
 
-def _push_policy(control: DaemonControl, body: dict[str, Any]) -> Answer:
-    """Validate a pushed policy fully, refuse silent rollbacks, write it, then reload."""
-    from appliance.policy.model import compile_policy, parse_policy
-
+def _push_policy(control: DaemonControl, body: dict[str, Any]) -> Result:
+    """Validate a pushed policy fully (off the main loop), refuse silent rollbacks and
+    version jumps, write it as the policy file only once it compiled, then apply it."""
     text = body.get("policy")
     if not isinstance(text, str):
-        return {"ok": False, "error": "policy text missing"}
-    path = control.policy_path
-    if not path:
-        return {"ok": False, "error": "no [policy] file is configured on this appliance to "
-                "hold a pushed policy"}
-    try:
-        new = parse_policy(text, path)
-        compile_policy(new)
-    except PolicyError as exc:
-        return {"ok": False, "error": f"invalid policy, nothing changed: {exc}"}
-    running = control.policy
-    rollback = False
-    if running is not None:
-        if new.digest == running.digest:
-            return {"ok": True, "unchanged": True, "policy": control.policy_info()}
-        if new.version == running.version:
-            return {"ok": False, "error": f"version {new.version} is already running with "
-                    "different content; raise the version"}
-        if new.version < running.version:
-            if not body.get("allow_rollback"):
-                return {"ok": False, "error": f"refusing to roll back from version "
-                        f"{running.version} to {new.version} (sign allow_rollback to do it "
-                        "on purpose)"}
-            rollback = True
-    try:
-        with control.policy_file_change():
-            write_atomically(path, text.encode("utf-8"))
-    except OSError as exc:
-        return {"ok": False, "error": f"cannot write {path}: {exc.strerror}; nothing changed"}
-    result = dict(control.reload())
-    result["rolled_back"] = rollback
-    return result
+        return refused("invalid_args", "policy text missing")
+    if not control.policy_path:
+        return refused("no_policy_file", "no [policy] file is configured on this appliance "
+                       "to hold a pushed policy")
+    return control.push_policy(text, allow_rollback=_flag(body, "allow_rollback"),
+                               allow_jump=_flag(body, "allow_jump"),
+                               strict=_flag(body, "strict"))
 
 
-HANDLERS: dict[str, Callable[[DaemonControl, dict[str, Any]], Answer]] = {
+HANDLERS: dict[str, Callable[[DaemonControl, dict[str, Any]], Result]] = {
     "status": _status, "mode": _mode, "reload": _reload, "propose": _propose, "stop": _stop,
     "identify": _identify, "inventory": _inventory, "bypass": _bypass, "policy": _push_policy,
 }
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace `path` with `data` (the old file kept as PATH.previous); fsynced."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(path):
-        with open(path, "rb") as fh:
-            previous = fh.read()
-        _replace(os.path.join(directory, os.path.basename(path) + ".previous"), previous)
-    _replace(path, data)
-
-
-def _replace(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".wardtap-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

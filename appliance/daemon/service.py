@@ -1,8 +1,15 @@
 """`wardtap run`: the appliance daemon.
 
-Start order: policy, store and outputs, classifier, packet source, control socket; stop in
-reverse on SIGTERM/SIGINT. SIGHUP reloads the policy. The main loop owns the classifier:
-control requests and reloads are applied between batches, never during one.
+Start order: the single-instance lock, policy, store and outputs, classifier, packet source,
+control socket; stop in reverse on SIGTERM/SIGINT. SIGHUP reloads the policy. The main loop
+owns the classifier: control requests and reloads are applied between batches, never during
+one; loading and compiling a policy runs on the policy worker (appliance.daemon.policyload)
+so that a large one never stalls the datapath.
+
+A policy file that cannot be used at start does not stop the daemon: it runs the last good
+policy (`<policy file>.last-good`) or, without one, enters bypass (fail open), and says so
+(log, LEDs, `wardtap status`, a `policy_fault` event and the fleet's state message) until a
+reload or a push brings a usable policy.
 """
 
 from __future__ import annotations
@@ -20,11 +27,32 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from appliance.common.control import ControlServer, Request
+from appliance.common.instance import InstanceLock
 from appliance.common.records import device_dict, event_dict
-from appliance.daemon.commands import CallbackRequest, dispatch
+from appliance.common.text import shown
+from appliance.daemon.commands import (
+    Answer,
+    CallbackRequest,
+    Pending,
+    Result,
+    dispatch,
+    finish,
+    refused,
+)
+from appliance.daemon.meters import RATE_INTERVAL, IdentifyBudget, RateMeter
+from appliance.daemon.policyload import (
+    MAX_WARNINGS_SHOWN,
+    PolicyWorker,
+    Refused,
+    load_at_start,
+    prepare_file,
+    prepare_push,
+    warn,
+    write_atomically,
+)
 from appliance.errors import PolicyError, WardtapError
 from appliance.outputs import EventLogOutput, Output, StoreOutput, make_output
-from appliance.policy.model import Policy, compile_policy, load_policy
+from appliance.policy.model import Policy, check_usable
 from appliance.review.baseline import Baseline
 from appliance.sources import Source, make_source
 from appliance.system.config import Config
@@ -48,11 +76,7 @@ PANEL_INTERVAL = 1.0
 # Repeated failure: this many failed batches within the window put the appliance in bypass.
 FAILURES_FOR_BYPASS = 3
 FAILURE_WINDOW = 60.0
-# The console (wardtap status/top): counters sampled once a second for packets/s (the last
-# minute kept, the rate averaged over the last few samples) and the last violations.
-RATE_INTERVAL = 1.0
-RATE_SAMPLES = 61
-RATE_WINDOW = 5
+# The console (wardtap status/top): the last violations.
 RECENT_VIOLATIONS = 20
 TCP_IDLE, ICMP_IDLE, OTHER_IDLE, CLOSING_IDLE = 3600.0, 30.0, 120.0, 10.0   # the fast path's
 VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", "vlan",
@@ -95,20 +119,25 @@ class Daemon:
         # and the output threads live, STOPPING (appliance.system.notify); a no-op elsewhere
         self.notify = ServiceNotifier(alive=lambda: all(o.alive() for o in self.outputs))
         self.integrity: IntegrityMonitor | None = None   # [integrity] manifests, checked
-        # for the console: (monotonic time, packets, bytes) once a second; recent violations
-        self.rate_samples: collections.deque[tuple[float, int, int]] = collections.deque(
-            maxlen=RATE_SAMPLES)
+        self.rates = RateMeter()           # for the console: packets/s, recent violations
         self.recent_violations: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=RECENT_VIOLATIONS)
         self.violations_seen = 0
+        self.worker = PolicyWorker()       # loads and compiles policies off the main loop
+        self.pending: list[tuple[Request, Pending]] = []
+        # the policy file could not be used: {"error", "running" ("last-good" or None),
+        # "since", "bypass" (this fault put the appliance in bypass)}; None when all is well
+        self.policy_fault: dict[str, Any] | None = None
+        self.identify_budget = IdentifyBudget()
 
     # -- life cycle ------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped; return the exit code."""
         cfg = self.config
+        lock = InstanceLock(cfg.path, "wardtap daemon")   # before anything is opened
         if cfg.policy:
-            self._apply_policy(load_policy(cfg.policy, classes=self._class_members()))
+            self._start_policy(cfg.policy)
         self.classifier.set_mode("learn" if self.mode in ("learn", "bypass") else self.mode)
         if self.mode == "learn":
             self.baseline = Baseline()
@@ -162,7 +191,9 @@ class Daemon:
             self.source.open()
             self._install_signals()
             self._emit({"type": "started", "mode": self.mode, "datapath": cfg.datapath,
-                        "policy": self.policy_info()})
+                        "policy": self.policy_info(), "policy_fault": self.policy_fault})
+            if self.policy_fault is not None:
+                self._emit({"type": "policy_fault", **self.policy_fault})
             policy = self.policy_info()
             log.info("running: datapath %s, mode %s, policy %s", cfg.datapath, self.mode,
                      f"{policy['name']} v{policy['version']} (sha256 {policy['sha256'][:12]})"
@@ -191,6 +222,8 @@ class Daemon:
                 store.close()
             if self.audit is not None:
                 self.audit.close()
+            self.worker.close()
+            lock.close()
             log.info("stopped")
 
     def _install_signals(self) -> None:
@@ -211,7 +244,7 @@ class Daemon:
         interval = self.config.learn_interval
         next_proposal = time.monotonic() + interval if interval else float("inf")
         next_panel = 0.0
-        self._sample_rate()
+        self.rates.sample(self.classifier.stats())
         next_rate = time.monotonic() + RATE_INTERVAL
         for batch in self.source.batches(self.stop):
             n = batch.count
@@ -242,7 +275,7 @@ class Daemon:
             if self.integrity is not None and self.integrity.pending.is_set():
                 self.integrity.deliver(self)
             if self.last_batch >= next_rate:
-                self._sample_rate()
+                self.rates.sample(self.classifier.stats())
                 next_rate = self.last_batch + RATE_INTERVAL
             if clf.pending_events:
                 self._flush_events()
@@ -250,9 +283,9 @@ class Daemon:
                 found = ident.poll()        # dissection results, classes (once a second)
                 if found:
                     self._publish(found)
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self._audit_local({"cmd": "reload", "source": "signal"}, self.reload())
+            if self.reload_requested.is_set() and not self.pending:   # one at a time: a
+                self.reload_requested.clear()                          # SIGHUP waits its turn
+                self._handle(Request({"cmd": "reload", "source": "signal"}))
             self._serve_requests()
             if time.monotonic() >= next_snapshot:
                 self._snapshot()
@@ -281,7 +314,7 @@ class Daemon:
         mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)
         connected = getattr(mqtt, "connected", None)
         self.panel.refresh(
-            mode=self.mode, healthy=self._healthy(),
+            mode=self.mode, healthy=self._healthy(), policy_fault=self.policy_fault is not None,
             datapath_running=time.monotonic() - self.last_batch < 2.0,
             broker_configured=mqtt is not None,
             broker_connected=bool(connected is not None and connected.is_set()))
@@ -290,51 +323,121 @@ class Daemon:
         """One line for systemd's STATUS= (systemctl status wardtap)."""
         c = self.classifier.stats()
         policy = self.policy
+        fault = " (POLICY FAULT)" if self.policy_fault is not None else ""
         return (f"{self.mode}, {self.config.datapath}, policy "
-                f"{f'{policy.name} v{policy.version}' if policy else 'none'}: "
+                f"{f'{shown(policy.name)} v{policy.version}' if policy else 'none'}{fault}: "
                 f"{c['packets']} packets, {c['denied']} denied, {c['devices']} devices")
 
     # -- policy and mode -------------------------------------------------------------------
 
-    def _apply_policy(self, policy: Policy,
-                      compiled: CompiledPolicy | None = None) -> list[tuple[Any, ...]]:
-        if compiled is None:
-            compiled = compile_policy(policy, generation=self.generation + 1)
+    def _apply_policy(self, policy: Policy, compiled: CompiledPolicy) -> list[tuple[Any, ...]]:
         self.generation += 1
         self.policy = policy
         self.classifier.set_policy(compiled)
         return self.classifier.reevaluate()
 
-    def reload(self) -> dict[str, Any]:
-        """Load the policy file again: all of it applies, or none of it."""
-        if not self.config.policy:
-            return {"ok": False, "error": "no policy file configured"}
+    def _start_policy(self, path: str) -> None:
+        """The policy at start; when it cannot be used, the last good one, else bypass."""
+        prepared, self.policy_fault = load_at_start(
+            path, classes=self._class_members(), mode=self.mode, generation=self.generation + 1)
+        if prepared is not None:
+            self._apply_policy(prepared.policy, prepared.compiled)
+        elif self.policy_fault is not None and self.mode in ("monitor", "enforce"):
+            log.error("POLICY FAULT: no usable policy; in bypass (fail open: ward traffic is "
+                      "not inspected) until the policy file is fixed and reloaded")
+            self.mode = "bypass"
+            self.policy_fault["bypass"] = True
+
+    def reload(self, strict: bool = False) -> Result:
+        """Load the policy file again, off the main loop: all of it applies, or none of it."""
+        path = self.config.policy
+        if not path:
+            return refused("no_policy_file", "no policy file configured")
+        if self.pending or self.worker.busy():
+            return refused("busy", "a policy is being loaded already; try again")
+        classes, mode, generation = self._class_members(), self.mode, self.generation + 1
+        future = self.worker.submit(lambda: prepare_file(
+            path, classes=classes, mode=mode, generation=generation, strict=strict,
+            keep_as=path))
+        return Pending(future, lambda done: self._policy_done(done, "reload"))
+
+    def push_policy(self, text: str, *, allow_rollback: bool, allow_jump: bool,
+                    strict: bool) -> Result:
+        """A pushed policy: checked and compiled off the main loop, written as the policy
+        file only then, applied here."""
+        path = self.config.policy
+        if not path:
+            return refused("no_policy_file", "no policy file configured")
+        if self.pending or self.worker.busy():
+            return refused("busy", "a policy is being loaded already; try again")
+        classes, mode, generation = self._class_members(), self.mode, self.generation + 1
+        running = self.policy if self.policy_fault is None else None
+
+        def write(data: bytes) -> None:
+            with self.policy_file_change():
+                write_atomically(path, data)
+
+        future = self.worker.submit(lambda: prepare_push(
+            text, path, running, classes=classes, mode=mode, generation=generation,
+            allow_rollback=allow_rollback, allow_jump=allow_jump, strict=strict,
+            write=write))
+        return Pending(future, lambda done: self._policy_done(done, "push"))
+
+    def _policy_done(self, done: Any, what: str) -> Answer:
+        """Main loop: the worker finished; swap the policy in, or say why not."""
         try:
-            policy = load_policy(self.config.policy, classes=self._class_members())
-            # Compiled (so fully validated) before anything running is touched.
-            compiled = compile_policy(policy, generation=self.generation + 1)
-        except PolicyError as exc:
-            log.error("policy reload rejected, keeping the running policy: %s", exc)
+            prepared = done.result()
+            if prepared is not None:
+                check_usable(prepared.policy, self.mode)    # the mode may have changed since
+        except (PolicyError, Refused) as exc:
+            log.error("policy %s rejected, keeping the running policy: %s", what, exc)
             self._emit({"type": "policy_rejected", "error": str(exc),
                         "running": self.policy_info()})
-            return {"ok": False, "error": str(exc)}
+            if isinstance(exc, Refused):
+                return refused(exc.reason, str(exc))
+            return refused("invalid_policy", f"invalid policy, nothing changed: {exc}"
+                           if what == "push" else str(exc))
+        if prepared is None:
+            return {"ok": True, "unchanged": True, "policy": self.policy_info()}
         old = self.policy_info()
-        changed = self._apply_policy(policy, compiled)
+        changed = self._apply_policy(prepared.policy, prepared.compiled)
         changed_events = [event_dict(rec, self._rule_name) for rec in changed]
         if self.source is not None:
             self.source.flows_changed(changed_events)
         self._emit({"type": "policy_loaded", "previous": old, "policy": self.policy_info(),
-                    "flows_changed": len(changed_events)})
-        log.info("policy reloaded: %s v%s (%d existing flows changed verdict)",
-                 policy.name, policy.version, len(changed_events))
+                    "flows_changed": len(changed_events), "warnings": len(prepared.warnings)})
+        log.info("policy %s: %s v%s (%d existing flows changed verdict)", what,
+                 prepared.policy.name, prepared.policy.version, len(changed_events))
+        warn(prepared)
         self._flush_events()
-        return {"ok": True, "policy": self.policy_info(), "flows_changed": len(changed)}
+        self._clear_policy_fault()
+        answer: Answer = {"ok": True, "policy": self.policy_info(),
+                          "flows_changed": len(changed),
+                          "warnings": prepared.warnings[:MAX_WARNINGS_SHOWN]}
+        if what == "push":
+            answer["rolled_back"] = prepared.rolled_back
+        return answer
+
+    def _clear_policy_fault(self) -> None:
+        fault, self.policy_fault = self.policy_fault, None
+        if fault is None:
+            return
+        log.warning("policy fault cleared: running %s", self.policy_info())
+        self._emit({"type": "policy_fault_cleared", "policy": self.policy_info()})
+        if fault.get("bypass") and self.mode == "bypass":
+            self.set_mode(self.config.mode)
+        self._refresh_panel()
 
     def set_mode(self, mode: str) -> dict[str, Any]:
         if mode not in ("learn", "monitor", "enforce", "bypass"):
-            return {"ok": False, "error": f"unknown mode {mode!r}"}
+            return refused("invalid_args", f"unknown mode {mode!r}")
         if mode in ("monitor", "enforce") and self.policy is None:
-            return {"ok": False, "error": f"mode {mode} needs a policy"}
+            return refused("no_policy", f"mode {mode} needs a policy")
+        if self.policy is not None:
+            try:
+                check_usable(self.policy, mode)
+            except PolicyError as exc:
+                return refused("invalid_policy", str(exc))
         previous, self.mode = self.mode, mode
         if mode == "learn" and self.baseline is None:
             self.baseline = Baseline()
@@ -350,62 +453,67 @@ class Daemon:
         """Write the policy learned so far (learn mode) to the configured file; with
         `text_only` (`wardtap propose -o FILE` writes it where the operator is) or no file
         configured, answer with its text instead."""
-        import copy
-
-        from appliance.policy.writer import render, write_text
-        from appliance.review.caution import assess
-        from appliance.review.propose import check_allows, port_tokens, propose
+        from appliance.daemon.proposal import draft_proposal
+        from appliance.policy.writer import write_text
 
         if self.baseline is None:
             return {"ok": False, "error": "not learning: the daemon is not in learn mode"}
-        snapshot = copy.deepcopy(self.baseline)
-        snapshot.close(event_dict(rec) for rec in self.classifier.flow_list())
-        snapshot.add_devices(device_dict(rec) for rec in self.classifier.device_list())
-        if self.identification is not None:      # what tshark found beats vendor and ports
-            snapshot.known = {d["mac"]: d for d in self.identification.inventory.as_list()}
-            snapshot.identified_by = "deep dissection (tshark on sampled packets)"
-        view = snapshot.view()
-        caution = assess(view, port_tokens(view), snapshot.identities(), snapshot.span())
-        draft = propose(snapshot, "learned", view=view, caution=caution)
-        text = render(draft)
+        identified = None if self.identification is None else \
+            self.identification.inventory.as_list()
         path = None if text_only else self.config.learn_output
         try:
-            check_allows(text, snapshot, path or "<proposal>", caution, view)
+            got = draft_proposal(self.baseline, self.classifier, identified,
+                                 path or "<proposal>")
             if path:
                 with self.policy_file_change() if path == self.config.policy else \
                         contextlib.nullcontext():
-                    write_text(path, text)
+                    write_text(path, got.text)
         except WardtapError as exc:
             log.error("proposed policy not written: %s", exc)
             return {"ok": False, "error": str(exc)}
-        left = sum(1 for r in draft.rules if not r.enabled)
-        rules = sum(1 for r in draft.rules if r.enabled and not r.disabled)
         self._emit({"type": "policy_proposed", "path": path,
-                    "conversations": len(snapshot.conversations), "rules": rules,
-                    "left_out": left})
-        if path:
-            log.info("proposed policy written to %s: %d rules, %d left out for review",
-                     path, rules, left)
-        else:
-            log.info("proposed policy handed out: %d rules, %d left out for review",
-                     rules, left)
+                    "conversations": got.conversations, "rules": got.rules,
+                    "left_out": got.left_out})
+        log.info("proposed policy %s: %d rules, %d left out for review",
+                 f"written to {path}" if path else "handed out", got.rules, got.left_out)
         # the text goes with every answer: the fleet console shows it beside the running one
-        return {"ok": True, "path": path, "conversations": len(snapshot.conversations),
-                "rules": rules, "left_out": left, "groups": len(draft.groups),
-                "left_out_reasons": dict(caution.counts()), "policy": text,
+        return {"ok": True, "path": path, "conversations": got.conversations,
+                "rules": got.rules, "left_out": got.left_out, "groups": got.groups,
+                "left_out_reasons": got.left_out_reasons, "policy": got.text,
                 "current": self.policy.text if self.policy else None}
 
     # -- control requests ------------------------------------------------------------------
 
     def _serve_requests(self) -> None:
+        if self.pending:
+            self._finish_pending()
         while True:
             try:
                 request = self.requests.get_nowait()
             except queue.Empty:
                 return
-            answer = dispatch(self, request.body)
-            self._audit_local(request.body, answer)
-            request.respond(answer)
+            self._handle(request)
+
+    def _handle(self, request: Request) -> None:
+        """Answer a request now, or once its policy work is done (`Pending`)."""
+        result = dispatch(self, request.body)
+        if isinstance(result, Pending):
+            self.pending.append((request, result))
+            return
+        self._answer(request, result)
+
+    def _finish_pending(self) -> None:
+        waiting = []
+        for request, pending in self.pending:
+            if pending.future.done():
+                self._answer(request, finish(pending))
+            else:
+                waiting.append((request, pending))
+        self.pending = waiting
+
+    def _answer(self, request: Request, answer: Answer) -> None:
+        self._audit_local(request.body, answer)
+        request.respond(answer)
 
     def _audit_local(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
         """Local commands that change the appliance (control socket, button) go to the same
@@ -420,12 +528,12 @@ class Daemon:
                 self.audit = AuditLog(self.config.store)
             detail = json.dumps({k: v for k, v in body.items() if k not in ("cmd", "source")},
                                 default=str)[:1024]
-            row = self.audit.record(source, None, "ok" if answer.get("ok") else "rejected",
-                                    reason=answer.get("error"), detail=detail,
-                                    name=str(body.get("cmd"))[:64])
-            self.audit.finish(row, "ok" if answer.get("ok") else "rejected", answer)
-        except WardtapError as exc:
-            log.error("audit log: %s", exc)
+            outcome = "ok" if answer.get("ok") else "rejected"
+            row = self.audit.record(source, None, outcome, reason=answer.get("error"),
+                                    detail=detail, name=str(body.get("cmd"))[:64])
+            self.audit.finish(row, outcome, answer)
+        except Exception as exc:  # noqa: BLE001  (a failed audit write never stops the loop)
+            log.error("audit log: %s: %s", type(exc).__name__, exc)
 
     def _submit(self, body: dict[str, Any],
                 reply: Callable[[dict[str, Any]], None]) -> bool:
@@ -449,12 +557,17 @@ class Daemon:
     def request_stop(self) -> None:
         self.stop.set()
 
-    def identify(self, seconds: float) -> bool:
-        """Blink the unit for `seconds`; False when no LEDs are attached."""
-        if self.on_identify is None:
-            return False
-        self.on_identify(seconds)
-        return True
+    def identify(self, seconds: float) -> Answer:
+        """Blink the unit for `seconds`, within IDENTIFY_BUDGET_S per hour (the violation
+        and bypass LEDs keep showing their state: appliance.panel.leds)."""
+        over = self.identify_budget.take(seconds)
+        if over is not None:
+            return refused("rate_limited", over)
+        leds = self.on_identify is not None
+        if self.on_identify is not None:
+            self.on_identify(seconds)
+        log.info("identify for %g s (%s)", seconds, "LEDs" if leds else "no LEDs attached")
+        return {"ok": True, "seconds": seconds, "leds": leds}
 
     def devices(self) -> list[dict[str, Any]]:
         return [device_dict(rec) for rec in self.classifier.device_list()]
@@ -471,7 +584,8 @@ class Daemon:
         stats = self.classifier.stats()
         return {
             "pid": os.getpid(), "mode": self.mode, "datapath": self.config.datapath,
-            "policy": self.policy_info(), "uptime_s": round(time.time() - self.started, 1),
+            "policy": self.policy_info(), "policy_fault": self.policy_fault,
+            "uptime_s": round(time.time() - self.started, 1),
             "batches": self.batches,
             "last_batch_age_s": round(time.monotonic() - self.last_batch, 3),
             "counters": {k: v for k, v in stats.items() if k != "reasons"},
@@ -485,7 +599,7 @@ class Daemon:
             **({"dissect": self.identification.stats()}
                if self.identification is not None else {}),
             **({"integrity": self.integrity.status()} if self.integrity is not None else {}),
-            "health": self._health(), "rate": self._rate(stats),
+            "health": self._health(), "rate": self.rates.rate(stats),
             "violations": {"seen": self.violations_seen,
                            "recent": list(reversed(self.recent_violations))},
             "broker": self._broker_status(),
@@ -505,27 +619,6 @@ class Daemon:
                  else "stalled" if not running else "ok")
         return {"state": state, "healthy": healthy, "datapath_running": running,
                 "batch_failures": sum(now - t < FAILURE_WINDOW for t in self.failures)}
-
-    def _sample_rate(self) -> None:
-        stats = self.classifier.stats()
-        self.rate_samples.append((time.monotonic(), int(stats["packets"]),
-                                  int(stats["bytes"])))
-
-    def _rate(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """Packets and bytes per second from the sample about RATE_WINDOW seconds old to the
-        counters now, and packets per second for each second of the last minute."""
-        samples = list(self.rate_samples)
-        history = [round((b[1] - a[1]) / (b[0] - a[0]), 1)
-                   for a, b in zip(samples, samples[1:], strict=False) if b[0] > a[0]]
-        now = time.monotonic()
-        t0, p0, b0 = samples[-RATE_WINDOW] if len(samples) >= RATE_WINDOW else (
-            samples[0] if samples else (now, 0, 0))
-        if now - t0 < 0.1:
-            return {"packets_per_s": None, "bytes_per_s": None, "window_s": None,
-                    "history": history}
-        return {"packets_per_s": round((int(stats["packets"]) - p0) / (now - t0), 1),
-                "bytes_per_s": round((int(stats["bytes"]) - b0) / (now - t0), 1),
-                "window_s": round(now - t0, 1), "history": history}
 
     def _broker_status(self) -> dict[str, Any]:
         mqtt = next((o for o in self.outputs if o.name == "mqtt"), None)

@@ -15,17 +15,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.contract.broker import (
     ROOT,
     BrokerSettings,
     connect_and_wait,
     make_client,
     split_topic,
+    stop,
     topic,
 )
 from appliance.errors import WardtapError
 
 DEFAULT_VALIDITY_S = 300.0
+MAX_MESSAGE_BYTES = 16 << 20      # far above the largest inventory an appliance sends
 
 
 class SequenceCounter:
@@ -84,9 +87,10 @@ class Message:
     properties: Any
 
     def json(self) -> Any:
+        """The payload as JSON (bounded: an appliance's message is outside input), or None."""
         try:
-            return json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+            return load_json(self.payload, max_bytes=MAX_MESSAGE_BYTES)
+        except BoundsError:
             return None
 
 
@@ -113,8 +117,7 @@ class FleetClient:
         self.close()
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop(self.client)
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any,
                       props: Any) -> None:

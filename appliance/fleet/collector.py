@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.contract.broker import ROOT, BrokerSettings, make_client, start
+from appliance.common.text import shown
+from appliance.contract.broker import ROOT, BrokerSettings, make_client, start, stop
 from appliance.fleet import ingest
 from appliance.fleet.db import Database, DatabaseError, connect
 
@@ -82,8 +83,7 @@ class Collector:
               session_expiry=self.session_expiry)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop(self.client)
         self._stop.set()
         if self._writer.is_alive():
             self._writer.join(timeout=30)
@@ -220,8 +220,8 @@ class Collector:
                     self._drop_db()
                 time.sleep(0.05 * (attempt + 1))
         for exc_item in bad:
-            log.warning("collector: malformed message on %s: %s", exc_item[0].topic,
-                        exc_item[1].error)
+            log.warning("collector: malformed message on %s: %s", shown(exc_item[0].topic),
+                        shown(exc_item[1].error))
         self.counts["messages"] += len(messages)
         self.counts["events_new"] += result.events_new
         self.counts["events_duplicate"] += result.events_duplicate

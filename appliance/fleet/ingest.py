@@ -24,7 +24,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.contract.broker import split_topic
+from appliance.fleet.client import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from appliance.fleet.db import Database
@@ -98,9 +100,9 @@ def parse(topic_name: str, payload: bytes) -> Parsed | None:
             return None                    # a retained message being cleared
         raise Malformed(f"empty {leaf} message", site, appliance)
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise Malformed(f"{leaf}: not JSON", site, appliance) from None
+        body = load_json(payload, max_bytes=MAX_MESSAGE_BYTES)
+    except BoundsError as exc:           # too big, too deep, not JSON, not UTF-8
+        raise Malformed(f"{leaf}: {exc}", site, appliance) from None
     if not isinstance(body, dict):
         raise Malformed(f"{leaf}: not a JSON object", site, appliance)
     if leaf == "events":

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from appliance.common.table import Column, render
+from appliance.common.text import csv_cell, shown
 from appliance.common.when import local, zone_name
 
 
@@ -99,7 +100,7 @@ def render_csv(devices: Sequence[dict[str, Any]]) -> str:
                    advisories=";".join(f"{a['id']} ({a['status']})"
                                        for a in d.get("advisories") or []),
                    first_seen=_iso(d["first_seen"]), last_seen=_iso(d["last_seen"]))
-        writer.writerow([row[f] for f in CSV_FIELDS])
+        writer.writerow([csv_cell(row[f]) for f in CSV_FIELDS])
     return out.getvalue()
 
 
@@ -165,4 +166,4 @@ def render_why(d: dict[str, Any]) -> str:
     for e in d["evidence"]:
         lines.append(f"  {e['key']:<22} {e['value'][:60]:<60}  {e['source']}, "
                      f"{_when(e['first_seen'])}, x{e['count']}")
-    return "\n".join(lines)
+    return "\n".join(shown(line) for line in lines)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -172,9 +174,21 @@ def _dhcp(layer: Any, ev: list[Evidence]) -> None:
         relay = _first(layer, "dhcp.ip.relay")
         role = "relay" if relay and relay != "0.0.0.0" else "server"
         _add(ev, "src", "dhcp.role", role, "dhcp reply (giaddr)", "link")
-        yiaddr = _first(layer, "dhcp.ip.your")
-        if chaddr and msg == "5" and yiaddr and yiaddr != "0.0.0.0":
-            _add(ev, f"mac:{chaddr}", "ip.assigned", yiaddr, "dhcp ACK (yiaddr)", "link")
+        yiaddr = _ipv4(_first(layer, "dhcp.ip.your"))
+        mac = chaddr.lower() if chaddr and _MAC.fullmatch(chaddr) else None
+        if mac and msg == "5" and yiaddr and yiaddr != "0.0.0.0":
+            _add(ev, f"mac:{mac}", "ip.assigned", yiaddr, "dhcp ACK (yiaddr)", "link")
+
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
+def _ipv4(text: str | None) -> str | None:
+    """An IPv4 address as tshark writes it, or None: an assignment names a device by it."""
+    try:
+        return str(ipaddress.IPv4Address(text)) if text else None
+    except ValueError:
+        return None
 
 
 def _vendor_info(layer: Any) -> str | None:

@@ -75,6 +75,7 @@ class AuditLog:
                int(command.signed) if command else None, command.key_id if command else None,
                command.issuer if command else None, command.target if command else None,
                outcome, reason, detail, request_sha256 or (command.sha256 if command else ""))
+        row = tuple(_storable(v) for v in row)
         with self.lock:
             cur = self._db().execute(
                 "INSERT INTO audit (ts, source, command, request_id, seq, signed, key_id, "
@@ -85,6 +86,7 @@ class AuditLog:
     def finish(self, audit_id: int, outcome: str, response: dict[str, Any],
                reason: str | None = None, detail: str | None = None) -> None:
         text = json.dumps(response, separators=(",", ":"), default=str)[:4096]
+        reason, detail = _storable(reason), _storable(detail)
         with self.lock:
             self._db().execute("UPDATE audit SET outcome = ?, reason = coalesce(?, reason), "
                                "detail = coalesce(?, detail), response = ?, finished = ? "
@@ -111,3 +113,12 @@ class AuditLog:
                 self.conn = None
 
 
+def _storable(value: Any) -> Any:
+    """Text as SQLite can store it: a lone surrogate (JSON allows "\ud800") as an escape;
+    everything else as given."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value

@@ -30,10 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance import __version__
+from appliance.common.ratelog import RateLimitedLog
 from appliance.contract.broker import (
     PAYLOAD_VERSION,
     make_client,
     start,
+    stop,
     topic,
 )
 from appliance.contract.commands import CommandProcessor
@@ -60,7 +62,8 @@ log = logging.getLogger("wardtap.mqtt")
 SKIP_TYPES = frozenset({"new_flow", "flow_end"})
 # Alerts are never evicted from the spool (see appliance.outputs.spool); everything else is "info".
 ALERT_TYPES = frozenset({"violation", "new_device", "mode_changed", "policy_loaded",
-                         "policy_rejected", "bypass", "spool_overflow",
+                         "policy_rejected", "policy_fault", "policy_fault_cleared", "bypass",
+                         "spool_overflow", "spool_disk_full", "spool_disk_ok",
                          "integrity_alarm", "integrity_restored",
                          "patient_data_unencrypted", "advisory_match"})
 STATS_COUNTERS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_created",
@@ -81,12 +84,14 @@ class MqttOutput(Output):
         self.clock = clock
         self.mode = mode
         self.policy = policy
+        self.policy_fault: dict[str, Any] | None = None   # the daemon runs a fallback policy
+        self.failures = RateLimitedLog(log)
         self.datapath = datapath
         self.started = clock()
         self.topics = {leaf: topic(s.site, s.appliance, leaf)
                        for leaf in ("state", "events", "inventory", "stats", "cmd", "response")}
         self.spool = Spool(s.spool, max_rows=s.spool_max_rows, max_bytes=s.spool_max_bytes,
-                           min_free_bytes=s.min_free_bytes)
+                           min_free_bytes=s.min_free_bytes, reserve_bytes=s.spool_reserve_bytes)
         self.audit = AuditLog(s.spool)
         verifier = None
         if s.fleet_key:
@@ -155,13 +160,17 @@ class MqttOutput(Output):
             if kind == "violation":
                 self._interval_violations += 1
                 self._violations.append((now, 1))
-            elif kind in ("started", "mode_changed", "policy_loaded"):
+            elif kind in ("started", "mode_changed", "policy_loaded", "policy_fault",
+                          "policy_fault_cleared"):
                 if kind == "mode_changed":     # entering or leaving bypass is called out
                     event = {**event, "bypass": event.get("mode") == "bypass"}
-                before = (self.mode, self.policy)
+                before = (self.mode, self.policy, self.policy_fault)
                 self.mode = event.get("mode", self.mode)
                 self.policy = event.get("policy", self.policy)
-                state_changed |= (self.mode, self.policy) != before
+                if kind in ("started", "policy_fault", "policy_fault_cleared"):
+                    self.policy_fault = (event.get("policy_fault") if kind == "started" else
+                                         _fault(event) if kind == "policy_fault" else None)
+                state_changed |= (self.mode, self.policy, self.policy_fault) != before
             out.extend(self.summarizer.add(event))
         out.extend(self.summarizer.expire(now))
         self._enqueue(out)
@@ -188,6 +197,7 @@ class MqttOutput(Output):
             self.publish_inventory(devices)
         if now - self._last_stats >= self.settings.stats_interval:
             self._enqueue_stats(stats, devices, now)
+        self._check_flags()          # a full disk that cleared by itself shows in the state
 
     def send_stats(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
         """Spool a stats message now (end of a replay), whatever the interval."""
@@ -199,6 +209,7 @@ class MqttOutput(Output):
         return {"connected": self.connected.is_set(), "url": self.settings.broker.url,
                 "spool_depth": spool["depth"], "spool_overflow": spool["overflow"],
                 "spool_dropped": spool["dropped"], "disk_full": spool["disk_full"],
+                "held_in_memory": spool["held_in_memory"], "low_disk": spool["low_disk"],
                 "acknowledged": self.counters["acknowledged"]}
 
     def close(self) -> None:
@@ -221,8 +232,7 @@ class MqttOutput(Output):
             except (RuntimeError, ValueError):
                 pass
         self.sender.stop()
-        self.client.disconnect()           # a normal DISCONNECT: the broker drops the will
-        self.client.loop_stop()
+        stop(self.client)                  # a normal DISCONNECT: the broker drops the will
         self.spool_left = left = self.spool.depth()
         if left:
             log.info("mqtt: %d messages stay in the spool for the next start", left)
@@ -239,7 +249,7 @@ class MqttOutput(Output):
         try:
             self.spool.put(items)
         except WardtapError as exc:
-            log.error("mqtt: cannot spool %d events: %s", len(items), exc)
+            self.failures.error("spool", f"mqtt: cannot spool {len(items)} events: {exc}")
             return
         self.counters["events_spooled"] += len(items)
         self.sender.wake()
@@ -268,7 +278,7 @@ class MqttOutput(Output):
             self.spool.put([Item(KIND_STATS, PRIO_STATS,
                                  json.dumps(body, separators=(",", ":"), default=str))])
         except WardtapError as exc:
-            log.error("mqtt: cannot spool stats: %s", exc)
+            self.failures.error("spool", f"mqtt: cannot spool stats: {exc}")
         self.sender.wake()
         self._check_flags()
 
@@ -293,12 +303,14 @@ class MqttOutput(Output):
             reason = "connection lost"
         if status == "online":
             spool = self.spool.status()
-            body.update(mode=self.mode, policy=self.policy, datapath=self.datapath,
+            body.update(mode=self.mode, policy=self.policy, policy_fault=self.policy_fault,
+                        datapath=self.datapath,
                         started=self.started, uptime_s=round(now - self.started, 1),
                         spool={"depth": spool["depth"], "bytes": spool["bytes"],
                                "overflow": spool["overflow"], "dropped": spool["dropped"],
                                "disk_full": spool["disk_full"],
-                               "low_disk": spool["low_disk"]},
+                               "low_disk": spool["low_disk"],
+                               "held_in_memory": spool["held_in_memory"]},
                         spool_overflow=spool["overflow"],
                         commands={"signed": self.processor.verifier is not None,
                                   "last_seq": self.audit.last_seq()})
@@ -388,15 +400,19 @@ class MqttOutput(Output):
         if message.topic != self.topics["cmd"]:
             return
         try:
-            self.commands.handle(message)
-        except Exception:  # noqa: BLE001  (never let a request kill the network thread)
-            log.exception("mqtt: command handling failed")
+            self.commands.handle(message)      # it answers every failure itself
+        except Exception as exc:  # noqa: BLE001  (never let a request kill the network thread)
+            log.error("mqtt: command handling failed: %s: %s", type(exc).__name__, exc)
 
     def enqueue_direct(self, event: dict[str, Any]) -> None:
         """An event from the network thread (bypasses the summarizer, main-loop only)."""
         try:
             self.spool.put([Item(KIND_EVENT, PRIO_INFO, _JSON(event))])
         except WardtapError as exc:
-            log.error("mqtt: cannot spool an event: %s", exc)
+            self.failures.error("spool", f"mqtt: cannot spool an event: {exc}")
         self.sender.wake()
 
+
+def _fault(event: dict[str, Any]) -> dict[str, Any]:
+    """A policy_fault event as the state message's `policy_fault`."""
+    return {k: event.get(k) for k in ("error", "running", "since", "bypass")}

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from appliance.common.ratelog import RateLimitedLog
 from appliance.contract.broker import PAYLOAD_VERSION
 from appliance.errors import WardtapError
 from appliance.outputs.spool import KIND_EVENT, KIND_STATS, Spool
@@ -28,6 +29,7 @@ log = logging.getLogger("wardtap.mqtt")
 
 MAX_MESSAGE_BYTES = 256 * 1024
 RETRY_BACKOFF = (1.0, 30.0)
+TEND_INTERVAL = 1.0
 NO_MATCHING_SUBSCRIBERS = 0x10
 
 
@@ -53,6 +55,7 @@ class SpoolSender:
         self._stop = threading.Event()
         self._probes: set[int] = set()      # mids of a retry round in flight
         self._last_events = float("-inf")   # when the last events message left
+        self.failures = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._loop, name="wardtap-mqtt-sender",
                                         daemon=True)
 
@@ -89,11 +92,15 @@ class SpoolSender:
         retry_at = 0.0
         backoff = RETRY_BACKOFF[0]
         timeout = 1.0
+        next_tend = 0.0
         while True:
             self._wake.wait(timeout)
             self._wake.clear()
             timeout = 1.0
             try:
+                if time.monotonic() >= next_tend:
+                    next_tend = time.monotonic() + TEND_INTERVAL
+                    self.spool.tend()      # retries deletions, writes rows held in memory
                 done: list[int] = []
                 refused: list[str] = []
                 while self._acks:
@@ -149,10 +156,12 @@ class SpoolSender:
                 if wait_linger is not None:
                     timeout = wait_linger
             except WardtapError as exc:
-                log.error("mqtt sender: %s", exc)
+                self.failures.error("wardtap", f"mqtt sender: {exc}")
                 timeout = 1.0
-            except Exception:  # noqa: BLE001  (the sender must survive anything)
-                log.exception("mqtt sender failed; retrying")
+            except Exception as exc:  # noqa: BLE001  (the sender must survive anything)
+                self.failures.error(type(exc).__name__, f"mqtt sender failed; retrying: "
+                                    f"{type(exc).__name__}: {exc}")
+                log.debug("mqtt sender failed", exc_info=True)
                 timeout = 1.0
 
     def _send(self, rows: list[Any], room: int, final: bool

@@ -27,6 +27,7 @@ class ReporterSettings:
     spool_max_rows: int = 200_000
     spool_max_bytes: int = 64 << 20
     min_free_bytes: int = 8 << 20
+    spool_reserve_bytes: int = 4 << 20     # kept free to delete acknowledged rows on a full disk
     max_command_bytes: int = 256 * 1024
     drain_timeout: float = 5.0
     # PUBACK 0x10 "no matching subscribers" on events: keep them and retry (nobody got them)

@@ -17,6 +17,12 @@ Bounds and what gives way (docs/mqtt.md, "Spool"):
   When SQLite reports the disk full, the write is rolled back (nothing stored is lost),
   stats are refused, and the other messages are retried; if they still cannot be written
   they wait in memory (at most `memory_rows`, counted if even that overflows).
+- Freeing space needs space: deleting acknowledged rows appends to SQLite's write-ahead log.
+  So the spool keeps `reserve_bytes` allocated in `<spool>.reserve`; when a deletion finds
+  the disk full, the reserve is given up, the deletion done, the log checkpointed and
+  truncated, and the reserve taken again once there is room. `tend()` (the sender calls it
+  every second) retries deletions, writes what waited in memory and reports an overflow, so
+  delivery resumes by itself when the broker is back, without waiting for a new event.
 
 Alerts are committed with synchronous=FULL (they survive a power cut); deletions after an
 acknowledgement use NORMAL (a lost deletion only means a duplicate after a power cut).
@@ -35,6 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.common.ratelog import RateLimitedLog
 from appliance.errors import StoreError
 
 log = logging.getLogger("wardtap.spool")
@@ -46,6 +53,8 @@ DEFAULT_MAX_ROWS = 200_000
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MIN_FREE = 8 << 20
 DEFAULT_MEMORY_ROWS = 10_000
+DEFAULT_RESERVE = 4 << 20   # enough to delete and checkpoint tens of thousands of rows
+RESERVE_RETRY_S = 10.0      # how often to try taking the reserve again
 REPORT_BELOW = 0.9          # report an overflow once the spool is below 90 % of its bounds
 _CHUNK = 500
 
@@ -76,6 +85,7 @@ class Spool:
     def __init__(self, path: str, max_rows: int = DEFAULT_MAX_ROWS,
                  max_bytes: int = DEFAULT_MAX_BYTES, min_free_bytes: int = DEFAULT_MIN_FREE,
                  memory_rows: int = DEFAULT_MEMORY_ROWS,
+                 reserve_bytes: int = DEFAULT_RESERVE,
                  clock: Callable[[], float] = time.time) -> None:
         from appliance.outputs.store import Store
 
@@ -85,8 +95,11 @@ class Spool:
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.memory_rows = memory_rows
+        self.reserve_bytes = reserve_bytes
+        self.reserve_path = path + ".reserve"
         self.clock = clock
         self.lock = threading.RLock()
+        self.logs = RateLimitedLog(log)
         try:
             self.conn: sqlite3.Connection | None = sqlite3.connect(
                 path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -109,6 +122,10 @@ class Spool:
         self.enqueued = 0
         self.deleted = 0
         self._pending_deletes: list[int] = []
+        self._reserve_tried = float("-inf")
+        self.reserve_held = False
+        self._released = False
+        self._take_reserve()
 
     # -- small helpers -----------------------------------------------------------------------
 
@@ -143,7 +160,8 @@ class Spool:
         if self.dropped_since is None:
             self.dropped_since = self.clock()
         if item.priority == PRIO_ALERT:
-            log.error("spool: an alert was refused (%s); counted and reported", reason)
+            self.logs.error("alert-refused", f"spool: an alert was refused ({reason}); "
+                            "counted, and reported once there is room")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -160,12 +178,16 @@ class Spool:
                 batch.append(report)
             if not batch and not evict and self.dropped == drops_before:
                 return 0
+            if batch and not evict and not self._fits(batch):
+                return self._hold([i for i in batch if i is not report])
             try:
                 self._insert(batch, evict, reset_drops=report is not None)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise StoreError(f"{self.path}: spool write failed: {exc}") from None
                 return self._on_disk_full([i for i in batch if i is not report])
+            if self._tight():
+                self._checkpoint()
             if report is not None:
                 self.dropped = dict.fromkeys(self.dropped, 0)
                 self.dropped_since = None
@@ -174,6 +196,7 @@ class Spool:
                 if free is None or free >= self.min_free_bytes:
                     log.warning("spool: the disk has room again; stats are accepted again")
                     self.disk_full = False
+            self._take_reserve()
             return len(batch)
 
     def _check_disk(self, batch: list[Item]) -> list[Item]:
@@ -183,8 +206,8 @@ class Spool:
         if low != self.low_disk:
             self.low_disk = low
             if low:
-                log.warning("spool: less than %d bytes free on the disk; stats are not "
-                            "spooled until there is room", self.min_free_bytes)
+                self.logs.warning("low-disk", f"spool: less than {self.min_free_bytes} bytes "
+                                  "free on the disk; stats are not spooled until there is room")
         if not (low or self.disk_full):
             return batch
         kept = []
@@ -292,8 +315,9 @@ class Spool:
     def _on_disk_full(self, batch: list[Item]) -> int:
         """The write was rolled back: refuse stats, retry the rest, else hold it in memory."""
         if not self.disk_full:
-            log.error("spool: the disk is full; the write was rolled back (nothing stored is "
-                      "lost); stats are refused until there is room")
+            self.logs.error("disk-full", "spool: the disk is full; the write was rolled back "
+                            "(nothing stored is lost); stats are refused and other messages "
+                            "wait in memory until there is room")
             self.disk_full = True
         kept = []
         for item in batch:
@@ -301,21 +325,51 @@ class Spool:
                 self._drop(item, "disk full")
             else:
                 kept.append(item)
-        if kept:
+        if kept and self._fits(kept):
             try:
                 self._insert(kept, [], reset_drops=False)
                 return len(kept)
             except sqlite3.Error as exc:
                 if not _is_full(exc):
                     raise StoreError(f"{self.path}: spool write failed: {exc}") from None
-        room = self.memory_rows
-        for item in kept:
-            if room > 0:
+            finally:
+                if self._tight():
+                    self._checkpoint()
+        return self._hold(kept)
+
+    def _hold(self, items: list[Item]) -> int:
+        """Keep items in memory (after what is held already), stats refused, at most
+        memory_rows; return 0 (nothing was stored)."""
+        if not self.disk_full:
+            self.logs.error("disk-full", "spool: the disk is full; messages wait in memory "
+                            "until there is room (nothing stored is lost)")
+            self.disk_full = True
+        room = self.memory_rows - len(self.held)
+        for item in items:
+            if item.priority == PRIO_STATS:
+                self._drop(item, "disk full")
+            elif room > 0:
                 self.held.append(item)
                 room -= 1
             else:
                 self._drop(item, "disk full and memory buffer full")
         return 0
+
+    def _tight(self) -> bool:
+        """The reserve was given up to free space and could not be taken again: the file
+        makes do with its own free pages, and the log is truncated after every write."""
+        return self._released and not self.reserve_held
+
+    def _fits(self, items: Sequence[Item]) -> bool:
+        """Outside tight mode, always; in it, only when the file's free pages hold `items`
+        twice over (a write then grows neither the file nor, truncated, the log)."""
+        if not self._tight():
+            return True
+        need = 2 * sum(len(i.payload) + 64 for i in items)
+        db = self._db()
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        return bool(free * page >= need)
 
     # -- reading and acknowledging -----------------------------------------------------------
 
@@ -338,34 +392,136 @@ class Spool:
         return out
 
     def ack(self, ids: Sequence[int]) -> None:
-        """The broker acknowledged these rows: delete them (retried later if that fails)."""
+        """The broker acknowledged these rows: delete them. A full disk gives up the reserve
+        for it; anything else leaves them to be deleted by the next ack() or tend()."""
         with self.lock:
             todo = self._pending_deletes + list(ids)
             self._pending_deletes = []
             if not todo:
                 return
-            db = self._db()
+            rest, exc = self._delete(todo)
+            if exc is not None and _is_full(exc) and self._give_up_reserve():
+                self._checkpoint()
+                rest, exc = self._delete(rest)
+            if exc is not None:
+                self._keep_deletes(rest, exc)
+                return
+            if self.held:
+                self._write_held()           # space was freed: what waited in memory goes in
+
+    def _write_held(self) -> None:
+        """Write what waited in memory, oldest first, one chunk per transaction (a nearly
+        full disk takes a small transaction when it cannot take a large one)."""
+        while self.held:
+            chunk, rest = self.held[:_CHUNK], self.held[_CHUNK:]
+            self.held = []
+            self.put(chunk)                  # a failure puts the chunk back into self.held
+            if self.held:
+                self.held.extend(rest)
+                return
+            self.held = rest
+
+    def _delete(self, todo: list[int]) -> tuple[list[int], sqlite3.Error | None]:
+        """Delete rows a chunk per transaction (in tight mode the log is truncated after
+        each); return what is left and the error that stopped it, if one did."""
+        db = self._db()
+        for k in range(0, len(todo), _CHUNK):
+            part = todo[k:k + _CHUNK]
             try:
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("BEGIN IMMEDIATE")
-                removed_rows = removed_bytes = 0
-                for k in range(0, len(todo), _CHUNK):
-                    part = todo[k:k + _CHUNK]
-                    got = db.execute(
-                        f"DELETE FROM spool WHERE id IN ({','.join('?' * len(part))}) "
-                        "RETURNING bytes", part).fetchall()
-                    removed_rows += len(got)
-                    removed_bytes += sum(r[0] for r in got)
+                got = db.execute(
+                    f"DELETE FROM spool WHERE id IN ({','.join('?' * len(part))}) "
+                    "RETURNING bytes", part).fetchall()
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                self._pending_deletes = todo[-self.memory_rows * 10:]
-                log.warning("spool: could not delete acknowledged rows (%s); retrying", exc)
+                return todo[k:], exc
+            self.rows -= len(got)
+            self.bytes -= sum(r[0] for r in got)
+            self.deleted += len(got)
+            if self._tight():
+                self._checkpoint()
+        return [], None
+
+    def _keep_deletes(self, todo: list[int], exc: sqlite3.Error) -> None:
+        # ids only (8 bytes each): an acknowledged row is at worst sent twice, never lost
+        self._pending_deletes = todo
+        self.logs.warning("delete", f"spool: could not delete {len(todo):,} acknowledged rows "
+                          f"({exc}); retrying every second")
+
+    def _checkpoint(self) -> None:
+        """Write the log into the database file and truncate it (frees the disk space the
+        log held); a reader holding it back only delays this to the next time."""
+        try:
+            self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            self.logs.warning("checkpoint", f"spool: checkpoint failed: {exc}")
+
+    # -- the reserve -------------------------------------------------------------------------
+
+    def _take_reserve(self) -> None:
+        """Allocate `reserve_bytes` in the reserve file, when there is room to spare (at most
+        every RESERVE_RETRY_S)."""
+        if self.reserve_held or self.reserve_bytes <= 0:
+            return
+        now = time.monotonic()
+        if now - self._reserve_tried < RESERVE_RETRY_S:
+            return
+        self._reserve_tried = now
+        free = self._free_bytes()
+        if free is not None and free < self.reserve_bytes + self.min_free_bytes:
+            return
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.logs.warning("reserve", f"spool: cannot reserve {self.reserve_bytes:,} bytes "
+                              f"in {self.reserve_path}: {exc.strerror or exc}")
+            return
+        if self._released:
+            log.warning("spool: the disk has room again; %d bytes reserved again in %s",
+                        self.reserve_bytes, self.reserve_path)
+            self._released = False
+        self.reserve_held = True
+
+    def _give_up_reserve(self) -> bool:
+        """Delete the reserve file (the space it held is free at once); False without one."""
+        try:
+            os.unlink(self.reserve_path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error("spool: cannot release the reserve %s: %s", self.reserve_path, exc)
+            return False
+        self.reserve_held = False
+        self._released = True
+        self._reserve_tried = time.monotonic()
+        log.warning("spool: the disk is full; the reserved space was released to delete "
+                    "acknowledged rows (taken again once there is room)")
+        return True
+
+    def tend(self) -> None:
+        """Every second from the sender: retry deletions, write what waited in memory, clear
+        a full-disk state, report an overflow, take the reserve again."""
+        with self.lock:
+            if self.conn is None:
                 return
-            self.rows -= removed_rows
-            self.bytes -= removed_bytes
-            self.deleted += removed_rows
+            try:
+                if self._pending_deletes:
+                    self.ack([])
+                if self.held:
+                    self._write_held()
+                if self.disk_full or any(self.dropped.values()):
+                    self.put([])
+            except StoreError as exc:
+                self.logs.warning("tend", f"spool: {exc}")
+            self._take_reserve()
 
     def depth(self) -> int:
         with self.lock:
@@ -384,6 +540,8 @@ class Spool:
                     "overflow": any(self.dropped.values()), "dropped": dict(self.dropped),
                     "dropped_since": self.dropped_since, "disk_full": self.disk_full,
                     "low_disk": self.low_disk, "held_in_memory": len(self.held),
+                    "pending_deletes": len(self._pending_deletes),
+                    "reserve": self.reserve_held,
                     "max_rows": self.max_rows, "max_bytes": self.max_bytes}
 
     def event_id(self, row_id: int) -> str:

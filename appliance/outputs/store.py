@@ -1,24 +1,70 @@
 """The local store: one SQLite file (sqlite-utils) with devices, flows, violations and runs,
 and `StoreOutput`, the daemon's output that writes event batches and counters into it.
 
-One writer; each write is one transaction, so a failed write (a full disk) leaves what was
-stored before intact. The schema is versioned (PRAGMA user_version) and upgraded step by
-step, with a copy of the file taken before an upgrade.
+One file, several connections (this store, the spool, the audit log, each on its own thread):
+every write transaction starts with BEGIN IMMEDIATE, so it takes the file's write lock before
+it reads anything and waits its turn (the busy timeout) instead of failing with "database is
+locked" when another connection wrote in between (SQLite cannot upgrade a read snapshot that
+went stale). A write that still finds the file busy is retried; `StoreOutput` keeps a batch
+it could not write and writes it with the next one, so no batch is lost to contention. Each
+write is one transaction, so a failed write (a full disk) leaves what was stored before
+intact. The schema is versioned (PRAGMA user_version) and upgraded step by step, with a copy
+of the file taken before an upgrade.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import sqlite_utils
 
+from appliance.common.ratelog import RateLimitedLog
 from appliance.errors import StoreError
 from appliance.outputs.base import Output
+
+log = logging.getLogger("wardtap.store")
+
+BUSY_TIMEOUT_S = 30.0        # how long one statement waits for another connection's write
+WRITE_ATTEMPTS = 3           # a write that still finds the file busy is tried again
+HELD_EVENTS = 200_000        # StoreOutput: events kept in memory while the store cannot write
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the file; try again later."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", 0) & 0xFF in (5, 6)
+        or "locked" in str(exc) or "busy" in str(exc))
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", 0) & 0xFF == 13 or "full" in str(exc))
+
+
+class _Database(sqlite_utils.Database):
+    """sqlite-utils with write transactions that take the write lock first (BEGIN IMMEDIATE)."""
+
+    @contextlib.contextmanager
+    def atomic(self) -> Generator[sqlite_utils.Database, None, None]:
+        if self.conn.in_transaction:
+            with super().atomic() as db:      # nested: a savepoint
+                yield db
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -135,8 +181,8 @@ class Store:
         conn: sqlite3.Connection | None = None
         try:
             existed = os.path.exists(path) and os.path.getsize(path) > 0
-            conn = sqlite3.connect(path, timeout=10)
-            self.db = sqlite_utils.Database(conn)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+            self.db = _Database(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -175,15 +221,20 @@ class Store:
             self.db = None  # type: ignore[assignment]
 
     def _write(self, work: Callable[[], Any]) -> Any:
-        """Run `work` in one transaction; a failure rolls it back and says why."""
-        try:
-            with self.db.atomic():
-                return work()
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc):
-                raise StoreError(f"{self.path}: disk full; this write was rolled back, "
-                                 "earlier data is intact") from None
-            raise StoreError(f"{self.path}: write failed: {exc}") from None
+        """Run `work` in one transaction (tried again while the file is busy); a failure
+        rolls it back and says why."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self.db.atomic():
+                    return work()
+            except sqlite3.OperationalError as exc:
+                if is_full(exc):
+                    raise StoreError(f"{self.path}: disk full; this write was rolled back, "
+                                     "earlier data is intact") from None
+                if not is_busy(exc) or attempt == WRITE_ATTEMPTS:
+                    raise StoreError(f"{self.path}: write failed: {exc}") from None
+                time.sleep(0.05 * attempt)
+        raise AssertionError("not reached")
 
     def start_run(self, kind: str, sources: Iterable[str], mode: str,
                   policy: Any = None) -> int:
@@ -257,18 +308,41 @@ def _violation_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
 
 
 class StoreOutput(Output):
+    """The daemon's store output. A batch the store cannot take now (the file busy beyond
+    the retries, the disk full) is kept in memory, in order, and written with the next one
+    (at most HELD_EVENTS; beyond that the oldest are counted as lost and said so)."""
+
     name = "store"
 
     def __init__(self, store: Store, run: int) -> None:
         self.store = store
         self.run = run
         self._written: dict[int, dict[str, Any]] = {}
+        self.held: list[dict[str, Any]] = []
+        self.lost = 0
+        self.failures = RateLimitedLog(log)
 
     def publish(self, events: list[dict[str, Any]]) -> None:
-        self.store.add_events(self.run, events)
+        kept = [e for e in events if e["type"] in ("flow_end", "violation")]
+        if not kept and not self.held:
+            return
+        batch = self.held + kept
+        try:
+            self.store.add_events(self.run, batch)
+        except StoreError as exc:
+            self.held = batch[-HELD_EVENTS:]
+            lost = len(batch) - len(self.held)
+            self.lost += lost
+            self.failures.error("write", f"store: {len(self.held):,} events wait in memory "
+                                f"for the next write ({exc})" + (
+                                    f"; {self.lost:,} lost so far" if self.lost else ""))
+            return
+        if self.held:
+            log.warning("store: %d events that waited in memory are written", len(self.held))
+        self.held = []
 
     def snapshot(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
-        """Write each device's counters since the last snapshot (the store adds them up)."""
+        """Write each device's counters since the last write (the store adds them up)."""
         deltas = []
         for device in devices:
             before = self._written.get(device["index"])
@@ -278,7 +352,21 @@ class StoreOutput(Output):
                             "bytes_received", "flows", "violations"):
                     delta[key] = device[key] - before[key]
             deltas.append(delta)
+        self.publish([])                     # events kept from a failed write go first
+        try:
+            if deltas:
+                self.store.merge_devices(deltas)
+            self.store.finish_run(self.run, stats)
+        except StoreError as exc:           # the deltas are taken again next time
+            self.failures.error("snapshot", f"store: counters not written, kept for the "
+                                f"next snapshot ({exc})")
+            return
+        for device in devices:
             self._written[device["index"]] = device
-        if deltas:
-            self.store.merge_devices(deltas)
-        self.store.finish_run(self.run, stats)
+
+    def close(self) -> None:
+        if self.held:
+            self.publish([])
+        if self.held:
+            log.error("store: %d events could not be written and are lost", len(self.held))
+            self.held = []

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.common.control import ANSWER_TIMEOUT, request
+from appliance.common.text import shown
 from appliance.common.when import zone_name
 from appliance.errors import WardtapError
 
@@ -68,6 +69,7 @@ def view(answer: dict[str, Any]) -> dict[str, Any]:
         "pid": answer.get("pid"), "mode": answer.get("mode"),
         "datapath": answer.get("datapath"), "uptime_s": answer.get("uptime_s"),
         "policy": answer.get("policy"),
+        "policy_fault": answer.get("policy_fault"),
         "health": {"state": "ok", "healthy": True, "datapath_running": True,
                    "batch_failures": 0, **health,
                    "integrity_alarm": (bool(integrity.get("alarm"))
@@ -88,7 +90,9 @@ def view(answer: dict[str, Any]) -> dict[str, Any]:
                    "connected": bool(broker.get("connected")),
                    "url": broker.get("url"), "spool_depth": broker.get("spool_depth"),
                    "spool_overflow": broker.get("spool_overflow"),
-                   "spool_dropped": broker.get("spool_dropped")},
+                   "spool_dropped": broker.get("spool_dropped"),
+                   "spool_disk_full": broker.get("disk_full"),
+                   "spool_held_in_memory": broker.get("held_in_memory")},
         "leds": None if not leds else {
             "patterns": leds.get("patterns") or {}, "line": leds.get("line") or "",
             "colours": leds.get("colours") or {}, "backend": leds.get("backend")},
@@ -145,10 +149,17 @@ def _spark(history: list[float], width: int) -> str:
 
 def _policy(v: dict[str, Any], short: bool = False) -> Text:
     p = v["policy"]
-    if not p:
-        return Text("none")
-    return Text(f"{p['name']} v{p['version']}" if short else
-                f"{p['name']} v{p['version']} (generation {p['generation']})")
+    fault = v.get("policy_fault")
+    out = Text("none" if not p else shown(
+        f"{p['name']} v{p['version']}" if short else
+        f"{p['name']} v{p['version']} (generation {p['generation']})"))
+    if fault:
+        running = ("the last good policy" if fault.get("running") == "last-good"
+                   else "none: in bypass")
+        out.append(" POLICY FAULT" if short else
+                   f"  POLICY FAULT: the policy file was refused, running {running}: "
+                   f"{shown(fault.get('error'))}", style="bold red")
+    return out
 
 
 def _mode(v: dict[str, Any]) -> Text:
@@ -194,6 +205,9 @@ def _broker(v: dict[str, Any], short: bool = False) -> Text:
     if b["spool_overflow"]:
         dropped = sum((b["spool_dropped"] or {}).values())
         out.append(f", OVERFLOW ({dropped:,} dropped)", style="bold red")
+    if b.get("spool_disk_full"):
+        held = b.get("spool_held_in_memory") or 0
+        out.append(f", DISK FULL ({held:,} waiting in memory)", style="bold red")
     return out
 
 

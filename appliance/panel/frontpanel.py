@@ -62,13 +62,15 @@ class FrontPanel:
         self.heartbeat.feed()
 
     def refresh(self, *, mode: str, healthy: bool, datapath_running: bool,
-                broker_configured: bool, broker_connected: bool) -> None:
+                broker_configured: bool, broker_connected: bool,
+                policy_fault: bool = False) -> None:
         self._mode = mode
         self._healthy = healthy
         bypass = mode == "bypass"
         self.leds.update(mode=mode, healthy=healthy, datapath_running=datapath_running,
                          broker_configured=broker_configured,
-                         broker_connected=broker_connected, bypass=bypass)
+                         broker_connected=broker_connected, bypass=bypass,
+                         policy_fault=policy_fault)
         if self.relay is not None:
             if bypass or not healthy:
                 self.relay.release()

@@ -3,12 +3,14 @@
 Each LED's meaning is fixed (docs/leds.md has the table, rendered from `RULES` below):
 health (green), learn (amber), violation (red), broker (blue), bypass (white). `decide` is a
 pure function from an `ApplianceState` to a `Display` (a `Pattern` per LED): each LED has an
-ordered rule list, the first rule that holds wins, and "identify" overrides every LED
-(all five blink together so a technician finds the unit in a closet).
+ordered rule list, the first rule that holds wins. "Identify" blinks the health, learn and
+broker LEDs together so a technician finds the unit in a closet; the violation and bypass LEDs
+go on showing their state (an identify request, signed or not, never hides a violation or a
+bypass).
 
 `LedPanel` puts a Display on the pins with gpiozero (an `LEDBoard` of `LED`s): steady and off
 are `on()`/`off()`, slow and fast blinks are gpiozero's blink threads (`LED.blink`), identify
-is the board's own `blink` (one thread, all LEDs in phase), and the double flash is a
+is one thread of ours toggling its three LEDs in phase, and the double flash is a
 gpiozero `source` (a repeating frame sequence). A small timer thread re-decides when a rule
 expires by itself (a violation's hold time, the end of identify). gpiozero is imported only
 when a panel is made, so importing this module works anywhere; off a Pi the pins are
@@ -45,6 +47,7 @@ FAST_HALF = 0.125
 DOUBLE_TICK = 0.1
 DOUBLE_FRAMES = (1, 0, 1, 0, 0, 0, 0, 0, 0, 0)
 IDENTIFY_HALF = FAST_HALF
+IDENTIFY_LEDS = ("health", "learn", "broker")     # never the violation or bypass LED
 MODES = ("learn", "monitor", "enforce", "bypass")
 
 
@@ -60,6 +63,8 @@ class ApplianceState:
     bypass: bool = False              # ward traffic bypasses the classifier (relays released)
     identify: bool = False
     integrity_alarm: bool = False     # signature, store or image integrity check failed
+    policy_fault: bool = False        # the policy file was refused at start: running the
+                                      # last good policy, or in bypass without one
     last_violation: float | None = None
     acknowledged: float | None = None  # the last acknowledge (short press)
 
@@ -80,7 +85,7 @@ class Facts:
 
     state: ApplianceState
     bypass: bool            # bypass relays released or mode bypass
-    fault: bool             # unhealthy, or the datapath is not running
+    fault: bool             # unhealthy, a policy fault, or the datapath is not running
     violation_fresh: bool   # an unacknowledged violation within violation_fresh
     violation_recent: bool  # an unacknowledged violation within violation_hold
 
@@ -112,6 +117,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
              "traffic bypasses the classifier: nothing is checked"),
         Rule("not healthy", lambda f: not f.state.healthy, Pattern.OFF,
              "a self-check failed: see `wardtap status` and the log"),
+        Rule("policy fault", lambda f: f.state.policy_fault, Pattern.FAST,
+             "the policy file was refused: running the last good policy; see `wardtap "
+             "status`, fix the file, `wardtap reload`"),
         Rule("datapath not running", lambda f: not f.state.datapath_running, Pattern.SLOW,
              "starting, or the datapath has stopped"),
         Rule("mode enforce", lambda f: f.state.mode == "enforce", Pattern.STEADY,
@@ -154,8 +162,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
              "ward traffic passes through the classifier"),
     ),
 }
-IDENTIFY_MEANING = ("identify (a fleet command): all five LEDs blink together at 4 Hz; "
-                    "overrides everything; ends after its time or with a short press")
+IDENTIFY_MEANING = ("identify (a fleet command): health, learn and broker blink together at "
+                    "4 Hz; violation and bypass keep showing their state; ends after its time "
+                    "(at most 10 min) or with a short press")
 assert tuple(RULES) == LED_NAMES
 
 
@@ -173,7 +182,8 @@ class Display:
         raise KeyError(name)
 
     def as_dict(self) -> dict[str, str]:
-        return {led: ("identify" if self.identify else p.value) for led, p in self.patterns}
+        return {led: ("identify" if self.identify and led in IDENTIFY_LEDS else p.value)
+                for led, p in self.patterns}
 
 
 def facts(state: ApplianceState, now: float, timing: Timing = Timing()) -> Facts:
@@ -184,7 +194,7 @@ def facts(state: ApplianceState, now: float, timing: Timing = Timing()) -> Facts
     return Facts(
         state=state,
         bypass=state.bypass or state.mode == "bypass",
-        fault=not state.healthy or not state.datapath_running,
+        fault=not state.healthy or state.policy_fault or not state.datapath_running,
         violation_fresh=age is not None and age < timing.violation_fresh,
         violation_recent=age is not None and age < timing.violation_hold,
     )
@@ -215,7 +225,8 @@ def rules_markdown(pinmap: PinMap | None = None) -> str:
     """The table in docs/leds.md: every LED, every pattern, in priority order."""
     colours = {led.name: led.colour for led in pinmap.leds} if pinmap else {}
     rows = ["| LED | priority | when | pattern | meaning |", "|---|---|---|---|---|",
-            f"| all | 0 | identify | {Pattern.FAST.value}, all together | {IDENTIFY_MEANING} |"]
+            f"| {', '.join(IDENTIFY_LEDS)} | 0 | identify | {Pattern.FAST.value}, together | "
+            f"{IDENTIFY_MEANING} |"]
     for led in LED_NAMES:
         name = f"{led} ({colours[led]})" if led in colours else led
         for i, rule in enumerate(RULES[led], 1):
@@ -238,11 +249,12 @@ def render_markup(display: Display, colours: dict[str, str] | None = None) -> st
     colours = colours or {}
     parts = []
     for led, pattern in display.patterns:
-        if display.identify:
+        identify = display.identify and led in IDENTIFY_LEDS
+        if identify:
             pattern = Pattern.FAST
         colour = RICH_COLOURS.get(colours.get(led, ""), "white")
         style = "grey50" if pattern is Pattern.OFF else colour
-        plain = display.identify or pattern in (Pattern.OFF, Pattern.STEADY)
+        plain = identify or pattern in (Pattern.OFF, Pattern.STEADY)
         label = led if plain else f"{led} ({pattern.value})"
         parts.append(f"[{style}]{SYMBOLS[pattern]}[/] {label}")
     line = "  ".join(parts)
@@ -266,6 +278,8 @@ class LedPanel:
         self._state = state or ApplianceState()
         self._identify_until: float | None = None
         self._applied: Display | None = None
+        self._identify_stop: threading.Event | None = None
+        self._identify_thread: threading.Thread | None = None
         self._closed = False
         from gpiozero import LEDBoard  # here, not at import: importing must work anywhere
 
@@ -345,21 +359,48 @@ class LedPanel:
     def _show(self, display: Display) -> None:
         """Put a Display on the pins, touching only the LEDs whose pattern changed."""
         before = self._applied
-        if display.identify:
-            if before is None or not before.identify:
-                for led in self._leds.values():
-                    led.source = None    # stop a double flash
-                    led.off()            # stop the LED's own blink thread
-                self._board.blink(on_time=IDENTIFY_HALF, off_time=IDENTIFY_HALF)
-            self._applied = display
-            return
-        if before is not None and before.identify:
-            self._board.off()        # stops the board's blink thread
+        if display.identify and (before is None or not before.identify):
+            for name in IDENTIFY_LEDS:
+                led = self._leds[name]
+                led.source = None        # stop a double flash
+                led.off()                # stop the LED's own blink thread
+            self._start_identify()
+        elif not display.identify and before is not None and before.identify:
+            self._stop_identify()
             before = None
         for name, pattern in display.patterns:
+            if display.identify and name in IDENTIFY_LEDS:
+                continue
             if before is None or before[name] is not pattern:
                 self._drive(self._leds[name], pattern)
         self._applied = display
+
+    def _start_identify(self) -> None:
+        """One thread toggles the identify LEDs together (in phase) until stopped."""
+        stop = threading.Event()
+        leds = [self._leds[name] for name in IDENTIFY_LEDS]
+
+        def blink() -> None:
+            on = True
+            while True:
+                for led in leds:
+                    led.value = on
+                on = not on
+                if stop.wait(IDENTIFY_HALF):
+                    return
+
+        self._identify_stop = stop
+        self._identify_thread = threading.Thread(target=blink, name="wardtap-identify",
+                                                 daemon=True)
+        self._identify_thread.start()
+
+    def _stop_identify(self) -> None:
+        stop, thread = self._identify_stop, self._identify_thread
+        self._identify_stop = self._identify_thread = None
+        if stop is not None:
+            stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
 
     @staticmethod
     def _drive(led: Any, pattern: Pattern) -> None:
@@ -391,6 +432,7 @@ class LedPanel:
                 return
             self._closed = True
             self._wake.notify_all()
+        self._stop_identify()
         thread = getattr(self, "_thread", None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_toml
 from appliance.common.tomlfile import TomlLines
 from appliance.errors import HardwareError
 
@@ -61,6 +62,8 @@ BUILTIN_RESERVED: dict[int, str] = {
     0: "ID_SD: HAT ID EEPROM bus (and the PoE/PoE+ HAT fan controller)",
     1: "ID_SC: HAT ID EEPROM bus (and the PoE/PoE+ HAT fan controller)",
 }
+
+MAX_PINMAP_BYTES = 256 << 10
 
 
 def header_pin_kind(pin: int) -> str:
@@ -345,7 +348,9 @@ def load_pinmap(path: str | os.PathLike[str] | None = None) -> PinMap:
 
 def parse_pinmap(text: str, path: str = "<pinmap>") -> PinMap:
     try:
-        doc = tomllib.loads(text)
+        doc = load_toml(text, max_bytes=MAX_PINMAP_BYTES)
+    except BoundsError as e:
+        raise HardwareError(f"not a usable pin map: {e}", path) from None
     except tomllib.TOMLDecodeError as e:
         found = re.search(r"\(at line (\d+), column \d+\)$", str(e))
         line = getattr(e, "lineno", None) or (int(found.group(1)) if found else None)

@@ -7,6 +7,7 @@ and the field.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_toml, toml_error
 from appliance.common.tomlfile import TomlLines as _Lines
 from appliance.common.userfile import read_bytes
 from appliance.errors import PolicyError
@@ -38,6 +40,9 @@ MAX_SELECTORS = 4096
 MAX_RULE_ENTRIES = 4096
 MAX_NAMES = 1024              # DNS names over all groups (fastpath policytable.pxi)
 MAX_CLINICAL = 1024           # HL7/DICOM values over all rules
+MAX_POLICY_BYTES = 1 << 20       # 1 MiB: far above the compiled tables' limits
+MAX_POLICY_VERSION = 2**31 - 1
+MAX_NAME = 128                   # the policy's name: kept as written, shown escaped
 
 SEL_MAC, SEL_OUI, SEL_NET, SEL_VLAN = 1, 2, 3, 4
 
@@ -59,6 +64,7 @@ class Group:
     vlans: tuple[int, ...] = ()
     line: int | None = None
     classes: tuple[str, ...] = ()     # device classes; their MACs are already in `macs`
+    loose: tuple[str, ...] = ()       # `ip` entries written with host bits (for lint)
     names: tuple[str, ...] = ()       # DNS names ("*.suffix": names under it), lower case
 
 
@@ -112,7 +118,7 @@ def load_policy(path: str, classes: ClassMembers | None = None) -> Policy:
     .class_members over the store), once, now; without it they select no device.
     """
     try:
-        raw = read_bytes(path, "a policy file")
+        raw = read_bytes(path, "a policy file", MAX_POLICY_BYTES)
     except ValueError as exc:
         raise PolicyError(path, str(exc)) from None
     try:
@@ -126,13 +132,25 @@ def load_policy(path: str, classes: ClassMembers | None = None) -> Policy:
 def parse_policy(text: str, path: str = "<policy>",
                  classes: ClassMembers | None = None) -> Policy:
     try:
-        doc = tomllib.loads(text)
+        doc = load_toml(text, max_bytes=MAX_POLICY_BYTES)
+    except BoundsError as exc:
+        raise PolicyError(path, str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise PolicyError(path, f"TOML syntax: {message}",
-                          int(match.group(1)) if match else None) from None
+        message, line = toml_error(exc)
+        raise PolicyError(path, f"TOML syntax: {message}", line) from None
+    if not doc:
+        raise PolicyError(path, "the policy is empty (no [policy] table, no groups, no rules): "
+                          "it would allow nothing")
     return _Validator(text, path, classes).policy(doc)
+
+
+def check_usable(policy: Policy, mode: str) -> None:
+    """Monitor and enforce need a policy that allows something: without a rule every flow is
+    a violation (and in enforce, dropped). Raise PolicyError saying so."""
+    if mode in ("monitor", "enforce") and not policy.rules:
+        raise PolicyError(policy.path, f"the policy has no [[rules]]: in {mode} mode it would "
+                          f"{'deny' if mode == 'enforce' else 'report'} every conversation; "
+                          "refused", None, "rules")
 
 
 class _Validator:
@@ -154,13 +172,14 @@ class _Validator:
                              "name_ttl_min", "name_ttl_max"}, "policy",
                       self.lines.table("[policy]"), "[policy]")
         name = head.get("name", "unnamed")
-        if not isinstance(name, str) or not name:
-            raise self.fail("must be a non-empty string", "policy.name",
-                            self.lines.key("[policy]", "name"))
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+            raise self.fail(f"must be a non-empty string of at most {MAX_NAME} characters",
+                            "policy.name", self.lines.key("[policy]", "name"))
         version = head.get("version", 1)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise self.fail("must be a whole number, 0 or more", "policy.version",
-                            self.lines.key("[policy]", "version"))
+        if (not isinstance(version, int) or isinstance(version, bool)
+                or not 0 <= version <= MAX_POLICY_VERSION):
+            raise self.fail(f"must be a whole number from 0 to {MAX_POLICY_VERSION}",
+                            "policy.version", self.lines.key("[policy]", "version"))
         arp = self._action(head, "arp")
         non_ip = self._action(head, "non_ip")
         fragments = self._action(head, "fragment_unmatched", "deny")
@@ -216,8 +235,11 @@ class _Validator:
                          for v in self._list(spec, "mac", where, header))
             ouis = tuple(self._mac(v, f"{where}.oui", self.lines.key(header, "oui"), _OUI, 3)
                          for v in self._list(spec, "oui", where, header))
+            ips = self._list(spec, "ip", where, header)
             nets = tuple(self._net(v, f"{where}.ip", self.lines.key(header, "ip"))
-                         for v in self._list(spec, "ip", where, header))
+                         for v in ips)
+            loose = tuple(v for v, net in zip(ips, nets, strict=True)
+                          if "/" in v and str(net) != v)
             vlans = tuple(self._vlan(v, f"{where}.vlan", self.lines.key(header, "vlan"))
                           for v in self._list(spec, "vlan", where, header))
             classes = tuple(self._class(v, f"{where}.class", self.lines.key(header, "class"))
@@ -231,7 +253,7 @@ class _Validator:
             if not (macs or ouis or nets or vlans or classes or names):
                 raise self.fail("group has no members (give mac, oui, ip, vlan, class or "
                                 "names)", where, line)
-            groups[name] = Group(name, macs, ouis, nets, vlans, line, classes, names)
+            groups[name] = Group(name, macs, ouis, nets, vlans, line, classes, loose, names)
         return groups
 
     def _list(self, spec: dict[str, Any], key: str, where: str, header: str) -> list[Any]:
@@ -249,9 +271,7 @@ class _Validator:
         return bytes.fromhex(value.replace(":", "").replace("-", ""))
 
     def _class(self, value: Any, where: str, line: int | None) -> str:
-        from appliance.inventory.classes import UNKNOWN, ClassRules
-
-        known = [c for c in ClassRules.load().classes if c != UNKNOWN]
+        known = _known_classes()
         if value not in known:
             raise self.fail(f"{value!r} is not a device class ({', '.join(known)})", where,
                             line)
@@ -388,6 +408,14 @@ class _Validator:
                                 f"within 0-{top}", where, line)
             out.append((lo, hi))
         return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _known_classes() -> tuple[str, ...]:
+    """The device class names (the shipped rules file, read once)."""
+    from appliance.inventory.classes import UNKNOWN, ClassRules
+
+    return tuple(c for c in ClassRules.load().classes if c != UNKNOWN)
 
 
 def _net16(net: Network) -> tuple[bytes, int]:

@@ -18,12 +18,12 @@ See docs/learn.md for the mapping table.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from appliance.common.bounded import BoundsError, load_json
 from appliance.common.userfile import read_bytes
 from appliance.errors import WardtapError
 from appliance.policy.writer import GroupSpec, PolicyDraft, RuleSpec, safe_name, unique
@@ -41,6 +41,8 @@ _IGNORED_IP = {"dscp", "ecn", "length", "ttl", "ihl", "flags", "offset", "identi
 _IGNORED_TCP = {"sequence-number", "acknowledgement-number", "data-offset", "reserved",
                 "flags", "window-size", "urgent-pointer", "options"}
 _IGNORED_UDP = {"length"}
+MAX_MUD_BYTES = 1 << 20
+MAX_MUD_DEPTH = 64
 _MUD_MATCHES = {"manufacturer", "same-manufacturer", "model", "local-networks", "controller",
                 "my-controller"}
 
@@ -150,6 +152,8 @@ class _Reader:
         if self.integer(mud["mud-version"], f"{base}.mud-version", 0, 255) != 1:
             raise self.fail(f"{base}.mud-version", "only MUD version 1 is supported")
         self.url = self.string(mud.get("mud-url"), f"{base}.mud-url")
+        if _parsed(self.url) is None:
+            raise self.fail(f"{base}.mud-url", f"{self.url[:80]!r} is not a URL")
         if urlparse(self.url).scheme != "https":
             self.warn(f"{base}.mud-url", "is not an https URL (RFC 8520 requires https)")
         if mud.get("is-supported") is False:
@@ -480,8 +484,18 @@ def _kind(value: Any) -> str:
             type(None): "null"}.get(type(value), "a number")
 
 
+def _parsed(uri: str) -> Any:
+    """urlparse(uri), or None when it is no URL at all (urlparse raises on "https://[")."""
+    try:
+        return urlparse(uri)
+    except ValueError:
+        return None
+
+
 def _host_path(uri: str) -> str:
-    parsed = urlparse(uri)
+    parsed = _parsed(uri)
+    if parsed is None:
+        return uri.lower()
     return (parsed.netloc + parsed.path).strip("/").lower() or uri.lower()
 
 
@@ -500,16 +514,19 @@ def _describe(rule: MudRule) -> str:
 def load_mud(path: str) -> MudProfile:
     """Read and check a MUD file; MudError (one line, JSON path) when it cannot be used."""
     try:
-        raw = read_bytes(path, "a MUD file")
+        raw = read_bytes(path, "a MUD file", MAX_MUD_BYTES)
     except ValueError as exc:
         raise MudError(path, str(exc)) from None
+    return parse_mud(raw, path)
+
+
+def parse_mud(raw: bytes, path: str = "<mud>") -> MudProfile:
+    """Check MUD JSON bytes (bounded: size, nesting, finite numbers); MudError when they
+    cannot be used."""
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise MudError(path, "not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise MudError(path, f"not valid JSON: {exc.msg}",
-                       f"line {exc.lineno} column {exc.colno}") from None
+        doc = load_json(raw, max_bytes=MAX_MUD_BYTES, max_depth=MAX_MUD_DEPTH)
+    except BoundsError as exc:
+        raise MudError(path, exc.message, exc.where) from None
     return _Reader(path).read(doc)
 
 

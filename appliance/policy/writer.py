@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from appliance.common.text import shown
 from appliance.errors import WardtapError
 
 _BAD = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -99,7 +100,8 @@ class PolicyDraft:
 
 
 def _s(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)   # a TOML basic string
+    """A TOML basic string (JSON's escapes are TOML's; DEL is the one TOML also forbids)."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _key(name: str) -> str:
@@ -112,7 +114,9 @@ def _v(value: int | str) -> str:
 
 
 def _comment(text: str, indent: str = "") -> list[str]:
-    return [f"{indent}# {line}".rstrip() for line in text.splitlines() or [""]]
+    """Comment lines; control characters (TOML forbids them in comments, and a MUD file's
+    text may carry them) shown as escapes."""
+    return [f"{indent}# {shown(line)}".rstrip() for line in text.splitlines() or [""]]
 
 
 def _array(key: str, values: list[int] | list[str] | list[int | str],
@@ -132,7 +136,7 @@ def _array(key: str, values: list[int] | list[str] | list[int | str],
     out = [f"{key} = ["]
     for v in values:
         note = notes.get(str(v))
-        out.append(f"    {_v(v)},{'  # ' + note if note else ''}")
+        out.append(f"    {_v(v)},{'  # ' + shown(note) if note else ''}")
     out.append("]")
     return out
 
@@ -145,7 +149,7 @@ def render(draft: PolicyDraft) -> str:
     out += ["", "[policy]", f"name = {_s(draft.name)}", f"version = {draft.version}"]
     for key in ("arp", "non_ip", "fragment_unmatched"):
         note = draft.setting_notes.get(key)
-        out.append(f"{key} = {_s(getattr(draft, key))}{'  # ' + note if note else ''}")
+        out.append(f"{key} = {_s(getattr(draft, key))}{'  # ' + shown(note) if note else ''}")
     placeholders = {g.name for g in draft.groups if g.placeholder}
     for g in draft.groups:
         out.append("")

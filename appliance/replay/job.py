@@ -71,7 +71,7 @@ def run_job(args: ReplayJob,
             on_events: Callable[[list[dict[str, Any]]], object] | None = None) -> int:
     """Run the replay and print its results; `on_events` also sees every event batch (the
     demo's LEDs)."""
-    from appliance.policy.model import load_policy
+    from appliance.policy.model import check_usable, load_policy
     from appliance.replay.runner import Replayer
     from appliance.replay.summary import render
 
@@ -84,6 +84,8 @@ def run_job(args: ReplayJob,
     if args.mode in ("monitor", "enforce") and policy is None:
         raise WardtapError(f"--mode {args.mode} needs --policy")
     mode = args.mode or ("monitor" if policy else "learn")
+    if policy is not None:
+        check_usable(policy, mode)
     replayer = Replayer(policy, mode, flow_capacity=args.flows, device_capacity=args.devices)
     store = _open_store(args.db) if args.db else None
     out = _open_out(args.packets_out) if args.packets_out else None

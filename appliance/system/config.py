@@ -40,6 +40,7 @@ ca = "ca.pem"
 cert = "ward4b-01.pem"
 key = "ward4b-01.key"
 fleet_key = "fleet.pub"     # Ed25519 public key that signs enforcement commands
+# spool_reserve_bytes = 4194304   # kept allocated to delete sent rows on a full disk
 
 [integrity]                 # optional: verify SHA-256 manifests (appliance.system.integrity)
 manifests = ["/usr/share/wardtap/install.manifest.json", "integrity.json"]
@@ -64,12 +65,14 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_toml
 from appliance.common.tomlfile import TomlLines
 from appliance.errors import WardtapError
 
 MODES = ("learn", "monitor", "enforce", "bypass")
 DATAPATHS = ("replay", "tap", "inline")
 DEFAULT_CONTROL = "/run/wardtap/control.sock"
+MAX_CONFIG_BYTES = 256 << 10
 
 
 class ConfigError(WardtapError):
@@ -129,6 +132,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                "summary_window": (int, float), "per_group": int, "inflight": int,
                "batch": int, "linger": (int, float), "min_interval": (int, float),
                "spool_max_rows": int, "spool_max_bytes": int, "min_free_bytes": int,
+               "spool_reserve_bytes": int,
                "max_command_bytes": int, "require_subscriber": bool},
     "integrity": {"manifests": list, "interval": (int, float)},
     "syslog": {"url": str, "format": str, "facility": str, "ca": str, "cert": str, "key": str,
@@ -150,13 +154,19 @@ _DATAPATH_OPTIONS = {
 def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8")
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"more than the {MAX_CONFIG_BYTES:,} bytes allowed for a "
+                              "configuration file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"cannot read: {exc}") from None
     try:
-        doc = tomllib.loads(text)
+        doc = load_toml(text, max_bytes=MAX_CONFIG_BYTES)
+    except BoundsError as exc:
+        raise ConfigError(path, str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise ConfigError(path, f"TOML syntax: {exc}",

@@ -41,11 +41,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.common.bounded import load_json
 from appliance.errors import WardtapError
 
 log = logging.getLogger("wardtap.integrity")
 
 MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 64 << 20
 DEFAULT_INTERVAL = 900.0
 CHUNK = 1 << 20
 MAX_LISTED = 20          # paths named in one event, per kind
@@ -149,7 +151,8 @@ class Findings:
 def load(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            doc = json.loads(fh.read())
+            doc = load_json(fh.read(MAX_MANIFEST_BYTES + 1), max_bytes=MAX_MANIFEST_BYTES,
+                            max_depth=8)
     except FileNotFoundError:
         raise IntegrityError(f"{path}: no such manifest") from None
     except (OSError, ValueError) as exc:

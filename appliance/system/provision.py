@@ -68,6 +68,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.common.bounded import BoundsError, load_toml
 from appliance.common.tomlfile import TomlLines
 from appliance.errors import WardtapError
 
@@ -77,6 +78,7 @@ ETC_LINK = "/etc/wardtap"
 MODES = ("learn", "monitor", "enforce", "bypass")
 TIME_SYNCED = "/run/systemd/timesync/synchronized"
 ERROR_FILE = "/run/wardtap-provision.error"
+MAX_PROVISION_BYTES = 1 << 20     # the file carries PEM text; 1 MiB is far above that
 _SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
                       r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) "
                       r"[A-Za-z0-9+/=]+( .*)?$")
@@ -206,17 +208,21 @@ def check(path: str, clock: Callable[[], float] = time.time,
     """Validate a provisioning file completely; raise ProvisionError listing every problem."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_PROVISION_BYTES + 1)
     except FileNotFoundError:
         raise ProvisionError([f"{path}: no such file (write wardtap-provision.toml to the "
                               "boot partition)"]) from None
     except OSError as exc:
         raise ProvisionError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:
+        if len(raw) > MAX_PROVISION_BYTES:
+            raise BoundsError(f"more than the {MAX_PROVISION_BYTES:,} bytes allowed")
         text = raw.decode("utf-8")
-        doc = tomllib.loads(text)
+        doc = load_toml(text, max_bytes=MAX_PROVISION_BYTES)
     except UnicodeDecodeError:
         raise ProvisionError([f"{path}: not UTF-8 text"]) from None
+    except BoundsError as exc:
+        raise ProvisionError([f"{path}: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise ProvisionError([f"{path}{':' + match.group(1) if match else ''}: TOML syntax: "

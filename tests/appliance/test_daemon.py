@@ -112,7 +112,7 @@ def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-u
 def test_control_rejects_hostile_requests(daemon) -> None:  # type: ignore[no-untyped-def]
     _, sock, _ = daemon
     assert request(sock, {"cmd": "format-disk"}) == {
-        "ok": False, "error": "unknown command 'format-disk'"}
+        "ok": False, "reason": "unknown_command", "error": "unknown command 'format-disk'"}
     assert request(sock, {"cmd": "mode", "mode": "off"})["ok"] is False
     import socket as so
     with so.socket(so.AF_UNIX, so.SOCK_STREAM) as s:

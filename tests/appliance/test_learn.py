@@ -338,7 +338,9 @@ def test_baseline_per_device(small: dict) -> None:
 
 def test_learn_api_matches_baseline_counts(small: dict) -> None:
     baseline = learn([small["capture"]])
-    assert sum(s.flows for s in baseline.conversations.values()) == 42
+    # 44: the three pings of the workstation share an ICMP id, 70 s apart, past the ICMP
+    # idle timeout (30 s): three flows
+    assert sum(s.flows for s in baseline.conversations.values()) == 44
     assert baseline.packets == 201
 
 

@@ -451,7 +451,7 @@ def test_missing_and_directory_policy_files(tmp_path: Path) -> None:
 
 
 def test_defaults() -> None:
-    policy = parse_policy("")
+    policy = parse_policy("[policy]\n")
     assert (policy.name, policy.version, policy.arp, policy.non_ip) == ("unnamed", 1, True, True)
     assert policy.fragment_unmatched is False          # deny by default (docs/policy.md)
     assert policy.groups == {} and policy.rules == ()

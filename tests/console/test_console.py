@@ -226,9 +226,10 @@ def test_status_json_has_stable_keys(ward) -> None:  # type: ignore[no-untyped-d
     result = run_wardtap("status", "--json", "--socket", sock, timeout=30)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"v", "ok", "pid", "mode", "datapath", "uptime_s", "policy", "health",
-                        "counters", "rate", "flows", "devices", "violations", "broker",
-                        "leds", "details"}
+    assert set(doc) == {"v", "ok", "pid", "mode", "datapath", "uptime_s", "policy",
+                        "policy_fault", "health", "counters", "rate", "flows", "devices",
+                        "violations", "broker", "leds", "details"}
+    assert doc["policy_fault"] is None
     assert doc["v"] == 1 and doc["ok"] is True and doc["mode"] == "enforce"
     assert doc["health"]["state"] == "ok"
     assert set(doc["counters"]) == {"packets", "bytes", "allowed", "denied", "malformed",
@@ -241,7 +242,8 @@ def test_status_json_has_stable_keys(ward) -> None:  # type: ignore[no-untyped-d
     assert doc["devices"] > 0
     assert doc["broker"] == {"configured": False, "connected": False, "url": None,
                              "spool_depth": None, "spool_overflow": None,
-                             "spool_dropped": None}
+                             "spool_dropped": None, "spool_disk_full": None,
+                             "spool_held_in_memory": None}
     assert set(doc["leds"]["patterns"]) == {"health", "learn", "violation", "broker", "bypass"}
     assert doc["leds"]["patterns"]["violation"] != "off"
     recent = doc["violations"]["recent"]

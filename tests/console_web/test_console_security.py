@@ -159,5 +159,5 @@ def test_malformed_appliance_messages_are_counted_and_shown(fleet: Fleet) -> Non
     client = login(fleet.console.url, "viewer")
     assert "malformed messages from appliances were counted" in client.get("/").text
     page = client.get(f"/appliances/{HOSTILE_SITE}/ward-9z").text
-    assert "Malformed messages (latest)" in page and "events: not JSON" in page
+    assert "Malformed messages (latest)" in page and "events: not valid JSON" in page
     assert "{not json" in page                           # the sample, as text

@@ -42,6 +42,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def quiet_port() -> int:
+    """A free port below the kernel's ephemeral range. For a broker that is down while a
+    client keeps reconnecting to it: a client's own ephemeral port can be the very port it
+    connects to, and then TCP connects it to itself and the broker cannot start there."""
+    import random
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+        low = int(fh.read().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def _listening_ports(pid: int) -> set[int]:
     """The TCP ports process `pid` listens on (its socket inodes in /proc/net/tcp{,6})."""
     inodes = set()

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from appliance.panel.leds import (
     FAST_HALF,
+    IDENTIFY_LEDS,
     RULES,
     ApplianceState,
     LedPanel,
@@ -57,9 +58,14 @@ def patterns(state: ApplianceState, now: float = 1000.0):
     # integrity alarm outranks a violation on the red LED
     (ApplianceState(mode="enforce", datapath_running=True, integrity_alarm=True,
                     last_violation=999.0), (STEADY, OFF, DOUBLE, SLOW, OFF)),
+    # policy fault: on the last good policy (green fast), or in bypass without one (white fast)
+    (ApplianceState(mode="enforce", datapath_running=True, policy_fault=True),
+     (FAST, OFF, OFF, SLOW, OFF)),
+    (ApplianceState(mode="bypass", datapath_running=True, policy_fault=True),
+     (OFF, OFF, OFF, SLOW, FAST)),
 ], ids=["enforcing", "learning", "monitoring-standalone", "starting", "unhealthy",
         "mode-bypass", "commanded-bypass", "fault-bypass", "bypass-not-running",
-        "integrity-alarm"])
+        "integrity-alarm", "policy-fault-last-good", "policy-fault-bypass"])
 def test_rules(state, expected):
     assert patterns(state) == expected
 
@@ -81,10 +87,14 @@ def test_violation_fades_and_acknowledge_clears():
     assert decide(again, 1008.0, t)["violation"] is FAST   # a newer violation lights it again
 
 
-def test_identify_overrides_everything():
+def test_identify_never_hides_bypass_or_a_violation():
     d = decide(ApplianceState(mode="bypass", identify=True, integrity_alarm=True), 0.0)
     assert d.identify
-    assert set(d.as_dict().values()) == {"identify"}
+    assert d.as_dict() == {"health": "identify", "learn": "identify", "violation": "double flash",
+                           "broker": "identify", "bypass": "fast blink"}
+    d = decide(ApplianceState(mode="enforce", datapath_running=True, identify=True,
+                              last_violation=999.0), 1000.0)
+    assert (d.as_dict()["violation"], d.as_dict()["bypass"]) == ("fast blink", "off")
 
 
 def test_every_led_has_a_default_rule_and_bad_modes_are_refused():
@@ -112,7 +122,7 @@ def test_render_markup():
     assert plain == ("◑ health (double flash)  ◐ learn (slow blink)  ◉ violation (fast blink)"
                      "  ● broker  ○ bypass")
     ident = Text.from_markup(render_markup(decide(ApplianceState(identify=True), 0.0))).plain
-    assert ident == "identify ◉ health  ◉ learn  ◉ violation  ◉ broker  ◉ bypass"
+    assert ident == "identify ◉ health  ◉ learn  ○ violation  ◉ broker  ○ bypass"
 
 
 # ---- on the pins --------------------------------------------------------------------------
@@ -191,6 +201,7 @@ def test_double_flash(panel, factory, pinmap):
     {"mode": "learn", "broker_connected": False, "last_violation": 0.0},   # blinking ones
 ], ids=["from-steady", "from-blinking"])
 def test_identify_blinks_all_together_then_ends(panel, factory, pinmap, before):
+    """health, learn and broker blink together at 4 Hz; violation and bypass keep their state."""
     if "last_violation" in before:
         before = {**before, "last_violation": time.monotonic()}
     panel.update(**before)
@@ -207,10 +218,11 @@ def test_identify_blinks_all_together_then_ends(panel, factory, pinmap, before):
     for pin in p.values():
         pin.clear_states()
     panel.identify(seconds=2.0)
-    assert wait_for(lambda: all(changes(pin) >= 15 for pin in p.values()), timeout=4)
-    edges = {name: absolute_edges(pin, t0) for name, pin in p.items()}
-    # every edge of health after the first has a twin on every other LED (same state, same
-    # moment: one gpiozero board thread drives all five), and they come at 4 Hz
+    ident = {name: p[name] for name in IDENTIFY_LEDS}
+    assert wait_for(lambda: all(changes(pin) >= 15 for pin in ident.values()), timeout=4)
+    edges = {name: absolute_edges(pin, t0) for name, pin in ident.items()}
+    # every edge of health after the first has a twin on the other identify LEDs (same
+    # state, same moment: one thread drives them), and they come at 4 Hz
     reference = edges["health"][1:15]
     for name, e in edges.items():
         for t, state in reference:
@@ -218,13 +230,19 @@ def test_identify_blinks_all_together_then_ends(panel, factory, pinmap, before):
     reference_times = [t for t, _ in reference]
     gaps = [b - a for a, b in zip(reference_times, reference_times[1:], strict=False)]
     assert_timing(gaps, 0.125)
-    # and nothing else writes to any LED meanwhile (an LED's own blink thread left running
-    # would add edges): gpiozero waits are relative, so no gap is ever shorter than 0.125 s
+    # and nothing else writes to them meanwhile (an LED's own blink thread left running
+    # would add edges): waits are relative, so no gap is ever shorter than 0.125 s
     for name, e in edges.items():
         times = [t for t, _ in e if reference_times[0] <= t <= reference_times[-1]]
         short = [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)
                  if b - a < 0.11]
         assert not short, (name, short)
+    # the violation LED went on showing the violation (fast blink), the bypass LED stayed off
+    if before:
+        assert changes(p["violation"]) >= 8
+    else:
+        assert changes(p["violation"]) == 0 and not p["violation"].state
+    assert not p["bypass"].state and changes(p["bypass"]) == 0
     # after its time, identify ends by itself and the rules are back
     assert wait_for(lambda: not panel.state.identify, timeout=3)
     if not before:
