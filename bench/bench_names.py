@@ -1,6 +1,6 @@
 """Name and clinical rules against address rules alone, side by side, on the same traffic.
 
-    .venv/bin/python bench/bench_names.py [--packets 2000000] [--flows 2000] [--repeat 7]
+    .venv/bin/python bench/bench_names.py [--packets 1000000] [--flows 2000] [--repeat 7]
                                           [--new-flows 200000] [--out bench/out]
 
 Two measurements, each with the demo ward's allow-list (demoward.ward.DEMO_POLICY) as the
@@ -70,8 +70,10 @@ def batches(path: str) -> list[tuple[Any, ...]]:
     with CaptureFile(path, BATCH) as cap:
         for b in cap.batches():
             n = b.count
-            out.append((bytes(b.buf), np.array(b.offsets[:n], np.int64),
-                        np.array(b.lengths[:n], np.uint32),
+            offsets = np.array(b.offsets[:n], np.int64)
+            lengths = np.array(b.lengths[:n], np.uint32)
+            lo, hi = int(offsets.min()), int((offsets + lengths).max())
+            out.append((bytes(b.buf[lo:hi]), offsets - lo, lengths,    # this batch's bytes
                         np.array(b.timestamps[:n], np.uint64),
                         np.array(b.linktypes[:n], np.uint16)))
     return out
@@ -142,7 +144,7 @@ def new_flow_traffic(count: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--packets", type=int, default=2_000_000)
+    ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--flows", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--new-flows", type=int, default=200_000)
