@@ -361,6 +361,11 @@ cdef class Classifier:
         f.policy_gen = pol.generation
         groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
         groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
+        if pol.n_names:
+            # The bindings that held when the flow started (a flow allowed through a
+            # binding stays allowed for its life, as far as the table remembers it).
+            bind_groups(self, pol, ip_i, f.first_ns, gi)
+            bind_groups(self, pol, ip_r, f.first_ns, gr)
         f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule, &f.nearest)
         if f.reason != R_RULE and f.orient >= ORIENT_GUESSED and has_ports(f.key.proto):
             if evaluate(pol, gr, gi, f.key.proto, f.key.pb if not f.init_is_a else f.key.pa,
@@ -370,6 +375,11 @@ cdef class Classifier:
                 f.reason = R_RULE
                 f.rule = rule
                 f.nearest = NO_RULE
+        if f.detail != DETAIL_NONE and f.reason == R_RULE:
+            # Its first payload broke its rule; that payload is gone and is not judged again.
+            f.reason = R_SERVER_NAME if f.detail == DETAIL_SERVER_NAME else R_CLINICAL
+            f.nearest = f.rule
+            f.rule = NO_RULE
         f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
 
     def set_mode(self, str mode):

@@ -238,3 +238,31 @@ def test_dicom_pdus_with_bad_lengths_are_denied() -> None:
         assert (verdict, reason) == ("deny", "clinical_mismatch"), field
         assert [v["field"] for v in violations] == [field], field
     assert clf.stats()["payloads_unreadable"] >= 4
+
+
+def test_a_reload_keeps_judged_and_bound_flows() -> None:
+    """reevaluate() after a reload: a flow denied on its first payload stays denied (the
+    payload is not judged again), a flow allowed through a binding stays allowed although
+    the binding has run out since."""
+    clf = classifier()
+    lookup(clf, answer(rr_a(b"\xc0\x0c", "10.9.9.1", ttl=5), 1))
+    assert run(clf, [tcp(CLIENT, "10.9.9.1", 50001, 443, "S")], 3) == [("allow", "watched")]
+    judged = first_payload(clf, 2575, b"\x0b" + MSH.format("ADT^A01").encode(), 30001)
+    assert judged[:2] == ("deny", "clinical_mismatch")
+    clf.sweep(60 * 10**9)                         # the binding (5 s) has run out by now
+    clf.set_policy(compile_policy(parse_policy(POLICY)))
+    assert clf.reevaluate() == []                 # nothing changed its verdict
+    assert connect(clf, "10.9.9.1", 50002, 61) == ("deny", "no_rule")   # a new flow is denied
+
+
+def test_aaaa_and_cname_chains_bind_every_name_of_the_chain() -> None:
+    clf = classifier()
+    cname = qname("edge.cdn.example")
+    body = (b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 300, len(cname)) + cname
+            + b"\xc0\x32" + struct.pack("!HHIH", 28, 1, 60, 16)   # -> the target (50)
+            + bytes.fromhex("fd000000000000000000000000000042"))
+    lookup(clf, answer(body, 2))
+    names = sorted(n for _, n, _ in clf.bindings())
+    assert names == ["edge.cdn.example", "pumps.vendor.example"]   # both listed, one address
+    assert {bytes(a) for a, _, _ in clf.bindings()} == {
+        bytes.fromhex("fd000000000000000000000000000042")}
