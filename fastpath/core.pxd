@@ -423,6 +423,8 @@ ctypedef struct stats_t:
     uint64_t bindings_evicted        # live bindings pushed out by a full bucket
     uint64_t payloads_judged         # first payloads checked (SNI, HL7, DICOM)
     uint64_t payloads_unreadable     # first payloads that were not what the rule expects
+    uint64_t payloads_missed         # flows met after their start (no SYN seen): their first
+                                     # payload was not seen, decided on addresses alone
     uint64_t reasons[64]
 
 

@@ -105,7 +105,8 @@ STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_cre
                 "device_table_full", "events_dropped", "fragments_attributed",
                 "fragments_unmatched", "samples", "samples_over_budget", "unsolicited_answers",
                 "flows_reoriented", "dns_answers", "dns_malformed", "bindings_learned",
-                "bindings_evicted", "payloads_judged", "payloads_unreadable")
+                "bindings_evicted", "payloads_judged", "payloads_unreadable",
+                "payloads_missed")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
@@ -911,11 +912,14 @@ cdef class Classifier:
         if f.key.proto != 6 or f.rule >= pol.n_ruleinfo:
             return WATCH_NONE
         ri = &pol.ruleinfo[f.rule]
-        if ri.watch:
-            return ri.watch
-        if pol.n_names and not intersects(static_r, ri.ends):
-            return WATCH_TLS              # allowed only through a name binding
-        return WATCH_NONE
+        if not ri.watch and not (pol.n_names and not intersects(static_r, ri.ends)):
+            return WATCH_NONE
+        if f.orient != ORIENT_SYN:
+            # Met after its start (a restart, a late tap): what it sends now is not its first
+            # payload. It keeps its address verdict rather than being cut mid-conversation.
+            self.st.payloads_missed += 1
+            return WATCH_NONE
+        return ri.watch if ri.watch else WATCH_TLS   # TLS: allowed only through a binding
 
     cdef uint8_t _watched(self, flow_t* f, const pkt_t* k, const uint8_t* p, uint32_t role,
                           uint64_t ts, const policy_t* pol) noexcept nogil:

@@ -266,3 +266,12 @@ def test_aaaa_and_cname_chains_bind_every_name_of_the_chain() -> None:
     assert names == ["edge.cdn.example", "pumps.vendor.example"]   # both listed, one address
     assert {bytes(a) for a, _, _ in clf.bindings()} == {
         bytes.fromhex("fd000000000000000000000000000042")}
+
+
+def test_a_flow_met_mid_conversation_keeps_its_address_verdict() -> None:
+    """No SYN seen (a restart): the next segment is not a first payload; not judged."""
+    clf = classifier()
+    got = run(clf, [tcp(CLIENT, OTHER, 30500, 2575, "PA", b"OBX|1|NM|8867-4^HR||72\r"),
+                    tcp(OTHER, CLIENT, 2575, 30500, "A", smac=SMAC, dmac=CMAC)])
+    assert got == [("allow", "rule"), ("allow", "rule")]
+    assert clf.stats()["payloads_missed"] == 1
