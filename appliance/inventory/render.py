@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,12 +46,24 @@ TABLE_COLUMNS = (
 )
 
 
+def _table_order(d: dict[str, Any]) -> tuple[bool, str, int, str]:
+    """Known classes first, by name; within one, by the lowest IPv4 address."""
+    v4 = []
+    for entry in d["ips"]:
+        try:
+            v4.append(int(ipaddress.IPv4Address(entry["ip"])))
+        except ValueError:
+            continue
+    return (d["class"] == "unknown", d["class"], min(v4, default=1 << 32), d["mac"])
+
+
 def render_table(devices: Sequence[dict[str, Any]], width: int | None = None,
                  wide: bool = False) -> str:
     """The inventory as a table that fits the terminal (`wardtap devices`); times are
-    local, in the zone the header names."""
+    local, in the zone the header names. Rows go by class, then address, so a ward's pumps
+    or monitors read as one block (JSON and CSV keep the order first seen)."""
     rows = []
-    for d in devices:
+    for d in sorted(devices, key=_table_order):
         vendor = d["vendor"] or ("(randomized MAC)" if d["randomized_mac"] else "-")
         protocols = [p for p in d["protocols"] if " " not in p] + \
                     [p for p in d["protocols"] if " " in p]
