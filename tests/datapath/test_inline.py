@@ -241,6 +241,10 @@ def appliances(ward: Ward, tmp_path: Path) -> Iterator[Callable[..., InlineAppli
 def test_rules_are_idempotent_and_leave_other_marks_alone(ward: Ward) -> None:
     run = lambda *a: ward.exec(ward.appliance, [sys.executable, "-m",  # noqa: E731
                                                 "appliance.sources.inlinectl", *a], check=False)
+    # The epoch is kept per network namespace inode, and the kernel reuses the inode of a
+    # deleted namespace: an epoch file left by an earlier namespace is not this one's.
+    inode = ward.exec(ward.appliance, "stat -L -c %i /proc/self/ns/net").stdout.strip()
+    Path(f"/run/wardtap/inline-{inode}-WARDTAP_FWD.epoch").unlink(missing_ok=True)
     for _ in range(2):
         assert run("install").returncode == 0
     for tool in ("iptables", "ip6tables"):
