@@ -152,6 +152,8 @@ class Bench:
         nice = ["nice", "-n", str(self.args.daemon_nice)] if self.args.daemon_nice else []
         policy = ward_policy(w.mac(w.ward), "bench-inline", tcp=[5201, TCP_PORT],
                              udp=[5201, UDP_PORT, SEQ_PORT])
+        if self.args.names:
+            policy = names_policy(policy)
         self.daemon = InlineAppliance(w, self.tmp, policy, prefix=nice).start(timeout=20)
 
     def daemon_status(self) -> dict[str, Any]:
@@ -404,6 +406,18 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def names_policy(policy: str) -> str:
+    """--names: the same allow-list plus 256 DNS names and an HL7 rule (docs/policy.md), none
+    of which the measured traffic uses: what they cost every flow is what is measured."""
+    names = ", ".join(f'"h{i}.cloud{i % 8}.example"' for i in range(248))
+    names += ", " + ", ".join(f'"*.cdn{i}.example"' for i in range(8))
+    return policy.replace("[policy]\n", "[policy]\nname_ttl_min = 30\n", 1) + (
+        f'\n[groups.cloud]\nnames = [{names}]\n\n[[rules]]\nname = "ward-cloud"\n'
+        'from = "ward"\nto = "cloud"\nproto = "tcp"\nports = [443]\n\n[[rules]]\n'
+        'name = "ward-hl7"\nfrom = "ward"\nto = "uplink"\nproto = "tcp"\nports = [2575]\n'
+        'hl7 = { message_types = ["ORU^R01"] }\n')
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run")
@@ -413,13 +427,17 @@ def main() -> int:
     parser.add_argument("--daemon-nice", type=int, default=0,
                         help="run the daemon at this nice value (e.g. -10, as a unit's Nice=)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--names", action="store_true",
+                        help="add 256 DNS names and an HL7 rule to the allow-list (issue 19: "
+                             "compare with a run without)")
+    parser.add_argument("--out", default=str(OUT / "inline.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_inline: needs root (network namespaces)", file=sys.stderr)
         return 2
     results = Bench(args).run()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "inline.json").write_text(json.dumps(results, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2) if args.json else report(results))
     return 0
 

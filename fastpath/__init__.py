@@ -8,7 +8,10 @@ C structs and are built on first use, so the replay path does not pay numpy's im
 from typing import Any
 
 from fastpath.core import (  # noqa: F401  (re-exports)
+    BINDING_BYTES,
+    BINDING_SLOTS,
     BUCKET_SIZE,
+    DETAIL_NAMES,
     DEVICE_FIELDS,
     DEVICE_SLOT_BYTES,
     EVENT_BYTES,

@@ -128,8 +128,10 @@ cdef inline bint compact_hit(Classifier c, const uint8_t* p, uint32_t caplen, ui
             if (kw[0] | kw[2] | (kw[1] ^ a1) | (kw[3] ^ b1) | (kw[4] ^ w2) | (kw[5] ^ w5)) == 0:
                 f = &c.flows[base + j]
                 break
-    if f == NULL or f.state != FLOW_ACTIVE or f.pending or flow_expired(c, f, ts):
-        return 0                      # (an expired flow ends and starts again: general path)
+    if f == NULL or f.state != FLOW_ACTIVE or f.pending or f.watch or flow_expired(c, f, ts):
+        # an expired flow ends and starts again; a watched one waits for its first payload
+        # (names.pxi, clinical.pxi): the general path
+        return 0
     role = 0 if swapped != f.init_is_a else 1
     if f.dev[role] == NO_DEVICE:
         return 0

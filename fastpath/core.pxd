@@ -26,6 +26,11 @@ cdef enum:
     R_UNSOLICITED = 11        # looks like an answer, but no request can have been missed
     R_PENDING = 12            # allowed for this packet only: the receiver, who may be the
                               # initiator, is not identified yet (no MAC on this link)
+    R_WATCHED = 13            # allowed by `rule` for this packet only: its flow is still
+                              # watched (DNS answers to learn from, a first payload to judge)
+    R_SERVER_NAME = 14        # the TLS server name (SNI) is none of the names the rule allows
+    R_CLINICAL = 15           # the first payload broke the rule's HL7/DICOM condition; the
+                              # field is in flow_t.detail / event_t.detail (DETAIL_*)
     R_MALFORMED_FIRST = 16    # reasons from here on come with VERDICT_MALFORMED
     R_BAD_OFFSET = 16         # batch offset/length outside the buffer
     R_LINKTYPE = 17           # link type the decoder does not know
@@ -109,6 +114,49 @@ cdef enum:
     TUN_ETHERIP = 4           # EtherIP (97)
     TUN_L2TP = 5              # L2TPv3 over IP (115)
     TUN_MPLS = 6              # MPLS in IP (137)
+# What a flow is watched for (flow_t.watch); docs/policy.md "Names" and "Clinical rules".
+cdef enum:
+    WATCH_NONE = 0
+    WATCH_DNS = 1             # an allowed DNS flow under a policy with names: its answers
+                              # are read for bindings, so they must reach the classifier
+    WATCH_TLS = 2             # allowed through a name binding: the ClientHello's SNI checks it
+    WATCH_HL7 = 3             # the rule has an HL7 condition: judged on the first payload
+    WATCH_DICOM = 4           # the rule has a DICOM condition: judged on the A-ASSOCIATE-RQ
+    WATCH_PACKETS = 32        # packets a flow is watched for its initiator's first payload
+
+# Which field of the first payload broke a rule (flow_t.detail, event_t.detail).
+cdef enum:
+    DETAIL_NONE = 0
+    DETAIL_HL7_NO_MSH = 1         # no complete MSH segment in the first payload
+    DETAIL_HL7_TYPE = 2           # MSH-9 message type
+    DETAIL_HL7_SENDING = 3        # MSH-3 sending application
+    DETAIL_HL7_RECEIVING = 4      # MSH-5 receiving application
+    DETAIL_DICOM_NOT_ASSOCIATE = 5  # not an A-ASSOCIATE-RQ, or its lengths are wrong
+    DETAIL_DICOM_CALLING = 6      # calling AE title
+    DETAIL_DICOM_CALLED = 7       # called AE title
+    DETAIL_DICOM_SERVICE = 8      # a proposed abstract syntax (SOP class) outside the services
+    DETAIL_NO_PAYLOAD = 9         # the initiator sent no payload within WATCH_PACKETS packets
+    DETAIL_SERVER_NAME = 10       # TLS SNI
+
+# Clinical condition fields (clin_t.field).
+cdef enum:
+    CF_HL7_TYPE = 1
+    CF_HL7_SENDING = 2
+    CF_HL7_RECEIVING = 3
+    CF_DICOM_CALLING = 4
+    CF_DICOM_CALLED = 5
+    CF_DICOM_SOP = 6              # exact SOP class UID
+    CF_DICOM_SOP_PREFIX = 7       # SOP class UIDs under a prefix (all storage classes)
+    CF_HL7_TYPE_PREFIX = 8        # "ORU^*": any trigger event of a message type
+
+cdef enum:
+    NAME_MAX = 253                # a DNS name in text form, without the final dot
+    BIND_SLOTS = 8                # bindings per bucket
+    BIND_BUCKETS = 512            # 4096 bindings in all (docs/policy.md)
+    CLIN_TEXT = 64
+    CHAIN_MAX = 8                 # names of one CNAME chain
+    DNS_RECORDS_MAX = 32          # answer records read per DNS message
+
 cdef enum:
     FLOW_EMPTY = 0
     FLOW_ACTIVE = 1
@@ -189,6 +237,7 @@ ctypedef struct pkt_t:
     uint16_t icmp_id
     uint32_t frag_id
     uint32_t l4_off
+    uint32_t l4_end          # end of the IP packet's payload within the frame
     uint8_t src[16]          # IPv4 as ::ffff:a.b.c.d
     uint8_t dst[16]
     uint8_t inner_src[16]    # the packet an ICMP error quotes
@@ -227,7 +276,10 @@ ctypedef struct flow_t:
     uint16_t nearest         # denied: the rule that came closest (see `reason`), else NO_RULE
     uint8_t orient           # ORIENT_*: how the initiator was decided
     uint8_t pending          # PENDING_*: decided again when this side (key.a or key.b) speaks
-    uint8_t pad[8]
+    uint8_t watch            # WATCH_*: the classifier still reads this flow's packets
+    uint8_t watch_left       # packets left to wait for the initiator's first payload
+    uint8_t detail           # DETAIL_*: which first-payload field broke the rule
+    uint8_t pad[5]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:
@@ -277,6 +329,7 @@ ctypedef struct event_t:
     uint8_t icmp_type
     uint8_t icmp_code
     uint8_t orient               # flow events: ORIENT_*
+    uint8_t detail               # violations: DETAIL_*
 
 ctypedef struct selector_t:
     uint8_t value[16]
@@ -293,9 +346,48 @@ ctypedef struct rule_t:
     uint8_t proto                # 0: any
     uint8_t either               # either side may initiate
 
+# A DNS name of a policy group: exact, or `*.suffix` (names under the suffix).
+ctypedef struct name_t:
+    uint8_t text[NAME_MAX + 1]   # lower case, no final dot
+    uint8_t len
+    uint8_t suffix
+    uint16_t group
+
+# What a source rule asks of a flow beyond addresses (indexed by rule index).
+ctypedef struct ruleinfo_t:
+    uint64_t ends[GROUP_WORDS]   # groups on its responder side (both sides when `either`)
+    uint8_t watch                # WATCH_HL7, WATCH_DICOM or WATCH_NONE
+    uint16_t fields              # bit per CF_* field it constrains
+
+# One allowed value of a clinical condition.
+ctypedef struct clin_t:
+    uint8_t text[CLIN_TEXT]
+    uint16_t rule
+    uint8_t field                # CF_*
+    uint8_t len
+
+# A name -> address binding learned from a DNS answer (Classifier.binds).
+ctypedef struct bind_t:
+    uint8_t addr[16]
+    uint64_t expires_ns          # 0: empty
+    uint64_t name_hash
+    uint64_t groups[GROUP_WORDS] # the name's groups under policy `serial`
+    uint32_t serial
+    uint8_t len
+    uint8_t name[NAME_MAX + 1]
+
 ctypedef struct policy_t:
     selector_t* selectors
     rule_t* rules
+    name_t* names
+    ruleinfo_t* ruleinfo
+    clin_t* clin
+    uint32_t n_names
+    uint32_t n_ruleinfo
+    uint32_t n_clin
+    uint32_t serial              # unique per compiled policy (bindings' groups cache)
+    uint64_t ttl_min_ns          # a binding lives its answer's TTL, bounded by these
+    uint64_t ttl_max_ns
     uint64_t* vlan_groups        # GROUP_WORDS words: groups with a VLAN condition
     uint64_t* open_groups        # GROUP_WORDS words: groups with no identity selector
     uint32_t n_selectors
@@ -327,6 +419,14 @@ ctypedef struct stats_t:
     uint64_t compact                 # packets classified by the compact path (compact.pxi)
     uint64_t events_counted_only     # events of types nothing consumes (set_events): not queued
     uint64_t flows_evicted_allowed   # evicted allowed flows of more than one packet
+    uint64_t dns_answers             # DNS answers read for bindings
+    uint64_t dns_malformed           # DNS answers that could not be read (no binding taken)
+    uint64_t bindings_learned        # name -> address bindings taken or renewed
+    uint64_t bindings_evicted        # live bindings pushed out by a full bucket
+    uint64_t payloads_judged         # first payloads checked (SNI, HL7, DICOM)
+    uint64_t payloads_unreadable     # first payloads that were not what the rule expects
+    uint64_t payloads_missed         # flows met after their start (no SYN seen): their first
+                                     # payload was not seen, decided on addresses alone
     uint64_t reasons[64]
 
 
@@ -377,6 +477,9 @@ cdef class Classifier:
     cdef uint64_t* addr_tags         # address -> device: a receiver's MAC on links that
     cdef uint32_t* addr_devs         # carry the sender's only (inline, Linux cooked)
     cdef uint32_t addr_mask
+    cdef bind_t* binds               # name -> address bindings (BIND_BUCKETS x BIND_SLOTS)
+    cdef uint32_t* bind_tags         # per slot: the address's hash tag (0: never used), so
+                                     # a lookup reads one cache line, not eight entries
     cdef const uint8_t* batch_hints  # the current batch's hints (or NULL), and the packet
     cdef uint64_t batch_first        # number of its first packet: read at flow starts only
     cdef bint compact                # plain IPv4 TCP/UDP hits take compact.pxi's path
@@ -392,13 +495,18 @@ cdef class Classifier:
     cdef void _l2_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint8_t* sample) noexcept nogil
-    cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
+    cdef void _ip_packet(self, const pkt_t* k, const uint8_t* p, uint32_t length, uint64_t ts,
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint16_t* rule, uint8_t* sample) noexcept nogil
+    cdef uint8_t _watched(self, flow_t* f, const pkt_t* k, const uint8_t* p, uint32_t role,
+                          uint64_t ts, const policy_t* pol) noexcept nogil
+    cdef void _judged(self, flow_t* f, uint8_t why, uint8_t detail, uint64_t ts) noexcept nogil
     cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
                     bint from_initiator, uint64_t ts, int* settle) noexcept nogil
     cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
                           const policy_t* pol) noexcept nogil
+    cdef uint8_t _watch_for(self, const flow_t* f, const policy_t* pol,
+                            const uint64_t* static_r) noexcept nogil
     cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
     cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil
     cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil

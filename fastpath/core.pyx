@@ -27,6 +27,8 @@ include "decode.pxi"
 include "compact.pxi"
 include "policytable.pxi"
 include "flowtable.pxi"
+include "names.pxi"
+include "clinical.pxi"
 include "orient.pxi"
 include "capture.pxi"
 include "ring.pxi"
@@ -41,6 +43,8 @@ REASON_NAMES = {
     R_PORT_NOT_ALLOWED: "port_not_allowed", R_ARP: "arp", R_NON_IP: "non_ip",
     R_FRAGMENT: "fragment", R_FRAGMENT_UNMATCHED: "fragment_unmatched", R_RELATED: "related",
     R_UNSOLICITED: "unsolicited_answer", R_PENDING: "pending_receiver",
+    R_WATCHED: "watched", R_SERVER_NAME: "server_name_mismatch",
+    R_CLINICAL: "clinical_mismatch",
     R_BAD_OFFSET: "bad_offset", R_LINKTYPE: "unsupported_linktype",
     R_ETH_SHORT: "ethernet_truncated", R_VLAN_SHORT: "vlan_truncated",
     R_VLAN_DEPTH: "vlan_too_deep", R_SLL_SHORT: "sll_truncated",
@@ -56,6 +60,23 @@ REASON_NAMES = {
     R_ENCAP_DEPTH: "encapsulation_too_deep",
 }
 MALFORMED_FIRST = R_MALFORMED_FIRST
+# Which first-payload field broke a rule (event "detail"); docs/policy.md.
+DETAIL_NAMES = {DETAIL_NONE: None, DETAIL_HL7_NO_MSH: "hl7_msh",
+                DETAIL_HL7_TYPE: "hl7_message_type", DETAIL_HL7_SENDING: "hl7_sending_application",
+                DETAIL_HL7_RECEIVING: "hl7_receiving_application",
+                DETAIL_DICOM_NOT_ASSOCIATE: "dicom_associate_rq",
+                DETAIL_DICOM_CALLING: "dicom_calling_ae", DETAIL_DICOM_CALLED: "dicom_called_ae",
+                DETAIL_DICOM_SERVICE: "dicom_service", DETAIL_NO_PAYLOAD: "no_first_payload",
+                DETAIL_SERVER_NAME: "tls_server_name"}
+# Compiling clinical rules (appliance.policy.model): what to watch and which fields.
+WATCH_KINDS = {"hl7": WATCH_HL7, "dicom": WATCH_DICOM}
+CLINICAL_FIELDS = {"hl7_type": CF_HL7_TYPE, "hl7_type_prefix": CF_HL7_TYPE_PREFIX,
+                   "hl7_sending": CF_HL7_SENDING, "hl7_receiving": CF_HL7_RECEIVING,
+                   "dicom_calling": CF_DICOM_CALLING, "dicom_called": CF_DICOM_CALLED,
+                   "dicom_sop": CF_DICOM_SOP, "dicom_sop_prefix": CF_DICOM_SOP_PREFIX}
+BINDING_SLOTS = BIND_BUCKETS * BIND_SLOTS
+BINDING_BYTES = sizeof(bind_t) + sizeof(uint32_t)
+WATCHED_PACKETS = WATCH_PACKETS
 EVENT_NAMES = {EV_NEW_DEVICE: "new_device", EV_NEW_FLOW: "new_flow",
                EV_VIOLATION: "violation", EV_FLOW_END: "flow_end", EV_MALFORMED: "malformed"}
 FLOW_END_NAMES = {END_FIN: "fin", END_RST: "rst", END_IDLE: "idle",
@@ -85,13 +106,15 @@ STATS_FIELDS = ("packets", "bytes", "allowed", "denied", "malformed", "flows_cre
                 "device_table_full", "events_dropped", "fragments_attributed",
                 "fragments_unmatched", "samples", "samples_over_budget", "unsolicited_answers",
                 "flows_reoriented", "compact", "events_counted_only",
-                "flows_evicted_allowed")
+                "flows_evicted_allowed", "dns_answers", "dns_malformed", "bindings_learned",
+                "bindings_evicted", "payloads_judged", "payloads_unreadable",
+                "payloads_missed")
 
 
 EVENT_FIELDS = ("type", "ts_ns", "flow_id", "pkts", "bytes", "packet", "first_ns", "src",
                 "dst", "smac", "dmac", "sport", "dport", "vlan", "rule", "device",
                 "peer_device", "reason", "verdict", "proto", "l3", "has_mac", "icmp_type",
-                "icmp_code", "orient")
+                "icmp_code", "orient", "detail")
 DEVICE_FIELDS = ("index", "mac", "ip4", "ip6", "multi_ip", "vlan", "first_ns", "last_ns",
                  "pkts_tx", "bytes_tx", "pkts_rx", "bytes_rx", "flows", "violations")
 
@@ -100,7 +123,7 @@ cdef tuple _event_tuple(const event_t* e):
     return (e.type, e.ts_ns, e.flow_id, e.pkts, e.bytes, e.packet, e.first_ns, e.src[:16],
             e.dst[:16], e.smac[:6], e.dmac[:6], e.sport, e.dport, e.vlan, e.rule, e.device,
             e.peer_device, e.reason, e.verdict, e.proto, e.l3, e.has_mac, e.icmp_type,
-            e.icmp_code, e.orient)
+            e.icmp_code, e.orient, e.detail)
 
 
 def _layout_event():
@@ -119,7 +142,7 @@ def _layout_event():
         "verdict": (<size_t>&e.verdict - b, "u1"), "proto": (<size_t>&e.proto - b, "u1"),
         "l3": (<size_t>&e.l3 - b, "u1"), "has_mac": (<size_t>&e.has_mac - b, "u1"),
         "icmp_type": (<size_t>&e.icmp_type - b, "u1"), "icmp_code": (<size_t>&e.icmp_code - b, "u1"),
-        "orient": (<size_t>&e.orient - b, "u1"),
+        "orient": (<size_t>&e.orient - b, "u1"), "detail": (<size_t>&e.detail - b, "u1"),
     }, sizeof(event_t)
 
 
@@ -238,10 +261,12 @@ cdef class Classifier:
         self.addr_mask = ADDR_SLOTS - 1
         self.addr_tags = <uint64_t*>calloc(ADDR_SLOTS, sizeof(uint64_t))
         self.addr_devs = <uint32_t*>calloc(ADDR_SLOTS, sizeof(uint32_t))
+        self.binds = <bind_t*>calloc(BIND_BUCKETS * BIND_SLOTS, sizeof(bind_t))
+        self.bind_tags = <uint32_t*>calloc(BIND_BUCKETS * BIND_SLOTS, sizeof(uint32_t))
         if (self.flows == NULL or self.tags == NULL or self.devices == NULL
                 or self.dev_tags == NULL or self.frag_keys == NULL or self.frag_flows == NULL or self.frag_flow_ids == NULL
                 or self.ring == NULL or self.svc_keys == NULL or self.addr_tags == NULL
-                or self.addr_devs == NULL):
+                or self.addr_devs == NULL or self.binds == NULL or self.bind_tags == NULL):
             raise MemoryError("cannot allocate the classifier's tables")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
@@ -270,6 +295,8 @@ cdef class Classifier:
         free(self.svc_keys)
         free(self.addr_tags)
         free(self.addr_devs)
+        free(self.binds)
+        free(self.bind_tags)
 
     # -- configuration, between batches ------------------------------------------------
 
@@ -340,6 +367,11 @@ cdef class Classifier:
             return
         groups_of(pol, mac_i, has_i, ip_i, 1, f.key.vlan, gi)
         groups_of(pol, mac_r, has_r, ip_r, 1, f.key.vlan, gr)
+        if pol.n_names:
+            # The bindings that held when the flow started (a flow allowed through a
+            # binding stays allowed for its life, as far as the table remembers it).
+            bind_groups(self, pol, ip_i, f.first_ns, gi)
+            bind_groups(self, pol, ip_r, f.first_ns, gr)
         f.reason = evaluate(pol, gi, gr, f.key.proto, f.dport, &f.rule, &f.nearest)
         if f.reason != R_RULE and f.orient >= ORIENT_GUESSED and has_ports(f.key.proto):
             if evaluate(pol, gr, gi, f.key.proto, f.key.pb if not f.init_is_a else f.key.pa,
@@ -349,6 +381,11 @@ cdef class Classifier:
                 f.reason = R_RULE
                 f.rule = rule
                 f.nearest = NO_RULE
+        if f.detail != DETAIL_NONE and f.reason == R_RULE:
+            # Its first payload broke its rule; that payload is gone and is not judged again.
+            f.reason = R_SERVER_NAME if f.detail == DETAIL_SERVER_NAME else R_CLINICAL
+            f.nearest = f.rule
+            f.rule = NO_RULE
         f.verdict = VERDICT_ALLOW if f.reason == R_RULE else VERDICT_DENY
 
     def set_mode(self, str mode):
@@ -401,7 +438,21 @@ cdef class Classifier:
         return (slots * (sizeof(flow_t) + 4) + self.dev_capacity * (sizeof(device_t) + 4)
                 + (self.frag_mask + 1) * 20 + (self.ring_mask + 1) * sizeof(event_t)
                 + (self.svc_mask + 1) * sizeof(uint64_t)
-                + (self.addr_mask + 1) * (sizeof(uint64_t) + sizeof(uint32_t)))
+                + (self.addr_mask + 1) * (sizeof(uint64_t) + sizeof(uint32_t))
+                + BIND_BUCKETS * BIND_SLOTS * (sizeof(bind_t) + sizeof(uint32_t)))
+
+    def bindings(self, uint64_t now_ns=0):
+        """Name -> address bindings alive at `now_ns` (default: the latest packet's time), as
+        (16-byte address, name, expires_ns), for `wardtap` status and tests."""
+        cdef uint32_t i
+        cdef bind_t* b
+        now = now_ns or self.now_ns
+        out = []
+        for i in range(BIND_BUCKETS * BIND_SLOTS):
+            b = &self.binds[i]
+            if b.expires_ns > now:
+                out.append((b.addr[:16], b.name[:b.len].decode("ascii"), b.expires_ns))
+        return out
 
     @property
     def flow_capacity(self):
@@ -491,7 +542,7 @@ cdef class Classifier:
                 rules[i] = NO_RULE
                 continue
             if k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
-                self._ip_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i], &rules[i],
+                self._ip_packet(&k, buf + offsets[i], length, ts[i], pol, &verdicts[i], &reasons[i], &rules[i],
                                 sample if samples != NULL else NULL)
             else:
                 self._l2_packet(&k, length, ts[i], pol, &verdicts[i], &reasons[i],
@@ -592,7 +643,7 @@ cdef class Classifier:
             reason[0] = R_NO_POLICY
         verdict[0] = VERDICT_ALLOW if action == ACTION_ALLOW else VERDICT_DENY
 
-    cdef void _ip_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
+    cdef void _ip_packet(self, const pkt_t* k, const uint8_t* p, uint32_t length, uint64_t ts,
                          const policy_t* pol, uint8_t* verdict, uint8_t* reason,
                          uint16_t* rule, uint8_t* sample) noexcept nogil:
         cdef flow_key_t key
@@ -600,6 +651,7 @@ cdef class Classifier:
         cdef flow_t* f
         cdef uint32_t role, slot
         cdef uint64_t fh
+        cdef uint32_t plen
         cdef int settle
         if k.frag == FRAG_LATER:
             fh = frag_hash(k, self.seed)
@@ -687,8 +739,22 @@ cdef class Classifier:
             self.frag_keys[fh & self.frag_mask] = fh
             self.frag_flows[fh & self.frag_mask] = <uint32_t>(f - self.flows)
             self.frag_flow_ids[fh & self.frag_mask] = f.id
+        if (k.answer == ANSWER_REPLY and k.sport == 53 and k.proto == 17 and pol != NULL
+                and pol.n_names and f.verdict == VERDICT_ALLOW):
+            # A DNS answer let through under a policy with names: its bindings, before
+            # the client can use them.
+            plen = rd16(p + k.l4_off + 4)
+            if k.l4_off + plen > k.l4_end:
+                plen = k.l4_end - k.l4_off
+            if k.l4_off + plen > length:
+                plen = length - k.l4_off
+            if plen > 8:
+                dns_learn(self, pol, p + k.l4_off + 8, plen - 8, ts)
+        if f.watch:
+            reason[0] = self._watched(f, k, p, role, ts, pol)
+        else:
+            reason[0] = f.reason
         verdict[0] = f.verdict
-        reason[0] = f.reason
         rule[0] = f.rule
 
     cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
@@ -727,6 +793,8 @@ cdef class Classifier:
         cdef uint8_t orient = orient_packet(self, k, &sender_first)
         cdef uint64_t gs[GROUP_WORDS]      # the sender's groups
         cdef uint64_t gd[GROUP_WORDS]      # the receiver's
+        cdef uint64_t static_s[GROUP_WORDS]   # the same without name bindings
+        cdef uint64_t static_d[GROUP_WORDS]
         cdef bint enforcing = pol != NULL and self.mode != MODE_LEARN
         cdef bint icmp = k.proto == 1 or k.proto == 58
         cdef uint8_t why = R_NO_POLICY
@@ -754,6 +822,12 @@ cdef class Classifier:
         if enforcing:
             groups_of(pol, k.src_mac, k.has_mac >= 1, k.src, 1, k.vlan, gs)
             groups_of(pol, rmac, rhas, k.dst, 1, k.vlan, gd)
+            memcpy(static_s, gs, sizeof(gs))
+            memcpy(static_d, gd, sizeof(gd))
+            if pol.n_names:
+                # Names: the groups of the names each address is bound to now.
+                bind_groups(self, pol, k.src, ts, gs)
+                bind_groups(self, pol, k.dst, ts, gd)
             why = decide_oriented(pol, gs, gd, k, sender_first, &rule, &nearest)
             if why != R_RULE and orient >= ORIENT_GUESSED:
                 # Allowed the other way round only: that is the way it goes.
@@ -811,6 +885,9 @@ cdef class Classifier:
         f.nearest = nearest
         if enforcing:
             f.verdict = VERDICT_ALLOW if why == R_RULE or why == R_PENDING else VERDICT_DENY
+            if why == R_RULE:
+                f.watch = self._watch_for(f, pol, &static_d[0] if sender_first else &static_s[0])
+                f.watch_left = WATCH_PACKETS
         else:
             f.verdict = VERDICT_ALLOW
         e = event_slot(self, EV_NEW_FLOW)
@@ -834,6 +911,97 @@ cdef class Classifier:
                 self._event_macs(e, k, sender_first)
                 if icmp:
                     e.icmp_type = f.dport
+
+    cdef uint8_t _watch_for(self, const flow_t* f, const policy_t* pol,
+                            const uint64_t* static_r) noexcept nogil:
+        """WATCH_* for a flow just allowed by f.rule: DNS to read, a first payload to judge
+        (the rule's HL7/DICOM condition, or the SNI of a flow allowed through a binding)."""
+        cdef const ruleinfo_t* ri
+        if f.key.proto == 17 and f.dport == 53 and pol.n_names:
+            return WATCH_DNS
+        if f.key.proto != 6 or f.rule >= pol.n_ruleinfo:
+            return WATCH_NONE
+        ri = &pol.ruleinfo[f.rule]
+        if not ri.watch and not (pol.n_names and not intersects(static_r, ri.ends)):
+            return WATCH_NONE
+        if f.orient != ORIENT_SYN:
+            # Met after its start (a restart, a late tap): what it sends now is not its first
+            # payload. It keeps its address verdict rather than being cut mid-conversation.
+            self.st.payloads_missed += 1
+            return WATCH_NONE
+        return ri.watch if ri.watch else WATCH_TLS   # TLS: allowed only through a binding
+
+    cdef uint8_t _watched(self, flow_t* f, const pkt_t* k, const uint8_t* p, uint32_t role,
+                          uint64_t ts, const policy_t* pol) noexcept nogil:
+        """A packet of a watched flow: read or judge it. Returns the packet's reason:
+        R_WATCHED while the flow stays watched (a verdict for this packet only), else the
+        flow's reason, now final."""
+        cdef uint32_t start, end, n
+        cdef uint8_t w = f.watch, detail = DETAIL_NONE
+        cdef uint8_t name[NAME_MAX + 1]
+        cdef uint32_t name_len = 0
+        cdef uint64_t g[GROUP_WORDS]
+        cdef int r
+        if f.verdict != VERDICT_ALLOW or pol == NULL or f.rule >= pol.n_ruleinfo:
+            f.watch = WATCH_NONE          # decided otherwise since, or under no policy
+            return f.reason
+        if w == WATCH_DNS:
+            return R_WATCHED
+        n = 0
+        if role == 0 and k.proto == 6 and k.frag != FRAG_LATER:
+            start = k.l4_off + ((p[k.l4_off + 12] >> 4) << 2)
+            end = k.l4_end                # within the frame (decode bounds it)
+            n = end - start if end > start else 0
+        if n == 0:
+            if f.watch_left > 1:
+                f.watch_left -= 1
+                return R_WATCHED
+            f.watch = WATCH_NONE
+            if w != WATCH_TLS:
+                self._judged(f, R_CLINICAL, DETAIL_NO_PAYLOAD, ts)
+            return f.reason
+        f.watch = WATCH_NONE
+        self.st.payloads_judged += 1
+        if w == WATCH_TLS:
+            r = tls_server_name(p + start, n, name, &name_len)
+            if r < 0:
+                self.st.payloads_unreadable += 1     # not TLS: no second signal to check
+            elif r == 1:
+                memset(g, 0, sizeof(g))
+                name_groups(pol, name, name_len, g)
+                if not intersects(g, pol.ruleinfo[f.rule].ends):
+                    detail = DETAIL_SERVER_NAME
+                    self._judged(f, R_SERVER_NAME, detail, ts)
+            return f.reason
+        if w == WATCH_HL7:
+            detail = hl7_judge(pol, f.rule, pol.ruleinfo[f.rule].fields, p + start, n)
+            if detail == DETAIL_HL7_NO_MSH:
+                self.st.payloads_unreadable += 1
+        else:
+            detail = dicom_judge(pol, f.rule, pol.ruleinfo[f.rule].fields, p + start, n)
+            if detail == DETAIL_DICOM_NOT_ASSOCIATE:
+                self.st.payloads_unreadable += 1
+        if detail != DETAIL_NONE:
+            self._judged(f, R_CLINICAL, detail, ts)
+        return f.reason
+
+    cdef void _judged(self, flow_t* f, uint8_t why, uint8_t detail, uint64_t ts) noexcept nogil:
+        """A watched flow's first payload broke its rule: the flow is denied from here on,
+        and the violation names the rule and the field."""
+        cdef event_t* e
+        f.verdict = VERDICT_DENY
+        f.reason = why
+        f.detail = detail
+        f.nearest = f.rule
+        f.rule = NO_RULE
+        if f.dev[0] != NO_DEVICE:
+            self.devices[f.dev[0]].violations += 1
+        e = event_slot(self, EV_VIOLATION)
+        if e != NULL:
+            fill_flow_event(e, EV_VIOLATION, f, ts)
+            e.reason = why
+            e.detail = detail
+            e.packet = self.st.packets - 1
 
     cdef void _settle_pending(self, flow_t* f, const policy_t* pol, uint64_t ts) noexcept nogil:
         """Decide a pending flow now that both sides are known (their devices' MACs)."""

@@ -163,6 +163,7 @@ cdef inline int decode_l4(const uint8_t* p, uint32_t off, uint32_t end, bint sna
     cdef uint32_t avail = end - off if end > off else 0
     k.proto = proto
     k.l4_off = off
+    k.l4_end = end
     if proto == 6:
         if avail < 20:
             return R_TCP_SHORT

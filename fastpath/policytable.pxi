@@ -93,23 +93,78 @@ cdef inline uint8_t evaluate(const policy_t* pol, const uint64_t* gi, const uint
     return best
 
 
+cdef enum:
+    MAX_NAMES = 1024                  # DNS names over all groups of one policy
+    MAX_CLINICAL = 1024               # HL7/DICOM values over all rules of one policy
+
+cdef uint32_t _policy_serial = 0
+
+
 cdef class CompiledPolicy:
     """A policy as C tables. Built by appliance.policy.model from a validated policy file.
 
     selectors: [(kind, group, value: bytes(16), prefix)], rules: [(src_groups: int bitset,
     dst_groups: int bitset, proto, port_lo, port_hi, either, rule_index)],
     vlan_groups / open_groups: int bitsets.
+    names: [(text: bytes, suffix: bool, group)]: DNS names of groups (lower case, no final
+    dot; `suffix` for `*.text`). ruleinfo: per source rule, (responder-side groups: int
+    bitset, watch: WATCH_HL7/WATCH_DICOM/0, fields: bitset of CF_*). clinical: [(rule,
+    field CF_*, text: bytes)]. name_ttl: (min, max) seconds a binding lives.
     """
 
     def __cinit__(self):
         memset(&self.pol, 0, sizeof(policy_t))
 
     def __init__(self, selectors, rules, vlan_groups, open_groups, *, arp=True,
-                 non_ip=True, fragment_unmatched=False, generation=1, source=None):
+                 non_ip=True, fragment_unmatched=False, generation=1, source=None,
+                 names=(), ruleinfo=(), clinical=(), name_ttl=(30, 86400)):
         cdef uint32_t i, w
         cdef selector_t* s
         cdef rule_t* r
+        cdef name_t* nm
+        cdef ruleinfo_t* ri
+        cdef clin_t* cl
+        global _policy_serial
         self.source = source
+        _policy_serial += 1
+        self.pol.serial = _policy_serial
+        if len(names) > MAX_NAMES or len(clinical) > MAX_CLINICAL:
+            raise ValueError("too many names or clinical values")
+        self.pol.names = <name_t*>calloc(max(1, len(names)), sizeof(name_t))
+        self.pol.ruleinfo = <ruleinfo_t*>calloc(max(1, len(ruleinfo)), sizeof(ruleinfo_t))
+        self.pol.clin = <clin_t*>calloc(max(1, len(clinical)), sizeof(clin_t))
+        if self.pol.names == NULL or self.pol.ruleinfo == NULL or self.pol.clin == NULL:
+            raise MemoryError()
+        for i, (text, suffix, group) in enumerate(names):
+            if not 0 < len(text) <= NAME_MAX or not 0 <= group < MAX_GROUPS:
+                raise ValueError("name out of range")
+            nm = &self.pol.names[i]
+            memcpy(nm.text, <const char*>text, len(text))
+            nm.len = len(text)
+            nm.suffix = 1 if suffix else 0
+            nm.group = group
+        self.pol.n_names = len(names)
+        for i, (ends, watch, fields) in enumerate(ruleinfo):
+            ri = &self.pol.ruleinfo[i]
+            for w in range(GROUP_WORDS):
+                ri.ends[w] = (ends >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+            ri.watch = watch
+            ri.fields = fields
+        self.pol.n_ruleinfo = len(ruleinfo)
+        for i, (rule, field, text) in enumerate(clinical):
+            if not 0 < len(text) <= CLIN_TEXT:
+                raise ValueError("clinical value out of range")
+            cl = &self.pol.clin[i]
+            cl.rule = rule
+            cl.field = field
+            cl.len = len(text)
+            memcpy(cl.text, <const char*>text, len(text))
+        self.pol.n_clin = len(clinical)
+        lo, hi = name_ttl
+        if not 0 < lo <= hi:
+            raise ValueError("name_ttl: 0 < min <= max")
+        self.pol.ttl_min_ns = <uint64_t>(lo * 1000000000)
+        self.pol.ttl_max_ns = <uint64_t>(hi * 1000000000)
         self.pol.selectors = <selector_t*>calloc(max(1, len(selectors)), sizeof(selector_t))
         self.pol.rules = <rule_t*>calloc(max(1, len(rules)), sizeof(rule_t))
         self.pol.vlan_groups = <uint64_t*>calloc(GROUP_WORDS, sizeof(uint64_t))
@@ -150,10 +205,21 @@ cdef class CompiledPolicy:
         free(self.pol.rules)
         free(self.pol.vlan_groups)
         free(self.pol.open_groups)
+        free(self.pol.names)
+        free(self.pol.ruleinfo)
+        free(self.pol.clin)
 
     @property
     def generation(self):
         return self.pol.generation
+
+    def name_groups(self, name: bytes):
+        """Group bitset of the groups a DNS name (lower case, no final dot) is in."""
+        cdef uint64_t out[GROUP_WORDS]
+        memset(out, 0, sizeof(out))
+        if 0 < len(name) <= NAME_MAX:
+            name_groups(&self.pol, name, len(name), out)
+        return sum(int(out[w]) << (64 * w) for w in range(GROUP_WORDS))
 
     def groups_of(self, mac: bytes, ip16: bytes, int vlan=0):
         """Group bitset of one endpoint (for tests and `policy test`)."""

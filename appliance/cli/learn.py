@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
                             "ports only, so more is left out for review (install tshark, or "
                             "--no-dissect to say you mean it)")
         else:
-            from appliance.inventory.dissector import DissectConfig
+            from appliance.inventory.dissector import REVIEW_SAMPLING, DissectConfig
 
-            dissect = DissectConfig(tshark=args.tshark, block=True)
+            dissect = DissectConfig(tshark=args.tshark, block=True,
+                                    sampling=dict(REVIEW_SAMPLING))
     known = []
     if args.db:
         from appliance.inventory.persist import inventory_list

@@ -119,6 +119,19 @@ def _run_import_mud(args: argparse.Namespace) -> int:
     return 0
 
 
+def _payload_dissection(policy: Any) -> Any:
+    """Deep dissection (tshark) when the policy names DNS names or clinical conditions: drift
+    then checks what the first payloads said (docs/learn.md). None without tshark."""
+    import shutil
+
+    if not (any(g.names for g in policy.groups.values())
+            or any(r.hl7 or r.dicom for r in policy.rules)) or shutil.which("tshark") is None:
+        return None
+    from appliance.inventory.dissector import REVIEW_SAMPLING, DissectConfig
+
+    return DissectConfig(tshark="tshark", block=True, sampling=dict(REVIEW_SAMPLING))
+
+
 def _run_drift(args: argparse.Namespace) -> int:
     from appliance.policy.model import compile_policy, load_policy, parse_policy
     from appliance.review.baseline import learn
@@ -130,7 +143,7 @@ def _run_drift(args: argparse.Namespace) -> int:
     if args.policy:
         policy = load_policy(args.policy)
         compile_policy(policy)
-        baseline = learn(args.captures)
+        baseline = learn(args.captures, dissect=_payload_dissection(policy))
         left_out: list[str] = []
         only = None
     else:

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from fastpath import (
+    DETAIL_NAMES,
     EVENT_FIELDS,
     EVENT_NAMES,
     FLOW_END_NAMES,
@@ -67,7 +68,7 @@ _SRC, _DST, _SMAC, _DMAC, _SPORT, _DPORT, _VLAN, _RULE = (_E[k] for k in (
     "src", "dst", "smac", "dmac", "sport", "dport", "vlan", "rule"))
 _DEV, _PEER, _REASON, _VERDICT, _PROTO, _L3, _HASMAC, _ICMPT = (_E[k] for k in (
     "device", "peer_device", "reason", "verdict", "proto", "l3", "has_mac", "icmp_type"))
-_ORIENT = _E["orient"]
+_ORIENT, _DETAIL = _E["orient"], _E["detail"]
 
 
 def event_dict(rec: Sequence[Any], rule_name: Callable[[int], str | None] | None = None,
@@ -106,6 +107,9 @@ def event_dict(rec: Sequence[Any], rule_name: Callable[[int], str | None] | None
                    packets=rec[_PKTS], bytes=rec[_BYTES])
     else:
         out["reason"] = REASON_NAMES.get(rec[_REASON], "unknown")
+        if rec[_DETAIL]:
+            # A first payload broke the rule: the field that did not match.
+            out["field"] = DETAIL_NAMES.get(rec[_DETAIL], "unknown")
         out["packet"] = rec[_PACKET]
         if rec[_HASMAC]:
             out["smac"] = mac(rec[_SMAC])

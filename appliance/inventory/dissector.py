@@ -70,6 +70,10 @@ DECODE_AS: dict[str, str] = {
 # minute, 256/s) mark 13% of the demo ward's packets; these about 0.3%.
 SAMPLING = {"per_flow": 6, "device_budget": 32, "device_window_s": 3600.0,
             "global_budget": 64}
+# Review of a capture (learn, drift): every flow's first packets, so each conversation's first
+# payload (the HL7 header, the A-ASSOCIATE-RQ, the ClientHello) is read; still 6 a flow.
+REVIEW_SAMPLING = {"per_flow": 6, "device_budget": 65535, "device_window_s": 3600.0,
+                   "global_budget": 1000000}
 
 LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_SLL, LINKTYPE_SLL2 = 1, 101, 113, 276
 LINKTYPE_IPV4, LINKTYPE_IPV6 = 228, 229

@@ -74,6 +74,8 @@ class Identification:
         self.classify_interval = classify_interval
         self._next_classify = 0.0
         self.events: list[dict[str, Any]] = []     # every inventory event, for summaries
+        # also given every evidence record (learn: what first payloads said per conversation)
+        self.on_records: Callable[[list[dict[str, Any]]], None] | None = None
 
     def start(self, classifier: Any, batch_size: int) -> Identification:
         classifier.set_sampling(**self.config.sampling)
@@ -94,6 +96,8 @@ class Identification:
         records = self.dissector.drain_results()
         if records:
             self.inventory.observe_records(records)
+            if self.on_records is not None:
+                self.on_records(records)
         now = time.monotonic()
         if not force and now < self._next_classify:
             return []

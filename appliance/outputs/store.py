@@ -155,8 +155,14 @@ def _v5_identity(db: sqlite_utils.Database) -> None:
                "url TEXT, source TEXT, document TEXT NOT NULL, imported REAL)")
 
 
+def _v6_violation_field(db: sqlite_utils.Database) -> None:
+    """A violation by a flow's first payload names the field that did not match
+    (docs/policy.md: HL7, DICOM, TLS server name)."""
+    db.table("violations").add_column("field", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule, _v5_identity]
+    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule, _v5_identity, _v6_violation_field]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",
@@ -319,7 +325,7 @@ def _violation_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
             "proto": e["proto"], "sport": e.get("sport"), "dport": e.get("dport"),
             "icmp_type": e.get("icmp_type"), "vlan": e["vlan"], "reason": e["reason"],
             "nearest_rule": e.get("nearest_rule"), "smac": e.get("smac"),
-            "dmac": e.get("dmac")}
+            "dmac": e.get("dmac"), "field": e.get("field")}
 
 
 class StoreOutput(Output):

@@ -10,6 +10,7 @@ tests compare this evaluator with the fast path flow by flow.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from appliance.common.records import mac_bytes
@@ -53,19 +54,31 @@ class Decision:
 class _Set:
     """The selectors of one group (or of an address written in a rule's from/to)."""
 
-    __slots__ = ("macs", "ouis", "nets", "vlans", "open")
+    __slots__ = ("macs", "ouis", "nets", "vlans", "open", "names")
 
     def __init__(self, group: Group) -> None:
         self.macs = frozenset(group.macs)
         self.ouis = frozenset(group.ouis)
         self.nets = tuple(net16(n) for n in group.nets)
         self.vlans = frozenset(group.vlans)
-        self.open = not (group.macs or group.ouis or group.nets)
+        self.names = group.names
+        self.open = not (group.macs or group.ouis or group.nets or group.names)
 
-    def contains(self, mac: bytes | None, ip: int | None, vlan: int) -> bool:
+    def named(self, names: Iterable[str]) -> bool:
+        """Whether one of `names` (lower case) is one of the group's (exact, or `*.suffix`)."""
+        for name in names:
+            for own in self.names:
+                if name == own or (own.startswith("*.") and name.endswith(own[1:])):
+                    return True
+        return False
+
+    def contains(self, mac: bytes | None, ip: int | None, vlan: int,
+                 names: Iterable[str] = ()) -> bool:
         if self.vlans and vlan not in self.vlans:
             return False
         if self.open:
+            return True
+        if self.names and names and self.named(names):
             return True
         if mac is not None and (mac in self.macs or mac[:3] in self.ouis):
             return True
@@ -93,8 +106,12 @@ class Entry:
 class Evaluator:
     """Decides flows against one validated policy, as the fast path would."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy,
+                 names_of: Callable[[str], Iterable[str]] | None = None) -> None:
+        """`names_of(ip)`: the DNS names an address stands for (bindings, or server names
+        seen), for groups that list names; without it no address is in such a group."""
         self.policy = policy
+        self.names_of = names_of
         self.sets: dict[str, _Set] = {name: _Set(g) for name, g in policy.groups.items()}
         self.entries: list[Entry] = []
         for index, rule in enumerate(policy.rules):
@@ -112,8 +129,9 @@ class Evaluator:
         """Names of the groups (and rule addresses) the endpoint is in, plus "any"."""
         mac = mac_bytes(ep.mac) if ep.mac else None
         ip = addr16(ep.ip) if ep.ip else None
-        return frozenset([n for n, s in self.sets.items() if s.contains(mac, ip, ep.vlan)]
-                         + ["any"])
+        names = self.names_of(ep.ip) if self.names_of is not None and ep.ip else ()
+        return frozenset([n for n, s in self.sets.items()
+                          if s.contains(mac, ip, ep.vlan, names)] + ["any"])
 
     def decide(self, initiator: Endpoint, responder: Endpoint, proto: int,
                port: int) -> Decision:

@@ -167,7 +167,7 @@ def _key(rule: Rule) -> tuple[object, ...]:
     ends = (frozenset(rule.sources), frozenset(rule.destinations))
     if rule.either:
         ends = tuple(sorted(ends, key=sorted))  # type: ignore[assignment]
-    return (*ends, rule.proto, frozenset(rule.ports), rule.either)
+    return (*ends, rule.proto, frozenset(rule.ports), rule.either, rule.hl7, rule.dicom)
 
 
 def _pairs(rules: tuple[Rule, ...]) -> list[Finding]:

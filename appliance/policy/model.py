@@ -20,6 +20,15 @@ from appliance.common.bounded import BoundsError, load_toml, toml_error
 from appliance.common.tomlfile import TomlLines as _Lines
 from appliance.common.userfile import read_bytes
 from appliance.errors import PolicyError
+from appliance.policy.conditions import (
+    NAME_TTL,
+    DicomCondition,
+    Hl7Condition,
+    compile_conditions,
+    dicom_condition,
+    dns_name,
+    hl7_condition,
+)
 from fastpath import CompiledPolicy
 
 PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
@@ -29,6 +38,8 @@ ICMP = {1, 58}
 MAX_GROUPS = 256
 MAX_SELECTORS = 4096
 MAX_RULE_ENTRIES = 4096
+MAX_NAMES = 1024              # DNS names over all groups (fastpath policytable.pxi)
+MAX_CLINICAL = 1024           # HL7/DICOM values over all rules
 MAX_POLICY_BYTES = 1 << 20       # 1 MiB: far above the compiled tables' limits
 MAX_POLICY_VERSION = 2**31 - 1
 MAX_NAME = 128                   # the policy's name: kept as written, shown escaped
@@ -54,6 +65,7 @@ class Group:
     line: int | None = None
     classes: tuple[str, ...] = ()     # device classes; their MACs are already in `macs`
     loose: tuple[str, ...] = ()       # `ip` entries written with host bits (for lint)
+    names: tuple[str, ...] = ()       # DNS names ("*.suffix": names under it), lower case
 
 
 @dataclass(frozen=True)
@@ -65,13 +77,17 @@ class Rule:
     ports: tuple[tuple[int, int], ...]   # responder port ranges (ICMP: type ranges)
     either: bool
     line: int | None = None
+    hl7: Hl7Condition | None = None       # judged on the flow's first payload
+    dicom: DicomCondition | None = None
 
     def describe(self) -> str:
         proto = PROTOCOL_NAMES.get(self.proto, str(self.proto)) if self.proto else "any"
         ports = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in self.ports)
         arrow = "<->" if self.either else "->"
         src, dst = ",".join(self.sources), ",".join(self.destinations)
-        return f"{src} {arrow} {dst} {proto}{'/' + ports if ports else ''}"
+        clinical = self.hl7 or self.dicom
+        return (f"{src} {arrow} {dst} {proto}{'/' + ports if ports else ''}"
+                + (f" {clinical.describe()}" if clinical else ""))
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Policy:
     # rules written with `enabled = false` (a proposal's conversations left out for review):
     # validated, never compiled or evaluated
     disabled: tuple[Rule, ...] = ()
+    name_ttl: tuple[int, int] = NAME_TTL     # bounds of a name binding's life, seconds
 
     def rule_name(self, index: int) -> str | None:
         return self.rules[index].name if 0 <= index < len(self.rules) else None
@@ -151,7 +168,8 @@ class _Validator:
         head = doc.get("policy", {})
         if not isinstance(head, dict):
             raise self.fail("must be a table", "policy", self.lines.key("", "policy"))
-        self._unknown(head, {"name", "version", "arp", "non_ip", "fragment_unmatched"}, "policy",
+        self._unknown(head, {"name", "version", "arp", "non_ip", "fragment_unmatched",
+                             "name_ttl_min", "name_ttl_max"}, "policy",
                       self.lines.table("[policy]"), "[policy]")
         name = head.get("name", "unnamed")
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
@@ -165,11 +183,22 @@ class _Validator:
         arp = self._action(head, "arp")
         non_ip = self._action(head, "non_ip")
         fragments = self._action(head, "fragment_unmatched", "deny")
+        ttl = []
+        for key, default in (("name_ttl_min", NAME_TTL[0]), ("name_ttl_max", NAME_TTL[1])):
+            value = head.get(key, default)
+            if (not isinstance(value, int) or isinstance(value, bool)
+                    or not 1 <= value <= 7 * 86400):
+                raise self.fail("must be whole seconds, 1 to 604800", f"policy.{key}",
+                                self.lines.key("[policy]", key))
+            ttl.append(value)
+        if ttl[0] > ttl[1]:
+            raise self.fail("must not be above name_ttl_max", "policy.name_ttl_min",
+                            self.lines.key("[policy]", "name_ttl_min"))
         groups = self._groups(doc.get("groups", {}))
         rules, disabled = self._rules(doc.get("rules", []), groups)
         digest = hashlib.sha256(self.text.encode()).hexdigest()
         return Policy(self.path, name, version, arp, non_ip, fragments, groups, rules, digest,
-                      self.text, disabled)
+                      self.text, disabled, (ttl[0], ttl[1]))
 
     def _unknown(self, table: dict[str, Any], allowed: set[str], where: str,
                  line: int | None, header: str | None = None, nth: int = 0) -> None:
@@ -200,8 +229,8 @@ class _Validator:
                                 "(and not 'any')", where, line)
             if not isinstance(spec, dict):
                 raise self.fail("must be a table", where, line)
-            self._unknown(spec, {"mac", "oui", "ip", "vlan", "class", "description"}, where,
-                          line, header)
+            self._unknown(spec, {"mac", "oui", "ip", "vlan", "class", "names", "description"},
+                          where, line, header)
             macs = tuple(self._mac(v, f"{where}.mac", self.lines.key(header, "mac"), _MAC, 6)
                          for v in self._list(spec, "mac", where, header))
             ouis = tuple(self._mac(v, f"{where}.oui", self.lines.key(header, "oui"), _OUI, 3)
@@ -215,13 +244,16 @@ class _Validator:
                           for v in self._list(spec, "vlan", where, header))
             classes = tuple(self._class(v, f"{where}.class", self.lines.key(header, "class"))
                             for v in self._list(spec, "class", where, header))
+            names = tuple(dict.fromkeys(
+                dns_name(v, f"{where}.names", self.lines.key(header, "names"), self.fail)
+                for v in self._list(spec, "names", where, header)))
             if classes:
                 macs += tuple(bytes.fromhex(m.replace(":", "")) for c in classes
                               for m in (self.classes(c) if self.classes else []))
-            if not (macs or ouis or nets or vlans or classes):
-                raise self.fail("group has no members (give mac, oui, ip, vlan or class)",
-                                where, line)
-            groups[name] = Group(name, macs, ouis, nets, vlans, line, classes, loose)
+            if not (macs or ouis or nets or vlans or classes or names):
+                raise self.fail("group has no members (give mac, oui, ip, vlan, class or "
+                                "names)", where, line)
+            groups[name] = Group(name, macs, ouis, nets, vlans, line, classes, loose, names)
         return groups
 
     def _list(self, spec: dict[str, Any], key: str, where: str, header: str) -> list[Any]:
@@ -279,8 +311,8 @@ class _Validator:
                 return self.lines.key(header, key, nth)
 
             self._unknown(spec, {"name", "from", "to", "proto", "ports", "initiate",
-                                 "icmp_types", "description", "enabled"}, where, line, header,
-                          nth)
+                                 "icmp_types", "description", "enabled", "hl7", "dicom"},
+                          where, line, header, nth)
             name = spec.get("name", f"rule-{nth + 1}")
             if not isinstance(name, str) or not _NAME.match(name):
                 raise self.fail("must be 1-64 letters, digits, '_', '.', '-'",
@@ -314,8 +346,21 @@ class _Validator:
             enabled = spec.get("enabled", True)
             if not isinstance(enabled, bool):
                 raise self.fail("must be true or false", f"{where}.enabled", at("enabled"))
+            hl7 = dicom = None
+            if "hl7" in spec and "dicom" in spec:
+                raise self.fail("a rule checks HL7 or DICOM, not both", f"{where}.dicom",
+                                at("dicom"))
+            for key in ("hl7", "dicom"):
+                if key in spec and proto != 6:
+                    raise self.fail(f"{key} needs proto tcp", f"{where}.{key}", at(key))
+            if "hl7" in spec:
+                hl7 = hl7_condition(spec["hl7"], f"{where}.hl7", at("hl7"), self.fail)
+            if "dicom" in spec:
+                dicom = dicom_condition(spec["dicom"], f"{where}.dicom", at("dicom"),
+                                        self.fail)
             (rules if enabled else disabled).append(
-                Rule(name, sources, destinations, proto, ports, initiate == "either", line))
+                Rule(name, sources, destinations, proto, ports, initiate == "either", line,
+                     hl7, dicom))
         return tuple(rules), tuple(disabled)
 
     def _endpoints(self, value: Any, groups: dict[str, Group], where: str,
@@ -405,7 +450,7 @@ def compile_policy(policy: Policy, generation: int = 1) -> CompiledPolicy:
             selectors.append((SEL_VLAN, gid, vlan.to_bytes(2, "big").ljust(16, b"\0"), 0))
         if group.vlans:
             vlan_groups |= 1 << gid
-        if not (group.macs or group.ouis or group.nets or group.classes):
+        if not (group.macs or group.ouis or group.nets or group.classes or group.names):
             open_groups |= 1 << gid
         return gid
 
@@ -433,7 +478,16 @@ def compile_policy(policy: Policy, generation: int = 1) -> CompiledPolicy:
     if len(entries) > MAX_RULE_ENTRIES:
         raise PolicyError(policy.path, f"more than {MAX_RULE_ENTRIES} rule port ranges", None,
                           "rules")
+    names, ruleinfo, clinical = compile_conditions(
+        policy.rules, [(ids[name], g.names) for name, g in policy.groups.items() if g.names],
+        lambda rule: bits(rule.destinations + (rule.sources if rule.either else ()), rule.line))
+    if len(names) > MAX_NAMES:
+        raise PolicyError(policy.path, f"more than {MAX_NAMES} DNS names", None, "groups")
+    if len(clinical) > MAX_CLINICAL:
+        raise PolicyError(policy.path, f"more than {MAX_CLINICAL} HL7/DICOM values (a service "
+                          "counts its SOP classes)", None, "rules")
     return CompiledPolicy(selectors, entries, vlan_groups, open_groups, arp=policy.arp,
                           non_ip=policy.non_ip,
                           fragment_unmatched=policy.fragment_unmatched, generation=generation,
-                          source=policy)
+                          source=policy, names=names, ruleinfo=ruleinfo, clinical=clinical,
+                          name_ttl=policy.name_ttl)

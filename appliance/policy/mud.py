@@ -8,8 +8,10 @@ port, and the from-device/to-device halves of one conversation fold into one rul
 What cannot be carried over is never dropped silently: it is an error naming the JSON path
 (`MudError`, nothing written) when the rule would not mean what the manufacturer wrote, or a
 warning naming the path when the rule is only broader (a field wardtap does not match on,
-such as DSCP) or when the operator must fill something in (DNS names, controllers): those
-become placeholder groups, written commented out with the rules that use them.
+such as DSCP) or when the operator must fill something in (controllers): those
+become placeholder groups, written commented out with the rules that use them. DNS names
+(ietf-acldns) become groups that list the names: the appliance binds them to addresses from
+the DNS answers it forwards (docs/policy.md, "Names").
 See docs/learn.md for the mapping table.
 """
 
@@ -326,10 +328,8 @@ class _Reader:
             dns_key = f"ietf-acldns:{dns_far}-dnsname"
             if dns_key in ip:
                 host = self.string(ip[dns_key], f"{where}.{family}.{dns_key}").rstrip(".")
-                found.append((f"{where}.{family}.{dns_key}", self._named(
-                    "dns", host, f"dns-{host.lower()}",
-                    f"addresses of {host}: the policy matches addresses, not names",
-                    f"{where}.{family}.{dns_key}")))
+                found.append((f"{where}.{family}.{dns_key}", self._dns(
+                    host, f"{where}.{family}.{dns_key}")))
             if f"ietf-acldns:{dns_near}-dnsname" in ip:
                 self.warn(f"{where}.{family}.ietf-acldns:{dns_near}-dnsname",
                           "names the device itself; ignored: the rule is broader")
@@ -377,6 +377,22 @@ class _Reader:
                                f"devices whose MUD URL is from {text}", where)
         return self._named("controller", text, f"controller-{_host_path(text)}",
                            f"controllers of class {text}", where)
+
+    def _dns(self, host: str, where: str) -> Peer:
+        """A DNS name: a group listing it, matched through the DNS answers the ward gets."""
+        from appliance.policy.conditions import dns_name
+
+        def fail(message: str, _field: str, _line: int | None) -> Exception:
+            return self.fail(where, message)
+
+        name = dns_name(host, where, None, fail)
+        key = f"dns:{name}"
+        peer = self.peers.get(key)
+        if peer is None:
+            peer = self.peers[key] = Peer(safe_name(f"dns-{name}"), "dns", name,
+                                          note=f"{name}: its addresses as the ward's DNS "
+                                          "answers give them")
+        return peer
 
     def _named(self, kind: str, value: str, name: str, note: str, where: str) -> Peer:
         key = f"{kind}:{value}"
@@ -536,7 +552,7 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
     fills = dict(fills or {})
     for peer in profile.peers.values():
         for key in (peer.name, peer.value):
-            if key and key in fills and peer.placeholder:
+            if key and key in fills and (peer.placeholder or peer.kind == "dns"):
                 peer.members = fills.pop(key)
                 peer.placeholder = False
             elif key and key in fills and peer.kind == "local-networks":
@@ -561,7 +577,8 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
             peer.name = unique(peer.name, taken)
         taken.add(peer.name)
         g = GroupSpec(peer.name, ip=list(peer.members), placeholder=peer.placeholder,
-                      description=peer.note)
+                      description=peer.note,
+                      names=[peer.value] if peer.kind == "dns" else [])
         g.comments.append(f"MUD {peer.kind}" + (f" {peer.value}" if peer.value else "")
                           + (": FILL IN the addresses, then uncomment this group and its "
                              "rules" if peer.placeholder else ""))

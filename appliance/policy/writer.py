@@ -57,6 +57,7 @@ class GroupSpec:
     oui: list[str] = field(default_factory=list)
     ip: list[str] = field(default_factory=list)
     vlan: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)          # DNS names (docs/policy.md)
     description: str | None = None
     comments: list[str] = field(default_factory=list)      # lines above the table
     notes: dict[str, str] = field(default_factory=dict)    # member -> comment after it
@@ -64,7 +65,7 @@ class GroupSpec:
 
     @property
     def empty(self) -> bool:
-        return not (self.mac or self.oui or self.ip or self.vlan)
+        return not (self.mac or self.oui or self.ip or self.vlan or self.names)
 
 
 @dataclass
@@ -81,6 +82,8 @@ class RuleSpec:
     disabled: bool = False          # written commented out (e.g. names a placeholder)
     enabled: bool = True            # False: written with `enabled = false` (left out for
     #                                 review; one line to change to allow it)
+    hl7: dict[str, list[str]] | None = None      # clinical conditions (docs/policy.md)
+    dicom: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -156,7 +159,7 @@ def render(draft: PolicyDraft) -> str:
         body.append(f"[groups.{_key(g.name)}]")
         if g.description:
             body.append(f"description = {_s(g.description)}")
-        for key in ("mac", "oui", "ip", "vlan"):
+        for key in ("mac", "oui", "ip", "vlan", "names"):
             values = getattr(g, key)
             if values:
                 body.extend(_array(key, values, g.notes))
@@ -185,6 +188,11 @@ def render(draft: PolicyDraft) -> str:
             body.extend(_array("icmp_types", r.icmp_types, {}))
         if r.initiate != "from":
             body.append(f"initiate = {_s(r.initiate)}")
+        for key, cond in (("hl7", r.hl7), ("dicom", r.dicom)):
+            if cond:
+                body.append(f"{key} = {{ " + ", ".join(
+                    f"{k} = [{', '.join(_s(v) for v in values)}]"
+                    for k, values in cond.items() if values) + " }")
         if not r.enabled:
             body.append("enabled = false    # left out for review: true allows it")
         if disabled:

@@ -105,6 +105,10 @@ class Baseline:
         self.inventory = Inventory()
         self.known: dict[str, dict[str, Any]] = {}
         self.identified_by = "the fast path (MAC vendor, ports)"
+        # what first payloads said per conversation (HL7, DICOM, TLS names), when dissected
+        from appliance.review.payloads import Payloads
+
+        self.payloads = Payloads()
 
     # --- feeding -------------------------------------------------------------------------
 
@@ -476,6 +480,7 @@ def learn(paths: Sequence[str], flow_capacity: int = 65536,
         from appliance.inventory.identify import Identification
 
         ident = Identification(dissect)
+        ident.on_records = baseline.payloads.observe
         replayer.enable_identification(ident)
     try:
         summary = replayer.run(list(paths))

@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 def _members(g: Group) -> dict[str, list[str]]:
     return {"mac": sorted(m.hex(":") for m in g.macs), "oui": sorted(o.hex(":") for o in g.ouis),
-            "ip": sorted(str(n) for n in g.nets), "vlan": [str(v) for v in sorted(g.vlans)]}
+            "ip": sorted(str(n) for n in g.nets), "vlan": [str(v) for v in sorted(g.vlans)],
+            "names": sorted(g.names)}
 
 
 def _identity(g: Group) -> tuple[tuple[str, ...], ...]:
     m = _members(g)
-    return tuple(tuple(m[k]) for k in ("mac", "oui", "ip", "vlan"))
+    return tuple(tuple(m[k]) for k in ("mac", "oui", "ip", "vlan", "names"))
 
 
 def _canon_end(policy: Policy, item: str) -> Any:
@@ -39,7 +40,7 @@ def _canon_end(policy: Policy, item: str) -> Any:
 def _canon(policy: Policy, rule: Rule) -> tuple[Any, ...]:
     return (frozenset(_canon_end(policy, s) for s in rule.sources),
             frozenset(_canon_end(policy, d) for d in rule.destinations),
-            rule.proto, tuple(sorted(rule.ports)), rule.either)
+            rule.proto, tuple(sorted(rule.ports)), rule.either, rule.hl7, rule.dicom)
 
 
 def _rule_fields(rule: Rule) -> dict[str, str]:
@@ -47,7 +48,13 @@ def _rule_fields(rule: Rule) -> dict[str, str]:
 
     return {"from": ",".join(rule.sources), "to": ",".join(rule.destinations),
             "proto": proto_name(rule.proto), "ports": ranges_text(rule.ports) or "any",
-            "initiate": "either" if rule.either else "from"}
+            "initiate": "either" if rule.either else "from",
+            "first payload": _condition(rule)}
+
+
+def _condition(rule: Rule) -> str:
+    cond = rule.hl7 or rule.dicom
+    return cond.describe() if cond is not None else "any"
 
 
 def diff_policies(old: Policy, new: Policy) -> dict[str, Any]:
@@ -163,7 +170,22 @@ def _probes(policies: Sequence[Policy]) -> list[_Probe]:
         a = ipaddress.ip_address(addr)
         if not any(a in n for n in nets if n.version == a.version):
             out.append(_Probe(f"other IPv{a.version} addresses", None, addr))
+    for name, addr in _name_probes(policies).items():
+        out.append(_Probe(f"name {name}", None, addr))
     return out
+
+
+def _name_probes(policies: Sequence[Policy]) -> dict[str, str]:
+    """An address standing for each DNS name the policies list (a binding, for the diff):
+    IPv6 documentation addresses under 3fff:0:0:aa::/64, which no ward uses."""
+    names = sorted({n for p in policies for g in p.groups.values() for n in g.names})
+    return {n: f"3fff:0:0:aa::{i + 1:x}" for i, n in enumerate(names)}
+
+
+def _names_of(policies: Sequence[Policy]) -> Any:
+    by_addr = {addr: [n.replace("*.", "any.", 1)]
+               for n, addr in _name_probes(policies).items()}
+    return lambda ip: by_addr.get(ip, ())
 
 
 def _address_outside(net: Any, inner: list[Any]) -> str | None:
@@ -218,7 +240,8 @@ def _conversations(old: Policy, new: Policy) -> tuple[list[dict[str, Any]],
     from appliance.policy.evaluate import Endpoint, Evaluator
     from appliance.policy.model import ICMP
 
-    ev = (Evaluator(old), Evaluator(new))
+    names_of = _names_of([old, new])
+    ev = (Evaluator(old, names_of), Evaluator(new, names_of))
     probes = _probes([old, new])
     vlans = _vlans([old, new])
     other_vlan = vlans[-1] if vlans and vlans[-1] not in {

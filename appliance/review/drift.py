@@ -36,7 +36,8 @@ def drift(policy: Policy, baseline: Baseline, unchecked: Sequence[str] = (),
     from appliance.review.baseline import View
 
     view = View(baseline)
-    evaluator = Evaluator(policy)
+    evaluator = Evaluator(policy, baseline.payloads.names_of)
+    rules = {r.name: r for r in policy.rules}
     profiles = {p.key: p for p in view.profiles() if p.role != "router"}
     used: set[tuple[str, str]] = set()
     devices: dict[str, _DeviceDrift] = {}
@@ -60,13 +61,20 @@ def drift(policy: Policy, baseline: Baseline, unchecked: Sequence[str] = (),
             dd = device(key)
             if dd is None:
                 continue
-            if d.allowed:
+            seen = baseline.payloads.by_conv.get((src, dst, port)) if proto == 6 else None
+            broken = _clinical_misses(rules.get(d.rule or ""), seen) if d.allowed else {}
+            if d.allowed and not broken:
                 used.add((dd.key, d.rule or ""))
                 continue
             item = dd.not_allowed.setdefault((direction, peer, proto, port), {
                 "direction": direction, "peer": peer, "service": service(proto, port),
-                "reason": d.reason, "nearest_rule": d.rule, "flows": 0, "packets": 0,
+                "reason": "clinical_mismatch" if broken else d.reason,
+                "nearest_rule": d.rule, "flows": 0, "packets": 0,
                 "first_seen": stats.first, "last_seen": stats.last})
+            if broken:
+                item["not_allowed_values"] = broken       # field -> values seen, not allowed
+            if seen is not None and seen.names and not d.allowed:
+                item["names"] = sorted(seen.names)        # the server names asked for
             item["flows"] += stats.flows
             item["packets"] += stats.packets
             item["first_seen"] = min(item["first_seen"], stats.first)
@@ -104,6 +112,39 @@ def drift(policy: Policy, baseline: Baseline, unchecked: Sequence[str] = (),
             "devices": out_devices,
             "members_never_seen": _members_never_seen(policy, baseline, view),
             "unchecked_rules": list(unchecked)}
+
+
+def _clinical_misses(rule: Any, seen: Any) -> dict[str, list[str]]:
+    """What a conversation's first payloads said that its rule's HL7/DICOM condition does not
+    allow: {field: values} (empty when nothing was seen, or all of it is allowed)."""
+    if rule is None or seen is None:
+        return {}
+    from appliance.review.payloads import services_of
+
+    out: dict[str, list[str]] = {}
+
+    def check(field_name: str, values: set[str], allowed: tuple[str, ...],
+              ok: Any = None) -> None:
+        bad = sorted(v for v in values if not (ok(v) if ok else v in allowed))
+        if allowed and bad:
+            out[field_name] = bad
+
+    if rule.hl7 is not None:
+        types = rule.hl7.message_types
+        check("hl7_message_type", seen.hl7_types, types, lambda v: v in types or any(
+            t.endswith("^*") and (v == t[:-2] or v.startswith(t[:-1])) for t in types))
+        check("hl7_sending_application", seen.hl7_sending, rule.hl7.sending)
+        check("hl7_receiving_application", seen.hl7_receiving, rule.hl7.receiving)
+    if rule.dicom is not None:
+        check("dicom_calling_ae", seen.dicom_calling, rule.dicom.calling)
+        check("dicom_called_ae", seen.dicom_called, rule.dicom.called)
+        if rule.dicom.services or rule.dicom.sop_classes:
+            allowed = set(rule.dicom.services) | set(rule.dicom.sop_classes)
+            bad = [uid for uid in sorted(seen.dicom_sop)
+                   if uid not in allowed and not set(services_of([uid])[0]) & allowed]
+            if bad:
+                out["dicom_service"] = bad
+    return out
 
 
 def _groups_of(evaluator: Evaluator, mac: str | None, ips: list[str],
@@ -163,6 +204,10 @@ def render_drift(d: dict[str, Any]) -> str:
                 lines.append(f"    {arrow} {i['peer']} {i['service']}: {i['flows']:,} "
                              f"flow{'s' if i['flows'] != 1 else ''} ({i['reason']}{near}), "
                              f"last {i['last_seen']}")
+                for field_name, values in i.get("not_allowed_values", {}).items():
+                    lines.append(f"      {field_name}: {', '.join(values[:LIST])}")
+                if i.get("names"):
+                    lines.append(f"      names asked for: {', '.join(i['names'][:LIST])}")
             if len(dev["seen_not_allowed"]) > LIST * 2:
                 lines.append(f"    ... and {len(dev['seen_not_allowed']) - LIST * 2} more")
         if dev["allowed_never_seen"]:

@@ -16,6 +16,7 @@ it is written), so replaying the same capture under it gives no violations.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -326,11 +327,23 @@ def propose(baseline: Baseline, name: str = "learned", captures: Sequence[str] =
         done.add(rkey)
         rules.append(_rule(src, dst, proto, p.tokens, p.eph_min, p.stats, p.initiators,
                            p.responders, p.via, p.ports, either, view, names, rule_names))
+        if proto == 6 and not either:
+            rules[-1:] = _first_payloads(rules[-1], baseline, [
+                (raw[1], raw[3], raw[6]) for raw, (ik, rk) in view.raw.items()
+                if raw[5] == 6 and (label(ik), label(rk)) == (src, dst)
+                and not caution.left_out((ik, rk, 6, raw[6]))], rule_names)
         kept = flagged.get(rkey, []) + (flagged.get(back, []) if either else [])
         for why in dict.fromkeys(f"REVIEW ({TITLES[f.kind]}): {f.why}" for f in kept):
             rules[-1].comments.append(why)       # allowed on request (--allow-flagged)
 
-    rules += left_out_rules(view, tokens, caution, ids, blocks, label, names, rule_names)
+    def split(spec: RuleSpec, convs: list[Conv]) -> list[RuleSpec]:
+        keys = {(c.initiator, c.responder, c.proto, c.port) for c in convs}
+        return _first_payloads(spec, baseline, [
+            (raw[1], raw[3], raw[6]) for raw, (ik, rk) in view.raw.items()
+            if (ik, rk, raw[5], raw[6]) in keys], rule_names)
+
+    rules += left_out_rules(view, tokens, caution, ids, blocks, label, names, rule_names,
+                            split)
     groups = [_group(b, view, names, caution) for b in ordered]
     first, last = baseline.span()
     flows = sum(s.flows for s in baseline.conversations.values())
@@ -414,6 +427,51 @@ def _rule(src: str, dst: str, proto: int, tokens: set[int], eph_min: int, stats:
     return spec
 
 
+def _first_payloads(spec: RuleSpec, baseline: Baseline, convs: list[tuple[str, str, int]],
+                    taken: set[str]) -> list[RuleSpec]:
+    """The rule with HL7 or DICOM conditions from what its conversations' first payloads
+    said, split by port when its ports speak different protocols (docs/learn.md), and the TLS
+    server names seen noted."""
+    by_port: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
+    for conv in convs:
+        by_port[conv[2]].append(conv)
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for port, group in sorted(by_port.items()):
+        hl7, dicom, _ = baseline.payloads.conditions(group)
+        kinds["hl7" if hl7 else "dicom" if dicom else ""].append(port)
+    out = [spec]
+    if len(kinds) > 1 and spec.ports:
+        out = []
+        for kind, ports in sorted(kinds.items()):
+            if kind:
+                part = copy.deepcopy(spec)
+                part.name = unique(safe_name(f"{spec.name}-{kind}"), taken)
+                part.ports = list(ports)
+                out.append(part)
+        rest = [p for p in spec.ports if not (isinstance(p, int) and p in
+                                               {x for k, v in kinds.items() if k for x in v})]
+        if rest:
+            spec.ports = rest
+            out.insert(0, spec)
+    for part in out:
+        exact = {p for p in (part.ports or []) if isinstance(p, int)}
+        hl7, dicom, server_names = baseline.payloads.conditions(
+            [c for c in convs if c[2] in exact] if exact else convs)
+        if hl7:
+            part.hl7 = hl7
+            part.comments.append("  hl7: what the sampled first messages said (MSH-9, "
+                                 "MSH-3, MSH-5); anything else would be denied")
+        if dicom:
+            part.dicom = dicom
+            part.comments.append("  dicom: what the sampled associations said (AE titles, "
+                                 "SOP classes); anything else would be denied")
+        if server_names:
+            part.comments.append("  TLS server names seen: " + ", ".join(server_names[:8])
+                                 + ("..." if len(server_names) > 8 else "")
+                                 + " (a group's `names` follows them wherever DNS points)")
+    return out
+
+
 _LITERAL_NAMES = {"::": "unspecified6", "0.0.0.0": "unspecified"}
 
 
@@ -447,7 +505,9 @@ def _notes(src: str, dst: str, proto: int, tokens: set[int], eph_min: int,
 def left_out_rules(view: View, tokens: dict[tuple[Key, Key, int, int], int],
                    caution: Caution, ids: dict[Key, int], blocks: dict[int, Block],
                    label: Callable[[Key], str], names: dict[str, str],
-                   taken: set[str]) -> list[RuleSpec]:
+                   taken: set[str],
+                   split: Callable[[RuleSpec, list[Conv]], list[RuleSpec]] | None = None
+                   ) -> list[RuleSpec]:
     """The flagged conversations as rules with `enabled = false`, one per pair of groups,
     protocol and reason, each saying why. A side names its group only when every member of
     the group took part; otherwise the addresses of those that did, so that enabling the
@@ -504,7 +564,7 @@ def left_out_rules(view: View, tokens: dict[tuple[Key, Key, int, int], int],
             spec.ports = _ports_value(proto, ports, 65536)
         elif proto in ICMP:
             spec.icmp_types = sorted(ports)
-        out.append(spec)
+        out += split(spec, convs) if split is not None and proto == 6 else [spec]
     return out
 
 

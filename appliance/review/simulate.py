@@ -46,7 +46,9 @@ def would_block(policy: Policy, captures: Sequence[str]) -> dict[str, Any]:
                         - {"any"})
         flows.append({"src": v["src"], "dst": v["dst"], "proto": proto, "dport": port,
                       "smac": v.get("smac"), "vlan": v["vlan"], "reason": v["reason"],
-                      "nearest_rule": d.rule, "src_groups": groups, "packets": v["packets"],
+                      # a first payload that broke its rule: the rule and the field
+                      "nearest_rule": v.get("nearest_rule") if v.get("field") else d.rule,
+                      "field": v.get("field"), "src_groups": groups, "packets": v["packets"],
                       "bytes": v["bytes"], "first_seen": v["ts"]})
     by_device: dict[tuple[str | None, str], dict[str, Any]] = {}
     for f in flows:
@@ -60,10 +62,11 @@ def would_block(policy: Policy, captures: Sequence[str]) -> dict[str, Any]:
         dev["flows"] += 1
         dev["packets"] += f["packets"]
         dev["bytes"] += f["bytes"]
-        ckey = (f["dst"], f["proto"], f["reason"], f["nearest_rule"])
+        ckey = (f["dst"], f["proto"], f["reason"], f["nearest_rule"], f["field"])
         conv = dev["conversations"].setdefault(ckey, {
             "dst": f["dst"], "proto": f["proto"], "reason": f["reason"],
-            "nearest_rule": f["nearest_rule"], "ports": [], "flows": 0, "packets": 0})
+            "nearest_rule": f["nearest_rule"], "field": f["field"], "ports": [], "flows": 0,
+            "packets": 0})
         conv["flows"] += 1
         conv["packets"] += f["packets"]
         if f["dport"] is not None and f["dport"] not in conv["ports"]:
@@ -111,6 +114,8 @@ def _conv_text(c: dict[str, Any]) -> str:
     else:
         what = p
     near = f", nearest rule {c['nearest_rule']}" if c["nearest_rule"] else ""
+    if c.get("field"):
+        near += f", field {c['field']}"
     return (f"-> {c['dst']} {what}: {c['flows']:,} flow{'s' if c['flows'] != 1 else ''} "
             f"({c['reason']}{near})")
 

@@ -70,9 +70,10 @@ CAP_NET_ADMIN = 12
 VERDICT_ALLOW = 1             # fastpath VERDICT_NAMES: none, allow, deny, malformed
 # Verdicts for this packet only, not for its flow (no mark): an unsolicited answer is dropped
 # and a flow whose receiver is not identified yet passes, so either is decided again when its
-# other side speaks (docs/fastpath.md, "Who started a flow").
+# other side speaks (docs/fastpath.md, "Who started a flow"); a watched flow (DNS answers to
+# read, a first payload to judge, docs/policy.md) passes packet by packet until it is decided.
 PACKET_ONLY_REASONS = {code for code, name in REASON_NAMES.items()
-                       if name in ("unsolicited_answer", "pending_receiver")}
+                       if name in ("unsolicited_answer", "pending_receiver", "watched")}
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 WATCHDOG_RESTART = 5.0
@@ -154,7 +155,7 @@ class NfqueueSource(Source):
     capabilities = ("CAP_NET_ADMIN",)
 
     def __init__(self, bridge: str = "br0", queue: int = 0, max_len: int = 4096,
-                 snaplen: int = 512, batch_size: int = 1024, idle_interval: float = 1.0,
+                 snaplen: int = 1600, batch_size: int = 1024, idle_interval: float = 1.0,
                  mark_mask: int = DEFAULT_MASK, stall_ms: float = 500.0,
                  watchdog: bool = True, keep_rules: bool = False, answer_window: float = 60.0,
                  **options: Any) -> None:

@@ -21,6 +21,7 @@ from policies import pumps_to_server
 
 from appliance.common.capwriter import PcapWriter
 from appliance.errors import PolicyError, WardtapError
+from appliance.policy.conditions import Hl7Condition
 from appliance.policy.model import compile_policy, load_policy, parse_policy
 from appliance.replay.runner import Replayer
 from demoward.frames import (
@@ -133,16 +134,21 @@ def test_docs_example_parses_and_compiles(tmp_path: Path) -> None:
     path.write_text(match.group(1), encoding="utf-8")
     policy = load_policy(str(path))
     assert (policy.name, policy.version, policy.arp, policy.non_ip) == ("ward-4b", 3, True, True)
-    assert set(policy.groups) == {"pumps", "pump-server"}
+    assert set(policy.groups) == {"pumps", "pump-server", "drug-library", "monitors",
+                                  "central-station"}
+    assert policy.groups["drug-library"].names == ("druglib.pumpvendor.example",
+                                                   "*.cdn.pumpvendor.example")
+    assert (policy.name_ttl, policy.rules[1].hl7) == ((30, 86400), Hl7Condition(
+        ("ORU^R01",), ("MX800",), ("CENTRAL",)))
     pumps = policy.groups["pumps"]
     assert pumps.ouis == (bytes.fromhex("001a2b"),)
     assert pumps.macs == (bytes.fromhex("001a2b000001"),)
     assert [str(n) for n in pumps.nets] == ["10.4.1.0/24", "fd00:4::/64"]
     assert pumps.vlans == (104,)
-    (rule,) = policy.rules
+    rule, _ = policy.rules
     assert (rule.name, rule.sources, rule.destinations, rule.proto, rule.ports, rule.either) == (
         "pumps-to-server", ("pumps",), ("pump-server",), 6, ((443, 443), (8000, 8080)), False)
-    assert policy.rule_name(0) == "pumps-to-server" and policy.rule_name(1) is None
+    assert policy.rule_name(0) == "pumps-to-server" and policy.rule_name(2) is None
     assert len(policy.digest) == 64
     compiled = compile_policy(policy)
     assert compiled.source is policy
@@ -153,6 +159,73 @@ def test_docs_example_parses_and_compiles(tmp_path: Path) -> None:
 # Each case: the policy text with the offending line marked "# <--", the field, and a word of
 # the message. The line is found from the marker, so the cases stay readable.
 INVALID = [
+    ("""
+     [groups.cloud]
+     names = ["pumps..vendor.example"]  # <--
+     """, "groups.cloud.names", "not a DNS name"),
+    ("""
+     [groups.cloud]
+     names = ["*.example", "a b.example"]  # <--
+     """, "groups.cloud.names", "not a DNS name"),
+    ("""
+     [policy]
+     name = "x"
+     name_ttl_min = 0  # <--
+     """, "policy.name_ttl_min", "whole seconds"),
+    ("""
+     [policy]
+     name = "x"
+     name_ttl_min = 600  # <--
+     name_ttl_max = 60
+     """, "policy.name_ttl_min", "not be above"),
+    ("""
+     [[rules]]
+     name = "r"
+     from = "any"
+     to = "any"
+     proto = "udp"
+     hl7 = { message_types = ["ORU^R01"] }  # <--
+     """, "rules.r.hl7", "needs proto tcp"),
+    ("""
+     [[rules]]
+     name = "r"
+     from = "any"
+     to = "any"
+     proto = "tcp"
+     hl7 = { message_types = ["ORU-R01"] }  # <--
+     """, "rules.r.hl7.message_types", "not an HL7 message type"),
+    ("""
+     [[rules]]
+     name = "r"
+     from = "any"
+     to = "any"
+     proto = "tcp"
+     hl7 = { types = ["ORU^R01"] }  # <--
+     """, "rules.r.hl7.types", "unknown field"),
+    ("""
+     [[rules]]
+     name = "r"
+     from = "any"
+     to = "any"
+     proto = "tcp"
+     dicom = { calling = ["A_TITLE_LONGER_THAN_16"] }  # <--
+     """, "rules.r.dicom.calling", "not an AE title"),
+    ("""
+     [[rules]]
+     name = "r"
+     from = "any"
+     to = "any"
+     proto = "tcp"
+     dicom = { services = ["C-SHOP"] }  # <--
+     """, "rules.r.dicom.services", "not a DICOM service"),
+    ("""
+     [[rules]]
+     name = "r"
+     from = "any"
+     to = "any"
+     proto = "tcp"
+     dicom = {}  # <--
+     """, "rules.r.dicom", "names nothing to check"),
     ("""
      [groups.pumps]
      oui = ["00:1a:2b"]

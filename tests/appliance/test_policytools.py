@@ -262,18 +262,22 @@ def test_import_mud_with_placeholders(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     policy = parse_policy(result.stdout, "mud.toml")
     assert policy.groups["lvp-7"].vlans == (104,)
-    # only the rules whose peers are addresses are active; the rest wait for the operator
+    # the rules whose peers are addresses or DNS names are active; the rest (controllers,
+    # the manufacturer's other devices) wait for the operator
     active = {(r.sources, r.destinations, r.proto, r.ports, r.either) for r in policy.rules}
     assert active == {
+        (("lvp-7",), ("dns-pumpserver.hosp.example",), 6, ((443, 443),), False),
         (("lvp-7",), ("local-networks",), 1, ((8, 8),), False),
         (("lvp-7",), ("ff02::/16",), 58, (), True),
         (("lvp-7",), ("fe80::/10",), 58, (), True),
     }
-    assert '# [groups."dns-pumpserver.hosp.example"]' in result.stdout
+    # a MUD DNS name is a group of that name, with no placeholder left
+    assert policy.groups["dns-pumpserver.hosp.example"].names == ("pumpserver.hosp.example",)
+    assert not any("dns-pumpserver" in line and line.startswith("#")
+                   for line in result.stdout.splitlines() if "[groups." in line)
     assert '# from = "my-controller"' in result.stdout
     warnings = result.stderr.strip().splitlines()
-    assert any("$.ietf-access-control-list:acls.acl[0].aces.ace[0].matches.ipv4."
-               "ietf-acldns:dst-dnsname" in w and "fill in group" in w for w in warnings)
+    assert not any("dnsname" in w for w in warnings)
     assert any("ietf-mud:mud.same-manufacturer" in w for w in warnings)
     assert any("local-networks" in w and "10.0.0.0/8" in w for w in warnings)
 
@@ -304,6 +308,7 @@ def test_import_mud_filled_in_maps_directions(tmp_path: Path) -> None:
     }
     assert doc["groups"]["dns-pumpserver.hosp.example"]["ip"] == ["10.40.104.0/24",
                                                                    "10.20.0.15"]
+    assert doc["groups"]["dns-pumpserver.hosp.example"]["names"] == ["pumpserver.hosp.example"]
     assert doc["policy"]["name"] == "lvp7"
 
 

@@ -25,11 +25,11 @@ CORPUS = sorted(p for p in (DATA / "corpus").iterdir() if p.suffix in (".pcap", 
 
 
 def run(paths: list[Path], compact: bool, mode: str, flow_capacity: int, sampling: bool,
-        batch: int = 512) -> dict[str, object]:
+        batch: int = 512, policy: str = DEMO_POLICY) -> dict[str, object]:
     clf = fastpath.Classifier(flow_capacity=flow_capacity, device_capacity=256,
                               event_capacity=1 << 16, seed=11, compact=compact)
     if mode != "learn":
-        clf.set_policy(compile_policy(parse_policy(DEMO_POLICY)))
+        clf.set_policy(compile_policy(parse_policy(policy)))
     clf.set_mode(mode)
     verdicts = np.zeros(batch, np.uint8)
     reasons = np.zeros(batch, np.uint8)
@@ -63,9 +63,9 @@ def run(paths: list[Path], compact: bool, mode: str, flow_capacity: int, samplin
 
 
 def assert_same(paths: list[Path], mode: str, flow_capacity: int = 65536,
-                sampling: bool = False) -> int:
-    fast = run(paths, True, mode, flow_capacity, sampling)
-    general = run(paths, False, mode, flow_capacity, sampling)
+                sampling: bool = False, policy: str = DEMO_POLICY) -> int:
+    fast = run(paths, True, mode, flow_capacity, sampling, policy=policy)
+    general = run(paths, False, mode, flow_capacity, sampling, policy=policy)
     assert general["compact"] == 0
     assert np.array_equal(fast["packets"], general["packets"])
     for key in ("stats", "events", "devices", "flows"):
@@ -94,6 +94,49 @@ def test_ward_traffic_with_evictions_and_sampling(imix: Path) -> None:
 def test_real_daemons_same_on_both_paths() -> None:
     assert assert_same([DATA / "realward.pcap"], "enforce", sampling=True) > 0
     assert_same([DATA / "realward.pcap"], "learn", flow_capacity=16)
+
+
+# The real ward's DNS, HL7 and DICOM under rules by name and by clinical protocol: flows the
+# classifier still watches (DNS answers read for bindings, a first payload to judge) must
+# stay on the general path until decided.
+NAMES_AND_CLINICAL = """
+[policy]
+name = "names-and-clinical"
+version = 1
+[groups.ward]
+ip = ["10.61.0.0/24"]
+[groups.pacs]
+names = ["pacs.ward61.test"]
+[[rules]]
+name = "dns"
+from = "ward"
+to = "ward"
+proto = "udp"
+ports = [53]
+[[rules]]
+name = "vitals"
+from = "ward"
+to = "ward"
+proto = "tcp"
+ports = [2575, 2576]
+hl7 = { message_types = ["ORU^R01"] }
+[[rules]]
+name = "images"
+from = "ward"
+to = "pacs"
+proto = "tcp"
+ports = [104]
+dicom = { services = ["C-ECHO"] }
+"""
+
+
+def test_watched_flows_same_on_both_paths() -> None:
+    assert assert_same([DATA / "realward.pcap"], "enforce", policy=NAMES_AND_CLINICAL) > 0
+    stats = run([DATA / "realward.pcap"], True, "enforce", 65536, False,
+                policy=NAMES_AND_CLINICAL)["stats"]
+    assert isinstance(stats, dict)
+    assert stats["bindings_learned"] >= 1 and stats["payloads_judged"] >= 5   # watched flows
+    assert_same([DATA / "realward.pcap"], "monitor", sampling=True, policy=NAMES_AND_CLINICAL)
 
 
 def test_public_captures_same_on_both_paths() -> None:
