@@ -19,7 +19,7 @@ APT_PACKAGES=(
   debootstrap dosfstools mtools fdisk e2fsprogs      # image tests: the stage built, its disk laid out
   openssh-client                                     # image tests: into the booted image
   rsyslog rsyslog-gnutls                             # SIEM export tests: a real syslog receiver (TLS)
-  dnsmasq-base isc-dhcp-client busybox lldpd chrony  # inventory tests: a ward of real daemons
+  isc-dhcp-client busybox lldpd                      # inventory tests: a ward of real daemons
   openssl                                            #   (tests/realward.py, in namespaces only)
   postgresql                                         # fleet console: collectors and console on PostgreSQL
   chromium chromium-driver                           # fleet console tests: a real headless browser
