@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,6 +128,10 @@ def serve_console(fleet_db: str, broker_url: str | None, port: int, user: str,
                 access_log=False)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_demo(directory: str, packets: int, as_json: bool, wide: bool = False,
              serve: bool = False, port: int = 0) -> int:
     from appliance.panel.frontpanel import FrontPanel
@@ -144,6 +149,9 @@ def run_demo(directory: str, packets: int, as_json: bool, wide: bool = False,
     write_demo_policy(policy)
     say = (lambda *a: None) if as_json else print
 
+    # SIGTERM ends the demo through its `finally`, so the throw-away broker goes with it
+    # (uvicorn, serving the console, hands a SIGTERM it caught back to this handler).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     broker: LocalBroker | None = None
     try:
         broker = LocalBroker(directory)

@@ -211,6 +211,10 @@ from = "monitors"
 to = "central-station"
 proto = "tcp"
 ports = [2575]
+[rules.hl7]             # vital signs only, from the monitors' application to the central's
+message_types = ["ORU^R01"]
+sending = ["MX800", "CARESCAPE B650"]
+receiving = ["PIIC-IX"]
 
 [[rules]]
 name = "ultrasound-dicom"
@@ -218,6 +222,7 @@ from = "ultrasound"
 to = "pacs"
 proto = "tcp"
 ports = [104]
+dicom = { calling = ["ACUSON_US01"], called = ["PACS"], services = ["C-STORE"] }
 
 [[rules]]
 name = "workstations-emr"

@@ -24,6 +24,11 @@ def render(s: ReplaySummary, top: int = 10) -> str:
         lines.append(f"limits     flows evicted {_n(c['flows_evicted'])}   events dropped "
                      f"{_n(c['events_dropped'])}   devices not tracked "
                      f"{_n(c['device_table_full'])}")
+    if c.get("payloads_judged") or c.get("payloads_missed") or c.get("bindings_learned"):
+        # rules by name and by clinical protocol (docs/policy.md, "Names", "Clinical rules")
+        lines.append(f"content    first payloads judged {_n(c.get('payloads_judged', 0))} "
+                     f"(met mid-stream {_n(c.get('payloads_missed', 0))})   name bindings "
+                     f"{_n(c.get('bindings_learned', 0))}")
     if s.violations_by_reason:
         lines.append("violations by reason")
         for reason, count in sorted(s.violations_by_reason.items(), key=lambda kv: -kv[1]):
