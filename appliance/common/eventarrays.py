@@ -16,6 +16,7 @@ import numpy as np
 
 from appliance.common.records import address, event_dict, mac
 from fastpath import (
+    DETAIL_NAMES,
     EVENT_BYTES,
     EVENT_DTYPE,
     EVENT_FIELDS,
@@ -39,6 +40,7 @@ def _names_of(names: dict[int, str] | tuple[str, ...]) -> np.ndarray:
 
 _VERDICTS, _ENDS, _REASONS = (_names_of(n) for n in (VERDICT_NAMES, FLOW_END_NAMES,
                                                       REASON_NAMES))
+_FIELDS = _names_of(DETAIL_NAMES)      # a first payload's field that broke the rule (0: None)
 RuleName = Callable[[int], "str | None"] | None
 
 
@@ -117,10 +119,11 @@ def violation_rows(run: int, viol: np.ndarray, rule_name: RuleName = None
     return list(zip(
         [run] * len(viol), (viol["ts_ns"] / 1e9).tolist(), viol["flow_id"].tolist(), src, dst,
         proto, sport, dport, itype, viol["vlan"].tolist(), reasons,
-        _names(viol["rule"].tolist(), rule_name), smac, dmac, strict=True))
+        _names(viol["rule"].tolist(), rule_name), smac, dmac,
+        _FIELDS[viol["detail"]].tolist(), strict=True))
 
 
 FLOW_COLUMNS = ("run", "flow", "first", "last", "src", "dst", "proto", "sport", "dport",
                 "icmp_type", "vlan", "packets", "bytes", "verdict", "rule", "end")
 VIOLATION_COLUMNS = ("run", "ts", "flow", "src", "dst", "proto", "sport", "dport", "icmp_type",
-                     "vlan", "reason", "nearest_rule", "smac", "dmac")
+                     "vlan", "reason", "nearest_rule", "smac", "dmac", "field")
