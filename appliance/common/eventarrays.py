@@ -9,7 +9,7 @@ only, so commands that never store events do not pay for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,10 @@ from fastpath import (
 CODES = {name: code for code, name in EVENT_NAMES.items()}
 
 
-def _names_of(names: dict[int, str] | tuple[str, ...]) -> np.ndarray:
+def _names_of(names: Mapping[int, str | None] | tuple[str, ...]) -> np.ndarray:
     """A uint8 code -> name table, for whole columns at once."""
     table = np.array(["unknown"] * 256, dtype=object)
-    for code, name in (names.items() if isinstance(names, dict) else enumerate(names)):
+    for code, name in (names.items() if isinstance(names, Mapping) else enumerate(names)):
         table[code] = name
     return table
 
