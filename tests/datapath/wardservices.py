@@ -29,6 +29,20 @@ from netns import UPLINK_IP, WARD_IP, Ward, wait_for
 
 TCP_PORT, TELEMETRY_PORT, SPOOF_PORT = 11112, 7400, 40000
 LOW_PORTS = (1025, 5000)
+
+
+def telemetry_client_port() -> int:
+    """A port from the low range as the kernel would pick one, but not a known service's
+    (fastpath.KNOWN_SERVICE_PORTS: 33 of the range's ports, RADIUS 1812 say). A UDP client on
+    such a port, talking to a server on an unregistered port that never answers in a way
+    the classifier reads, is taken for the server (docs/fastpath.md, "Who started a flow",
+    step 4): a stated limit, not what these tests are about."""
+    import random
+
+    from fastpath import KNOWN_SERVICE_PORTS
+
+    ports = [p for p in range(LOW_PORTS[0], LOW_PORTS[1] + 1) if p not in KNOWN_SERVICE_PORTS]
+    return random.choice(ports)
 SERVICES = {"dns": ("udp", 53), "ntp": ("udp", 123), "tcp": ("tcp", TCP_PORT),
             "telemetry": ("udp", TELEMETRY_PORT)}
 
@@ -95,6 +109,7 @@ s.close(); print("bytes", got, flush=True)
 """
 TELEMETRY_CLIENT = CLIENT_PRELUDE + f"""
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.1)
+s.bind(("", int(sys.argv[1])))
 s.sendto(b"subscribe", ("{UPLINK_IP}", {TELEMETRY_PORT}))
 print("port", s.getsockname()[1], flush=True)
 got = 0
@@ -191,8 +206,8 @@ class WardServices:
                                    str(d / "ntp-client.conf")], "ntp-client"),
             "dns": self._spawn(w, [sys.executable, "-c", DNS_CLIENT], "dns-client"),
             "tcp": self._spawn(w, [sys.executable, "-c", TCP_CLIENT], "tcp-client"),
-            "telemetry": self._spawn(w, [sys.executable, "-c", TELEMETRY_CLIENT],
-                                     "telemetry-client"),
+            "telemetry": self._spawn(w, [sys.executable, "-c", TELEMETRY_CLIENT,
+                                         str(telemetry_client_port())], "telemetry-client"),
         }
         if fresh_dns:
             self.clients["dns-fresh"] = self._spawn(w, [sys.executable, "-c", DNS_CLIENT,
