@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from brokerkit import Broker, Watcher, quiet_port, wait_for
+from conftest import small_tmpfs
 
 from appliance.contract.broker import BrokerSettings, topic
 from appliance.outputs.mqtt import MqttOutput, ReporterSettings
@@ -20,15 +20,8 @@ SITE, NAME = "s1", "a1"
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "12m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _free(path: Path) -> int:
