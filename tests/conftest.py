@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,13 @@ def run_wardtap(*args: str, check: bool = False, timeout: float = 120,
 
 
 @pytest.hookimpl(trylast=True)
+def read_events(path: Path) -> list[dict]:
+    """The daemon's JSON-lines event log (empty until it exists)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @contextmanager
 def small_tmpfs(directory: Path, size: str) -> Iterator[Path]:
     """A real filesystem of `size` (tmpfs) mounted on `directory/disk`, for full-disk tests."""

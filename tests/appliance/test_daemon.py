@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from conftest import ROOT, run_wardtap
+from conftest import ROOT, read_events, run_wardtap
 from netns import wait_for
 
 from appliance.common.control import request
 from demoward.ward import DEMO_POLICY, write_demo_ward
-
-
-def _events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -77,11 +71,12 @@ def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-u
     # A broken policy is rejected whole; the running one stays.
     policy.write_text("[policy]\nname = 'broken'\n[[rules]]\nfrom = 'nobody'\nto = 'any'\n")
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: any(e["type"] == "policy_rejected" for e in _events(ward / "events.jsonl")),
+    log = ward / "events.jsonl"
+    wait_for(lambda: any(e["type"] == "policy_rejected" for e in read_events(log)),
              what="the rejection event")
     status = request(sock, {"cmd": "status"})
     assert status["policy"]["generation"] == 2 and status["policy"]["name"] != "broken"
-    rejected = [e for e in _events(ward / "events.jsonl") if e["type"] == "policy_rejected"]
+    rejected = [e for e in read_events(ward / "events.jsonl") if e["type"] == "policy_rejected"]
     assert "nobody" in rejected[0]["error"] and ":4 [rules.rule-1.from]" in rejected[0]["error"]
 
     result = run_wardtap("mode", "bypass", "--socket", sock)
@@ -92,7 +87,7 @@ def test_status_reload_mode_and_clean_stop(daemon) -> None:  # type: ignore[no-u
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
-    events = _events(ward / "events.jsonl")
+    events = read_events(ward / "events.jsonl")
     kinds = [e["type"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "stopping"
     assert {"violation", "new_device", "new_flow", "policy_loaded", "mode_changed"} <= set(kinds)

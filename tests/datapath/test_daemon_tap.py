@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, read_events
 from netns import UPLINK_IP, WARD_IP, Ward, wait_for
 
 POLICY = f"""
@@ -46,11 +45,6 @@ UDP_SEND = (
 )
 
 
-def events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def test_tap_daemon_reports_violations_by_device_and_rule(tmp_path: Path) -> None:
     (tmp_path / "policy.toml").write_text(POLICY)
@@ -65,14 +59,15 @@ def test_tap_daemon_reports_violations_by_device_and_rule(tmp_path: Path) -> Non
                                              "--config", str(tmp_path / "wardtap.toml")],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE)
         try:
-            wait_for(lambda: any(e["type"] == "started" for e in events(log)),
+            wait_for(lambda: any(e["type"] == "started" for e in read_events(log)),
                      timeout=20, what="the daemon to start")
             ward_mac = ward.mac(ward.ward)
             ward.exec(ward.ward, f"ping -c 2 -i 0.2 -W 1 {UPLINK_IP}")
             ward.exec(ward.ward, [sys.executable, "-c", UDP_SEND, UPLINK_IP, "53", "445", "161"])
 
             def violations() -> list[dict]:
-                return [e for e in events(log) if e["type"] == "violation" and e["proto"] == 17]
+                return [e for e in read_events(log)
+                        if e["type"] == "violation" and e["proto"] == 17]
 
             wait_for(lambda: len(violations()) >= 2, timeout=10, what="two UDP violations")
             found = {(v["src"], v["dst"], v["dport"], v["reason"], v["nearest_rule"],
@@ -80,10 +75,10 @@ def test_tap_daemon_reports_violations_by_device_and_rule(tmp_path: Path) -> Non
             assert found == {
                 (WARD_IP, UPLINK_IP, 445, "port_not_allowed", "ward-dns", ward_mac),
                 (WARD_IP, UPLINK_IP, 161, "port_not_allowed", "ward-dns", ward_mac)}
-            flows = [e for e in events(log) if e["type"] == "new_flow" and e["src"] == WARD_IP]
+            flows = [e for e in read_events(log) if e["type"] == "new_flow" and e["src"] == WARD_IP]
             assert {(f["proto"], f["rule"]) for f in flows} >= {(17, "ward-dns"),
                                                                 (1, "ward-ping")}
-            devices = [e for e in events(log) if e["type"] == "new_device"]
+            devices = [e for e in read_events(log) if e["type"] == "new_device"]
             assert ward_mac in {d["mac"] for d in devices}
         finally:
             daemon.send_signal(signal.SIGTERM)
@@ -93,4 +88,4 @@ def test_tap_daemon_reports_violations_by_device_and_rule(tmp_path: Path) -> Non
                 if daemon.poll() is None:
                     daemon.kill()
         assert code == 0, daemon.stderr.read() if daemon.stderr else ""
-    assert events(log)[-1]["type"] == "stopping"
+    assert read_events(log)[-1]["type"] == "stopping"

@@ -11,14 +11,13 @@ flood is bench/bench_scale.py's (docs/fastpath.md).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, read_events
 from netns import UPLINK_IP, WARD_IP, Ward, wait_for
 
 from appliance.common.control import request
@@ -64,11 +63,6 @@ SEND = (
 )
 
 
-def events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def test_allowed_conversations_survive_a_flood_of_new_flows(tmp_path: Path) -> None:
     (tmp_path / "policy.toml").write_text(POLICY)
@@ -83,7 +77,7 @@ def test_allowed_conversations_survive_a_flood_of_new_flows(tmp_path: Path) -> N
                                              "--config", str(tmp_path / "wardtap.toml")],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE)
         try:
-            wait_for(lambda: any(e["type"] == "started" for e in events(log)),
+            wait_for(lambda: any(e["type"] == "started" for e in read_events(log)),
                      timeout=20, what="the daemon to start")
             ward.exec(ward.ward, [sys.executable, "-c", SEND, UPLINK_IP, str(CONVERSATIONS),
                                   str(FLOOD)], timeout=60)
@@ -103,9 +97,9 @@ def test_allowed_conversations_survive_a_flood_of_new_flows(tmp_path: Path) -> N
             counters = wait_for(seen, timeout=30, interval=0.5,
                                 what="the daemon to see the flood")
             assert isinstance(counters, dict)
-            flows = {e["flow"]: e for e in events(log) if e["type"] == "new_flow"}
+            flows = {e["flow"]: e for e in read_events(log) if e["type"] == "new_flow"}
             allowed = [f for f in flows.values() if f.get("dport") == 53]
-            evicted = [e for e in events(log)
+            evicted = [e for e in read_events(log)
                        if e["type"] == "flow_end" and e["end"] == "evicted"]
         finally:
             daemon.send_signal(signal.SIGTERM)
