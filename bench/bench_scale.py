@@ -9,8 +9,11 @@ Sections (each can be left out with --skip or chosen with --only):
   replayed by `wardtap replay` (RSS, time per packet, flows evicted), side by side with
   `tcpdump -r CAPTURE -w /dev/null FILTER` (the allow-list as BPF) and nDPI's ndpiReader.
 - flood: the 1M-flow capture into the old default table (65,536 slots): what is evicted.
-- events: ring -> consumer (structured array, no Python per event) and into the SQLite store,
-  against the per-event path (tuples, dicts); the C cost of an event.
+- events: ring -> consumer (structured array, no Python per event), against the per-event
+  path (tuples, dicts); the C cost of an event.
+- store: 1M flow ends into the SQLite store (add_event_array), alternated with the same rows
+  through executemany, into a store that keeps the old (src, dst) index, and through the
+  dicts path.
 - classifier: the classifier alone on flow-table hits, compact path against the general path,
   packets/s on the demo ward's IMIX capture (bench_replay.py's), alternated runs.
 - callgrind: instructions per flow-table hit, compact and general (bench_replay.m_callgrind).
@@ -52,12 +55,13 @@ import fastpath  # noqa: E402
 from appliance.common import eventarrays as ea  # noqa: E402
 from appliance.common.records import event_dict  # noqa: E402
 from appliance.outputs.store import Store  # noqa: E402
+from appliance.outputs.store import _insert as store_insert  # noqa: E402
 from appliance.policy.model import compile_policy, parse_policy  # noqa: E402
 from appliance.sources.capture import CaptureFile  # noqa: E402
 
 PY = sys.executable
 WARDTAP = str(Path(PY).parent / "wardtap")
-SECTIONS = ("scale", "flood", "events", "classifier", "callgrind", "marginal", "startup")
+SECTIONS = ("scale", "flood", "events", "store", "classifier", "callgrind", "marginal", "startup")
 CLIENTS = 64
 POLICY = """\
 [policy]
@@ -281,34 +285,67 @@ def m_events(out: Path, flows: int, packets: int) -> dict[str, Any]:
                 queued = json.loads(subprocess.run(argv, capture_output=True, text=True,
                                                    check=True).stdout)["queued"]
         res["c_instructions_per_event"] = (ir["all"] - ir["none"]) / queued
-    # Into the store: 1M flow-end records (the active flows, flow-end shaped) in batches of
-    # 8192, one transaction each, as Replayer does.
-    log("events: into SQLite")
+    return res
+
+
+def m_store(out: Path, flows: int, packets: int, repeat: int) -> dict[str, Any]:
+    """1M flow-end records (the storm's flows, flow-end shaped) into the SQLite store in
+    batches of 8192, one transaction each, as Replayer does; alternated with the same into a
+    store that still has the (src, dst) index (schema 6), and 100k through the dicts path.
+    Wall time and CPU time (the machine is shared: CPU time is the steadier figure)."""
+    cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+    log("store: flow-end records from a 1M-flow storm")
     clf = fastpath.Classifier(flow_capacity=1 << 21, device_capacity=4096, seed=1)
     clf.set_policy(compile_policy(parse_policy(POLICY)))
     clf.set_mode("monitor")
     v, r, ru = (np.zeros(4096, t) for t in (np.uint8, np.uint8, np.uint16))
-    for data, off, ln, ts, lt in storm:
+    for data, off, ln, ts, lt in _batches(cap, flows):
         clf.classify(data, off, ln, ts, lt, v, r, ru)
         clf.drain(1 << 16)
     records = np.zeros(flows, fastpath.EVENT_DTYPE)
     n = clf.copy_flows(records.view(np.uint8))
+    records = records[:n]
     rules = parse_policy(POLICY).rule_name
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        with Store(os.path.join(tmp, "wardtap.db")) as store:
-            run = store.start_run("replay", ["scale"], "monitor", None)
-            start = time.perf_counter()
-            written = 0
-            for i in range(0, n, 8192):
-                written += store.add_event_array(run, records[i:i + 8192], rules)
-            store_s = time.perf_counter() - start
-            sample = records[: min(n, 100_000)]
-            start = time.perf_counter()
-            for i in range(0, len(sample), 8192):
-                store.add_events(run, ea.as_dicts(sample[i:i + 8192], rules))
-            dict_s = time.perf_counter() - start
-    res["store"] = {"rows": written, "seconds": store_s, "events_per_s": written / store_s,
-                    "per_event_path_events_per_s": len(sample) / dict_s}
+
+    def one(variant: str) -> dict[str, float]:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            with Store(os.path.join(tmp, "wardtap.db")) as store:
+                run = store.start_run("replay", ["scale"], "monitor", None)
+                if variant == "with the (src, dst) index":
+                    store.db.execute("CREATE INDEX idx_flows_src_dst ON flows (src, dst)")
+                part = records if variant != "dicts" else records[:100_000]
+                wall, cpu = time.perf_counter(), time.process_time()
+                for i in range(0, len(part), 8192):
+                    if variant == "dicts":
+                        store.add_events(run, ea.as_dicts(part[i:i + 8192], rules))
+                    elif variant == "executemany, one row a statement":
+                        rows = ea.flow_rows(run, part[i:i + 8192], rules)
+                        sql = store_insert("flows", ea.FLOW_COLUMNS, 1)
+                        store._write(lambda s=sql, r=rows: store.db.conn.executemany(s, r))
+                    else:
+                        store.add_event_array(run, part[i:i + 8192], rules)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+        return {"rows": len(part), "seconds": wall, "cpu_seconds": cpu,
+                "events_per_s": len(part) / wall, "cpu_us_per_event": cpu / len(part) * 1e6,
+                "bytes_per_row": size / len(part)}
+
+    variants = ("add_event_array", "executemany, one row a statement",
+                "with the (src, dst) index", "dicts")
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):
+        for name in variants:
+            log(f"store: {name}")
+            got = one(name)
+            if name not in best or got["seconds"] < best[name]["seconds"]:
+                best[name] = got
+    # Rows alone (no SQLite): what building them costs.
+    cpu = time.process_time()
+    for i in range(0, n, 8192):
+        ea.flow_rows(1, records[i:i + 8192], rules)
+    res: dict[str, Any] = dict(best["add_event_array"])
+    res["rows_only_cpu_us_per_event"] = (time.process_time() - cpu) / n * 1e6
+    res["variants"] = best
     return res
 
 
@@ -432,8 +469,11 @@ def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if ev:
         x = ev["ring_to_consumer_events_per_s"]
         rows.append(("events ring -> consumer", ">= 1M/s", f"{x / 1e6:.1f}M/s", x >= 1e6))
-        y = ev["store"]["events_per_s"]
-        rows.append(("events into the SQLite store", ">= 200k/s", f"{y / 1e3:.0f}k/s",
+    sto = res.get("store")
+    if sto:
+        y = sto["events_per_s"]
+        rows.append(("events into the SQLite store", ">= 200k/s",
+                     f"{y / 1e3:.0f}k/s ({sto['cpu_us_per_event']:.2f} us CPU an event)",
                      y >= 2e5))
     st = res.get("startup")
     if st:
@@ -465,6 +505,7 @@ def main() -> int:
     runs = {
         "startup": lambda: m_startup(args.repeat),
         "events": lambda: m_events(out, max(flow_counts), args.packets),
+        "store": lambda: m_store(out, max(flow_counts), args.packets, args.repeat),
         "classifier": lambda: m_classifier(out, args.repeat),
         "scale": lambda: m_scale(out, flow_counts, args.packets, args.repeat),
         "flood": lambda: m_flood(out, max(flow_counts), args.packets),
