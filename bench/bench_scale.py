@@ -19,7 +19,8 @@ Sections (each can be left out with --skip or chosen with --only):
 - callgrind: instructions per flow-table hit, compact and general (bench_replay.m_callgrind).
 - marginal: instructions per packet of a whole replay against tcpdump + BPF, as the difference
   of runs over 300k and 600k packets of the ward capture (start-up cancels).
-- startup: `wardtap --help` and `wardtap status` wall time, against `python -c pass`.
+- startup: `wardtap --help` and `wardtap status` wall time, against `python -c pass`, with
+  no daemon and against an idle and a busy daemon (the demo ward replayed over and over).
 
 Every figure goes to OUT/scale.json and is printed with the issue's bars. Nothing is
 asserted: this is a measurement. See bench/README.md.
@@ -420,7 +421,35 @@ def m_marginal(out: Path) -> dict[str, Any]:
             "ratio": per["replay"] / per["tcpdump"]}
 
 
-def m_startup(repeat: int) -> dict[str, Any]:
+def _daemon(directory: Path, files: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """`wardtap run` on the demo ward replaying `files` (then staying up), its socket."""
+    (directory / "wardtap.toml").write_text(
+        '[appliance]\nmode = "enforce"\n'
+        f'[datapath]\ntype = "replay"\nfiles = {json.dumps(files)}\nstay = true\n'
+        '[policy]\nfile = "policy.toml"\n[control]\nsocket = "control.sock"\n')
+    with open(directory / "daemon.log", "w") as log_file:
+        proc = subprocess.Popen([WARDTAP, "run", "--config", str(directory / "wardtap.toml")],
+                                cwd=directory, stdout=log_file, stderr=log_file, text=True)
+    return proc, str(directory / "control.sock")
+
+
+def _status(sock: str) -> dict[str, Any] | None:
+    from appliance.common.control import request
+    from appliance.errors import WardtapError
+
+    try:
+        return request(sock, {"cmd": "status"}, timeout=5)
+    except WardtapError:
+        return None
+
+
+def m_startup(out: Path, repeat: int) -> dict[str, Any]:
+    """Wall time of short commands, alternated, medians: `python -c pass` (the floor),
+    `wardtap --help`, `wardtap status` with no daemon, and `wardtap status` (drawn and
+    --json) against a daemon that is idle (its replay done, staying up) and one that is busy
+    (replaying the demo ward over and over while it is asked)."""
+    from demoward.ward import DEMO_POLICY, write_demo_ward
+
     missing = "/nonexistent/wardtap-bench.sock"
     cases = {"python -c pass": [PY, "-c", "pass"], "wardtap --help": [WARDTAP, "--help"],
              "wardtap status (not running)": [WARDTAP, "status", "--socket", missing],
@@ -428,15 +457,53 @@ def m_startup(repeat: int) -> dict[str, Any]:
                                                      missing],
              "status drawn (imports to draw it)": [PY, "-c",
                                                    "import appliance.cli.daemonctl, "
-                                                   "appliance.panel.console"]}
+                                                   "appliance.panel.statustext"]}
     times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeat * 5):
-        for name, argv in cases.items():
-            start = time.perf_counter()
-            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times[name].append(time.perf_counter() - start)
-    return {k: {"median_ms": statistics.median(v) * 1e3, "best_ms": min(v) * 1e3}
-            for k, v in times.items()}
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        ward = Path(tmp)
+        write_demo_ward(str(ward / "ward.pcap"), packets=100_000)
+        (ward / "policy.toml").write_text(DEMO_POLICY)
+        idle_dir, busy_dir = ward / "idle", ward / "busy"
+        idle_dir.mkdir()
+        busy_dir.mkdir()
+        for d in (idle_dir, busy_dir):
+            (d / "policy.toml").write_text(DEMO_POLICY)
+        idle, idle_sock = _daemon(idle_dir, ["../ward.pcap"])
+        busy, busy_sock = _daemon(busy_dir, ["../ward.pcap"] * 5000)   # 500M packets
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:      # bounded: both up, the idle one done
+                a, b = _status(idle_sock), _status(busy_sock)
+                if a and b and a["counters"]["packets"] == 100_000:
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the daemons did not start within 60 s: " + " ".join(
+                    (d / "daemon.log").read_text()[-300:] for d in (idle_dir, busy_dir)))
+            for name, sock in (("idle", idle_sock), ("busy", busy_sock)):
+                cases[f"wardtap status ({name} daemon)"] = [WARDTAP, "status", "--socket",
+                                                             sock]
+                cases[f"wardtap status --json ({name} daemon)"] = [
+                    WARDTAP, "status", "--json", "--socket", sock]
+                times[f"wardtap status ({name} daemon)"] = []
+                times[f"wardtap status --json ({name} daemon)"] = []
+            before = _status(busy_sock)
+            for _ in range(repeat * 5):
+                for name, argv in cases.items():
+                    start = time.perf_counter()
+                    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    times[name].append(time.perf_counter() - start)
+            after = _status(busy_sock)
+        finally:
+            for proc in (idle, busy):
+                proc.terminate()
+                proc.wait(timeout=30)
+    res: dict[str, Any] = {k: {"median_ms": statistics.median(v) * 1e3, "best_ms": min(v) * 1e3}
+                           for k, v in times.items()}
+    if before and after:     # the busy daemon was replaying the whole time
+        res["busy_daemon_packets_during"] = (after["counters"]["packets"]
+                                             - before["counters"]["packets"])
+    return res
 
 
 def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
@@ -477,7 +544,10 @@ def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      y >= 2e5))
     st = res.get("startup")
     if st:
-        for k in ("wardtap --help", "wardtap status (not running)"):
+        for k in ("wardtap --help", "wardtap status (not running)",
+                  "wardtap status (idle daemon)", "wardtap status (busy daemon)"):
+            if k not in st:
+                continue
             ms = st[k]["median_ms"]
             rows.append((k, "< 150 ms", f"{ms:.0f} ms", ms < 150))
     return rows
@@ -503,7 +573,7 @@ def main() -> int:
     res: dict[str, Any] = json.loads(path.read_text()) if args.only and path.exists() else {}
     res.update({"load_before": os.getloadavg(), "cpu": BR._cpu()})
     runs = {
-        "startup": lambda: m_startup(args.repeat),
+        "startup": lambda: m_startup(out, args.repeat),
         "events": lambda: m_events(out, max(flow_counts), args.packets),
         "store": lambda: m_store(out, max(flow_counts), args.packets, args.repeat),
         "classifier": lambda: m_classifier(out, args.repeat),
