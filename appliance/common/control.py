@@ -21,7 +21,6 @@ import socket
 import threading
 from typing import Any
 
-from appliance.common.bounded import BoundsError, load_json
 from appliance.errors import WardtapError
 
 DEFAULT_CONTROL = "/run/wardtap/control.sock"   # the daemon's socket unless configured
@@ -126,6 +125,8 @@ class ControlServer(threading.Thread):
         return data
 
     def _answer(self, data: bytes) -> dict[str, Any]:
+        from appliance.common.bounded import BoundsError, load_json  # the daemon's side only
+
         try:
             body = load_json(data.split(b"\n", 1)[0] or b"null", max_bytes=MAX_REQUEST,
                              max_depth=MAX_REQUEST_DEPTH)

@@ -2,8 +2,9 @@
 
 `Classifier.drain_events` copies the ring's records into a buffer as they are; viewed as a
 numpy structured array that is the whole hand-over, with no Python object per event. The
-store's rows are built here from whole columns (one `tolist()` per column, then `zip`), and
-only the events a person reads (violations) become dicts. numpy is imported by this module
+store's columns are built here whole (one `tolist()` per column; the store interleaves them
+into its INSERTs without a tuple per row), and only the events a person reads (violations)
+become dicts. numpy is imported by this module
 only, so commands that never store events do not pay for it.
 """
 
@@ -116,43 +117,39 @@ def _macs(raw: np.ndarray, present: np.ndarray) -> list[str]:
     return texts.tolist()
 
 
-def flow_rows(run: int, ends: np.ndarray, rule_name: RuleName = None) -> list[tuple[Any, ...]]:
-    """Rows for the store's `flows` table (FLOW_COLUMNS order) from flow-end events, with
-    ABSENT where the store keeps NULL."""
+def flow_columns(run: int, ends: np.ndarray, rule_name: RuleName = None) -> list[list[Any]]:
+    """The store's `flows` table (FLOW_COLUMNS, in order) from flow-end events, column by
+    column, with ABSENT where the store keeps NULL."""
     if not len(ends):
         return []
     src, dst, proto, sport, dport, itype = _endpoints(ends)
-    verdicts = _VERDICTS[ends["verdict"]].tolist()
-    why = _ENDS[ends["reason"]].tolist()
-    return list(zip(
-        [run] * len(ends), ends["flow_id"].tolist(), (ends["first_ns"] / 1e9).tolist(),
-        (ends["ts_ns"] / 1e9).tolist(), src, dst, proto, sport, dport, itype,
-        ends["vlan"].tolist(), ends["pkts"].tolist(), ends["bytes"].tolist(), verdicts,
-        _names(ends["rule"], rule_name), why, strict=True))
+    return [[run] * len(ends), ends["flow_id"].tolist(), (ends["first_ns"] / 1e9).tolist(),
+            (ends["ts_ns"] / 1e9).tolist(), src, dst, proto, sport, dport, itype,
+            ends["vlan"].tolist(), ends["pkts"].tolist(), ends["bytes"].tolist(),
+            _VERDICTS[ends["verdict"]].tolist(), _names(ends["rule"], rule_name),
+            _ENDS[ends["reason"]].tolist()]
 
 
-def violation_rows(run: int, viol: np.ndarray, rule_name: RuleName = None
-                   ) -> list[tuple[Any, ...]]:
-    """Rows for the store's `violations` table (VIOLATION_COLUMNS order), with ABSENT where
-    the store keeps NULL."""
+def violation_columns(run: int, viol: np.ndarray, rule_name: RuleName = None
+                      ) -> list[list[Any]]:
+    """The store's `violations` table (VIOLATION_COLUMNS, in order), column by column, with
+    ABSENT where the store keeps NULL."""
     if not len(viol):
         return []
     src, dst, proto, sport, dport, itype = _endpoints(viol)
     has = viol["has_mac"]
-    smac, dmac = _macs(viol["smac"], has != 0), _macs(viol["dmac"], has == 2)
-    reasons = _REASONS[viol["reason"]].tolist()
-    return list(zip(
-        [run] * len(viol), (viol["ts_ns"] / 1e9).tolist(), viol["flow_id"].tolist(), src, dst,
-        proto, sport, dport, itype, viol["vlan"].tolist(), reasons,
-        _names(viol["rule"], rule_name), smac, dmac,
-        _FIELDS[viol["detail"]].tolist(), strict=True))
+    return [[run] * len(viol), (viol["ts_ns"] / 1e9).tolist(), viol["flow_id"].tolist(), src,
+            dst, proto, sport, dport, itype, viol["vlan"].tolist(),
+            _REASONS[viol["reason"]].tolist(), _names(viol["rule"], rule_name),
+            _macs(viol["smac"], has != 0), _macs(viol["dmac"], has == 2),
+            _FIELDS[viol["detail"]].tolist()]
 
 
 FLOW_COLUMNS = ("run", "flow", "first", "last", "src", "dst", "proto", "sport", "dport",
                 "icmp_type", "vlan", "packets", "bytes", "verdict", "rule", "end")
 VIOLATION_COLUMNS = ("run", "ts", "flow", "src", "dst", "proto", "sport", "dport", "icmp_type",
                      "vlan", "reason", "nearest_rule", "smac", "dmac", "field")
-# What stands for NULL in the rows above; the store's INSERT turns it back (NULLIF). The
+# What stands for NULL in the columns above; the store's INSERT turns it back (NULLIF). The
 # sqlite3 module binds None (and bytes) through its adapter lookup, about 0.6 us a value
 # here against 0.02 for an int: three Nones a row cost more than the rest of the row.
 ABSENT: dict[str, int | str] = {"sport": -1, "dport": -1, "icmp_type": -1, "rule": "",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import os
 import shutil
@@ -279,23 +278,25 @@ class Store:
     def add_event_array(self, run: int, events: Any,
                         rule_name: Callable[[int], str | None] | None = None) -> int:
         """Store the flow ends and violations of a structured event array (as drained by
-        appliance.common.eventarrays.EventBuffer) in one transaction, rows built column by
-        column; returns the rows written."""
+        appliance.common.eventarrays.EventBuffer) in one transaction, built column by
+        column, ROWS_PER_INSERT rows a statement; returns the rows written."""
         from appliance.common import eventarrays as ea
 
-        flows = ea.flow_rows(run, ea.of_type(events, "flow_end"), rule_name)
-        violations = ea.violation_rows(run, ea.of_type(events, "violation"), rule_name)
+        flows = ea.flow_columns(run, ea.of_type(events, "flow_end"), rule_name)
+        violations = ea.violation_columns(run, ea.of_type(events, "violation"), rule_name)
 
         def work() -> None:
-            for table, columns, rows in (("flows", ea.FLOW_COLUMNS, flows),
-                                         ("violations", ea.VIOLATION_COLUMNS, violations)):
-                for i in range(0, len(rows), ROWS_PER_INSERT):
-                    part = rows[i:i + ROWS_PER_INSERT]
-                    self.db.conn.execute(_insert(table, columns, len(part)),
-                                         list(itertools.chain.from_iterable(part)))
-        if flows or violations:
+            for table, names, columns in (("flows", ea.FLOW_COLUMNS, flows),
+                                          ("violations", ea.VIOLATION_COLUMNS, violations)):
+                rows = len(columns[0]) if columns else 0
+                for start in range(0, rows, ROWS_PER_INSERT):
+                    stop = min(rows, start + ROWS_PER_INSERT)
+                    self.db.conn.execute(_insert(table, names, stop - start),
+                                         _interleaved(columns, start, stop))
+        written = (len(flows[0]) if flows else 0) + (len(violations[0]) if violations else 0)
+        if written:
             self._write(work)
-        return len(flows) + len(violations)
+        return written
 
     def merge_devices(self, devices: list[dict[str, Any]]) -> None:
         """Add a run's device counters to the stored ones (first/last seen widened)."""
@@ -319,6 +320,15 @@ class Store:
         where = "run = ?" if run is not None else None
         args = [run] if run is not None else None
         return list(self.db.table("violations").rows_where(where, args, order_by="ts"))
+
+
+def _interleaved(columns: list[list[Any]], start: int, stop: int) -> list[Any]:
+    """Rows start..stop of `columns` as one flat list of values, row after row (an INSERT's
+    parameters), without a tuple per row."""
+    flat: list[Any] = [None] * ((stop - start) * len(columns))
+    for i, column in enumerate(columns):
+        flat[i::len(columns)] = column[start:stop]
+    return flat
 
 
 @functools.lru_cache(maxsize=8)
