@@ -161,10 +161,12 @@ def _sgr(style: str) -> str:
 
 
 def _styled(pieces: Pieces, colour: bool) -> str:
+    """The pieces as one line: their text shown safely (appliance.common.text.shown), each
+    style as ANSI codes when `colour`."""
     out = []
     for text, style in pieces:
         sgr = _sgr(style) if colour and style else ""
-        out.append(f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text)
+        out.append(f"\x1b[{sgr}m{shown(text)}\x1b[0m" if sgr else shown(text))
     return "".join(out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from conftest import ROOT, read_events, run_wardtap
 from netns import wait_for
 
 from appliance.common.control import request
+from appliance.panel import statustext
+from appliance.panel.status import view
 from demoward.ward import DEMO_POLICY, write_demo_ward
 
 
@@ -222,6 +225,11 @@ def test_status_is_drawn_without_loading_rich(daemon) -> None:  # type: ignore[n
     assert "enforce" in result["out"] and "violations" in result["out"]
     assert "\x1b[" not in result["out"]                # not a terminal: no colour codes
     assert heavy(result["modules"]) == []
+    # On a terminal: the same text, coloured (enforce and a healthy state in bold green).
+    v = view(request(sock, {"cmd": "status"}))
+    coloured, plain = statustext.render(v, colour=True), statustext.render(v)
+    assert "\x1b[1;32menforce\x1b[0m" in coloured
+    assert re.sub("\x1b\\[[0-9;]*m", "", coloured) == plain
 
 
 def test_status_shows_the_leds_and_violations_light_red(daemon) -> None:  # type: ignore[no-untyped-def]
