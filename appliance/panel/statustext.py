@@ -18,8 +18,12 @@ from typing import Any, TextIO
 
 from appliance.common.text import shown
 from appliance.common.when import zone_name
+from appliance.panel.glyphs import GLYPHS, RICH_COLOURS
 
 STATUS_VIOLATIONS = 5           # violations listed by `wardtap status`
+COMPACT_WIDTH = 80              # narrower: the short LED line
+LABEL_WIDTH = 12
+LED_SHORT = {"violation": "viol"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 MODE_STYLES = {"enforce": "bold green", "monitor": "bold dark_orange",
                "learn": "bold dark_orange", "bypass": "bold white on red"}
@@ -181,10 +185,47 @@ def _markup(line: str) -> Pieces:
     return pieces + [(line[at:], "")]
 
 
-def render(v: dict[str, Any], colour: bool = False) -> str:
-    """The one-shot report: a label/value list, the LEDs and the last violations."""
+def leds(v: dict[str, Any], compact: bool) -> Pieces:
+    """The LEDs as coloured dots: the panel's own line, or a short one for small screens."""
+    panel = v["leds"]
+    if panel is None:
+        return [("no front panel ([panel] enabled = false)", "grey50")]
+    if not compact:
+        return _markup(str(panel["line"]))
+    out: Pieces = []
+    for led, value in panel["patterns"].items():
+        pattern = "fast blink" if value == "identify" else value if value in GLYPHS else "off"
+        colour = RICH_COLOURS.get(panel["colours"].get(led, ""), "white")
+        out += [(" " if out else "", ""), (GLYPHS[pattern], "grey50" if pattern == "off"
+                                             else colour), (LED_SHORT.get(led, led), "")]
+    return out
+
+
+def _wrap(pieces: Pieces, width: int) -> list[Pieces]:
+    """Pieces cut into lines of at most `width` characters, at spaces where it can."""
+    words = [(word, style) for text, style in pieces for word in re.split("( )", text) if word]
+    lines: list[Pieces] = [[]]
+    used = 0
+    for word, style in words:
+        if used + len(word) > width and used:
+            lines.append([])
+            used = 0
+            if word == " ":
+                continue
+        while len(word) > width:                  # longer than a line: cut it
+            lines[-1].append((word[:width], style))
+            lines.append([])
+            word = word[width:]
+        lines[-1].append((word, style))
+        used += len(word)
+    return lines
+
+
+def render(v: dict[str, Any], width: int = 120, colour: bool = False) -> str:
+    """The one-shot report: a label/value list, the LEDs and the last violations; every line
+    within `width` (values wrapped under their column); on a terminal narrower than 80
+    columns the short LED line."""
     c = v["counters"]
-    leds = v["leds"]
     recent = v["violations"]["recent"][:STATUS_VIOLATIONS]
     rows: list[tuple[str, Pieces]] = [
         ("mode", mode(v) + [(f"  datapath {v['datapath']}, up {uptime(v['uptime_s'])}, "
@@ -201,22 +242,31 @@ def render(v: dict[str, Any], colour: bool = False) -> str:
                     "")]),
         ("devices", [(n(v["devices"]), "")]),
         ("broker", broker(v)),
-        ("LEDs", [("no front panel ([panel] enabled = false)", "grey50")] if leds is None
-         else _markup(str(leds["line"]))),
+        ("LEDs", leds(v, width < COMPACT_WIDTH)),
         ("violations", [(f"{v['violations']['seen']:,} seen" + (
             f", the latest (times {zone_name()}, the packets' own):" if recent else ""), "")]),
     ]
-    lines = [_styled([(f"{label:<12}", "bold")], colour) + _styled(value, colour)
-             for label, value in rows]
+    lines = []
+    value_width = max(8, width - LABEL_WIDTH)
+    for label, value in rows:
+        for i, part in enumerate(_wrap(value, value_width)):
+            head = f"{label:<{LABEL_WIDTH}}" if i == 0 else " " * LABEL_WIDTH
+            lines.append(_styled([(head, "bold" if i == 0 else "")] + part, colour))
     for e in recent:
-        lines.append("  " + _styled([
-            (when(e.get("ts")), "grey70"), (f" {e.get('src')} → {e.get('dst')} ", ""),
-            (service(e), "bold"), (" ", ""), (str(e.get("reason") or ""), "red"),
-            (f" vlan {e['vlan']}" if e.get("vlan") else "", "")], colour))
+        line = [(when(e.get("ts")), "grey70"), (f" {e.get('src')} → {e.get('dst')} ", ""),
+                (service(e), "bold"), (" ", ""), (str(e.get("reason") or ""), "red"),
+                (f" vlan {e['vlan']}" if e.get("vlan") else "", "")]
+        lines += ["  " + _styled(part, colour) for part in _wrap(line, max(8, width - 2))]
     return "\n".join(lines)
 
 
 def print_status(v: dict[str, Any], stream: TextIO | None = None) -> None:
-    """`wardtap status` for a person: the document drawn (appliance.panel.status)."""
+    """`wardtap status` for a person: the document drawn (appliance.panel.status), to the
+    terminal's width (in a pipe: COLUMNS, or 80)."""
     out = stream or sys.stdout
-    out.write(render(v, colours_wanted(out)) + "\n")
+    columns = os.environ.get("COLUMNS", "")
+    try:
+        width = os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError, AttributeError):        # not a terminal
+        width = int(columns) if columns.isdigit() else 80
+    out.write(render(v, width, colours_wanted(out)) + "\n")
