@@ -8,10 +8,14 @@ port, and the from-device/to-device halves of one conversation fold into one rul
 What cannot be carried over is never dropped silently: it is an error naming the JSON path
 (`MudError`, nothing written) when the rule would not mean what the manufacturer wrote, or a
 warning naming the path when the rule is only broader (a field wardtap does not match on,
-such as DSCP) or when the operator must fill something in (controllers): those
-become placeholder groups, written commented out with the rules that use them. DNS names
-(ietf-acldns) become groups that list the names: the appliance binds them to addresses from
-the DNS answers it forwards (docs/policy.md, "Names").
+such as DSCP). DNS names (ietf-acldns) become groups that list the names: the appliance
+binds them to addresses from the DNS answers it forwards (docs/policy.md, "Names"). The
+well-known DNS and NTP controllers become groups of the inventory's server roles, the
+manufacturer's other devices a group of its OUIs and its name as the inventory knows makers,
+and `my-controller` the addresses the appliance's configuration gives for the MUD URL
+(`[mud] controllers`). What the appliance cannot know (a controller class no one configured,
+another model's devices) becomes a placeholder group, written commented out with the rules
+that use it, and a warning.
 See docs/learn.md for the mapping table.
 """
 
@@ -26,6 +30,7 @@ from urllib.parse import urlparse
 from appliance.common.bounded import BoundsError, load_json
 from appliance.common.userfile import read_bytes
 from appliance.errors import WardtapError
+from appliance.policy.model import MAX_MAKER
 from appliance.policy.writer import GroupSpec, PolicyDraft, RuleSpec, safe_name, unique
 
 LOCAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10"]
@@ -45,6 +50,10 @@ MAX_MUD_BYTES = 1 << 20
 MAX_MUD_DEPTH = 64
 _MUD_MATCHES = {"manufacturer", "same-manufacturer", "model", "local-networks", "controller",
                 "my-controller"}
+# RFC 8520 section 8.2's well-known controller classes: the servers of the ward that play
+# that part, as the inventory names their server roles (group name, role)
+WELL_KNOWN_CONTROLLERS = {"urn:ietf:params:mud:dns": ("dns-servers", "DNS server"),
+                          "urn:ietf:params:mud:ntp": ("ntp-servers", "NTP server")}
 
 
 class MudError(WardtapError):
@@ -67,6 +76,7 @@ class Peer:
     members: list[str] = field(default_factory=list)
     placeholder: bool = False
     note: str = ""
+    role: str = ""                 # kind "role": the inventory's server role
 
 
 @dataclass
@@ -358,15 +368,20 @@ class _Reader:
                     "local-networks", "local-networks", members=list(LOCAL_NETWORKS),
                     note="MUD local-networks: REVIEW, the site's local address blocks")
             return peer
-        if key == "my-controller":
-            return self._named("my-controller", self.url, "my-controller",
-                               f"the controller(s) this ward uses for {self.url}", where)
-        if key == "same-manufacturer":
-            return self._named("same-manufacturer", urlparse(self.url).netloc,
-                               "same-manufacturer", "devices whose MUD URL is from "
-                               f"{urlparse(self.url).netloc} (e.g. their OUIs or addresses)",
-                               where)
+        if key == "my-controller":       # resolved by mud_draft from the configuration
+            return self._resolved("my-controller", self.url, "my-controller",
+                                  f"the controller(s) this ward uses for {self.url}")
+        if key == "same-manufacturer":   # resolved by mud_draft from the device's OUIs
+            authority = urlparse(self.url).netloc
+            return self._resolved("same-manufacturer", authority, "same-manufacturer",
+                                  f"devices from the maker of {authority}'s devices")
         text = self.string(value, where)
+        if key == "controller" and text in WELL_KNOWN_CONTROLLERS:
+            group, role = WELL_KNOWN_CONTROLLERS[text]
+            peer = self._resolved("role", text, group, f"the ward's {role}s: the devices the "
+                                  f"inventory has seen answering as {role}")
+            peer.role = role
+            return peer
         if key == "model":
             if text == self.url:
                 return Peer("", "device")    # the device's own kind: the device group
@@ -392,6 +407,15 @@ class _Reader:
             peer = self.peers[key] = Peer(safe_name(f"dns-{name}"), "dns", name,
                                           note=f"{name}: its addresses as the ward's DNS "
                                           "answers give them")
+        return peer
+
+    def _resolved(self, kind: str, value: str, name: str, note: str) -> Peer:
+        """A peer the appliance resolves by itself (a role, the configuration, the device's
+        maker): a group, not a placeholder."""
+        key = f"{kind}:{value}"
+        peer = self.peers.get(key)
+        if peer is None:
+            peer = self.peers[key] = Peer(safe_name(name), kind, value, note=note)
         return peer
 
     def _named(self, kind: str, value: str, name: str, note: str, where: str) -> Peer:
@@ -546,21 +570,27 @@ class DeviceSelectors:
 
 def mud_draft(profile: MudProfile, device: DeviceSelectors,
               fills: dict[str, list[str]] | None = None,
-              name: str | None = None) -> PolicyDraft:
-    """The MUD profile as a policy draft. `fills` gives members to placeholder groups (by
-    group name, DNS name or URI); unknown names are an error."""
+              name: str | None = None,
+              controllers: dict[str, list[str]] | None = None) -> PolicyDraft:
+    """The MUD profile as a policy draft. `fills` gives members to groups (by group name,
+    DNS name or URI); unknown names are an error. `controllers` is the configuration's
+    MUD URL -> controller addresses (`my-controller`)."""
     fills = dict(fills or {})
     for peer in profile.peers.values():
         for key in (peer.name, peer.value):
-            if key and key in fills and (peer.placeholder or peer.kind == "dns"):
-                peer.members = fills.pop(key)
+            if key and key in fills and (peer.placeholder or peer.kind in _FILLABLE):
+                peer.members += fills.pop(key)
                 peer.placeholder = False
             elif key and key in fills and peer.kind == "local-networks":
                 peer.members = fills.pop(key)
     if fills:
         known = ", ".join(sorted(p.name for p in profile.peers.values())) or "none"
-        raise WardtapError(f"--fill {', '.join(sorted(fills))}: no such placeholder in "
-                           f"{profile.path} (placeholders: {known})")
+        raise WardtapError(f"--fill {', '.join(sorted(fills))}: no such group in "
+                           f"{profile.path} (groups: {known})")
+    ouis = list(dict.fromkeys([*device.oui, *(m[:8] for m in device.mac)]))
+    maker = str(profile.info.get("mfg-name") or "").strip()[:MAX_MAKER]
+    for peer in profile.peers.values():
+        _resolve(profile, peer, controllers or {}, ouis, maker)
     dev_name = profile.device_name
     dev = GroupSpec(dev_name, mac=list(device.mac), oui=list(device.oui), ip=list(device.ip),
                     vlan=list(device.vlan), placeholder=device.empty)
@@ -576,12 +606,24 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
         if peer.name in taken:
             peer.name = unique(peer.name, taken)
         taken.add(peer.name)
+        same_maker = peer.kind == "same-manufacturer" and not peer.placeholder
         g = GroupSpec(peer.name, ip=list(peer.members), placeholder=peer.placeholder,
                       description=peer.note,
-                      names=[peer.value] if peer.kind == "dns" else [])
+                      names=[peer.value] if peer.kind == "dns" else [],
+                      role=[peer.role] if peer.role else [],
+                      oui=ouis if same_maker else [],
+                      maker=[maker] if same_maker and maker else [])
         g.comments.append(f"MUD {peer.kind}" + (f" {peer.value}" if peer.value else "")
                           + (": FILL IN the addresses, then uncomment this group and its "
                              "rules" if peer.placeholder else ""))
+        if peer.role:
+            g.comments.append(f"role: the devices the inventory has seen answering as "
+                              f"{peer.role}, at each policy load or reload; a server behind "
+                              "a router is not one of the ward's devices: add its address "
+                              "with ip (or --fill)")
+        if same_maker:
+            g.comments.append("oui: the MUD device's own OUIs; maker: devices whose make or "
+                              "MAC vendor the inventory knows by this name")
         groups.append(g)
     rules: list[RuleSpec] = []
     seen: dict[tuple[Any, ...], RuleSpec] = {}
@@ -620,6 +662,32 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
     draft.setting_notes["arp"] = "MUD files say nothing about ARP; IPv4 needs it"
     draft.setting_notes["non_ip"] = "MUD files describe IP traffic only"
     return draft
+
+
+_FILLABLE = {"dns", "role", "my-controller", "same-manufacturer"}
+
+
+def _resolve(profile: MudProfile, peer: Peer, controllers: dict[str, list[str]],
+             ouis: list[str], maker: str) -> None:
+    """my-controller from the configuration, same-manufacturer from the device's OUIs and
+    maker; what cannot be resolved stays a placeholder, with one warning naming it."""
+    if peer.kind == "my-controller" and not peer.members:
+        configured = controllers.get(profile.url)
+        if configured:
+            peer.members = list(configured)
+            peer.note += " (configuration: [mud.controllers])"
+        else:
+            peer.placeholder = True
+            profile.warnings.append(
+                f"{profile.path}: my-controller: no controller configured for MUD URL "
+                f"{profile.url}; its rules stay commented out until it is (appliance "
+                "configuration [mud.controllers] with --config, or --fill my-controller=ADDR)")
+    if peer.kind == "same-manufacturer" and not (peer.members or ouis or maker):
+        peer.placeholder = True
+        profile.warnings.append(
+            f"{profile.path}: same-manufacturer: no OUI (--oui/--mac) and no mfg-name to "
+            f"know the maker of {profile.url} by; its rules stay commented out (give "
+            "--oui, or --fill same-manufacturer=ADDR)")
 
 
 def parse_fills(items: list[str]) -> dict[str, list[str]]:
