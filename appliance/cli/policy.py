@@ -101,7 +101,7 @@ def _mud_policy(args: argparse.Namespace, profile: Any, baseline: Baseline | Non
     """(policy text, warnings, rules left out, device group) from --mud/FILE and the
     device options; with a baseline and no device options, every device seen is the MUD's
     device."""
-    from appliance.policy.mud import device_selectors, mud_draft, parse_fills
+    from appliance.policy.muddraft import device_selectors, mud_draft, parse_fills
     from appliance.policy.writer import render
 
     device = device_selectors(args.mac, args.oui, args.ip, args.vlan)
