@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def class_members(db_path: str) -> Callable[[str, str], list[str]]:
     """For policy loading: (selector, value) -> MACs of the stored inventory's devices that
     `class = [...]` (their class), `role = [...]` (a server role among their roles, or their
-    class) or `maker = [...]` (their make or MAC vendor, case-insensitive) select.
+    class: their MACs and the addresses the inventory saw them use) or `maker = [...]`
+    (their make or MAC vendor, case-insensitive) select.
 
     Resolved when called (policy load or reload); a store without an inventory yet gives
     every selector no members.
@@ -44,8 +45,23 @@ def class_members(db_path: str) -> Callable[[str, str], list[str]]:
                 conn.close()
         except sqlite3.Error:
             return []
-        return [mac for mac, cls, roles, make, vendor in rows
+        macs = [mac for mac, cls, roles, make, vendor in rows
                 if _selects(kind, value, cls, roles, make, vendor, json.loads)]
+        if kind != "role" or not macs:
+            return macs
+        # a server is also reached by address: inline, a conversation's first packet shows
+        # only its sender's MAC, so a client's first query names the server by address
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                marks = ",".join("?" * len(macs))
+                ips = conn.execute(f"SELECT DISTINCT ip FROM inventory_ips WHERE mac IN ({marks}) "
+                                   "ORDER BY ip", macs).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            ips = []
+        return macs + [r[0] for r in ips]
 
     return members
 

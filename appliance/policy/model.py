@@ -52,7 +52,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # the inventory's selectors, `class = ["infusion pump"]`, `role = ["DNS server"]`,
-# `maker = ["B. Braun"]`: (selector, value) -> the MACs the inventory put there
+# `maker = ["B. Braun"]`: (selector, value) -> the MACs the inventory put there (and, for a
+# server role, the servers' addresses)
 ClassMembers = Callable[[str, str], list[str]]
 INVENTORY_SELECTORS = ("class", "role", "maker")
 MAX_MAKER = 64
@@ -266,10 +267,13 @@ class _Validator:
             group = Group(name, macs, ouis, nets, vlans, line, classes, loose, names, roles,
                           makers)
             if self.classes is not None and group.inventory():
-                found = [bytes.fromhex(m.replace(":", "")) for kind, value in group.inventory()
-                         for m in self.classes(kind, value)]
-                every = tuple(dict.fromkeys(macs + tuple(found)))
-                group = replace(group, macs=every, resolved=len(every) - len(set(macs)))
+                found = [m for kind, value in group.inventory() for m in self.classes(kind, value)]
+                every = tuple(dict.fromkeys(macs + tuple(bytes.fromhex(m.replace(":", ""))
+                                                          for m in found if _MAC.match(m))))
+                group = replace(group, macs=every, resolved=len(every) - len(set(macs)),
+                                nets=tuple(dict.fromkeys(nets + tuple(
+                                    ipaddress.ip_network(m) for m in found
+                                    if not _MAC.match(m)))))
             if not (macs or ouis or nets or vlans or group.inventory() or names):
                 raise self.fail("group has no members (give mac, oui, ip, vlan, class, role, "
                                 "maker or names)", where, line)
