@@ -48,6 +48,13 @@ from bench_inline import (  # noqa: E402
 )
 
 
+def cpu_seconds(daemon: InlineAppliance) -> float:
+    """User + system CPU time of the daemon process (its threads included) so far."""
+    assert daemon.proc is not None
+    fields = Path(f"/proc/{daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def spread(ratios: list[float]) -> dict[str, float]:
     q = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
          else [ratios[0]] * 3)
@@ -87,10 +94,14 @@ class NamesBench(Bench):
                             "python": platform.python_version(), "loadavg": os.getloadavg()},
                 "args": vars(a)}
             before = [d.status()["source"]["packets"] for d in self.daemons]
+            cpu_before = [cpu_seconds(d) for d in self.daemons]
             tcp = self.alternate(self.tcp_gbps, a.rounds)
             udp = self.alternate(self.udp_pps, a.rounds)
             connects = self.alternate(self.connect_ms, a.connects)
             after = [d.status()["source"]["packets"] for d in self.daemons]
+            results["daemon_cpu_s"] = dict(zip(self.wards, (
+                y - x for x, y in zip(cpu_before, (cpu_seconds(d) for d in self.daemons),
+                                      strict=True)), strict=True))
             per_round = max(1, a.connects // a.rounds)    # connect medians in blocks
             conn_blocks = {n: [statistics.median(v[i:i + per_round])
                                for i in range(0, len(v), per_round)]
@@ -144,9 +155,12 @@ def report(r: dict[str, Any]) -> str:
                      f"{s['q1']:7.3f}-{s['q3']:.3f}{s['min']:7.3f}-{s['max']:.3f}")
     tcp = r["ratios"]["tcp_bulk"]["median"]
     udp = r["ratios"]["udp64_pps"]["median"]
-    lines += [f"rounds: {r['ratios']['tcp_bulk']['rounds']}; classifier packets: "
-              f"{r['classifier_packets']}; load average at the start "
-              f"{r['machine']['loadavg'][0]:.2f}",
+    cpu = r["daemon_cpu_s"]
+    lines += [f"rounds: {r['ratios']['tcp_bulk']['rounds']}; packets the classifier saw: "
+              f"address {r['classifier_packets']['address']:,}, names "
+              f"{r['classifier_packets']['names']:,}; daemon CPU during the runs: address "
+              f"{cpu['address']:.2f} s, names {cpu['names']:.2f} s; load average at the "
+              f"start {r['machine']['loadavg'][0]:.2f}",
               f"bar: throughput with name and clinical rules within 5% of address rules "
               f"alone: TCP {tcp:.3f}, UDP {udp:.3f}  "
               f"{'ok' if min(tcp, udp) >= 0.95 else 'MISSED'}"]
