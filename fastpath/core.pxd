@@ -484,30 +484,3 @@ cdef class Classifier:
     cdef uint64_t batch_first        # number of its first packet: read at flow starts only
     cdef bint compact                # plain IPv4 TCP/UDP hits take compact.pxi's path
     cdef uint32_t event_types        # bit per EV_* type queued on the ring; others only counted
-
-    cdef void _classify(self, const uint8_t* buf, Py_ssize_t buflen, const int64_t* offsets,
-                        const uint32_t* lengths, const uint64_t* ts, const uint16_t* linktypes,
-                        uint8_t* verdicts, uint8_t* reasons, uint16_t* rules, uint8_t* samples,
-                        const uint8_t* hints, Py_ssize_t n, const policy_t* pol) noexcept nogil
-    cdef bint _take_sample(self, uint32_t dev, uint64_t ts) noexcept nogil
-    cdef void _malformed(self, const pkt_t* k, int reason, uint64_t ts, Py_ssize_t i) noexcept nogil
-    cdef uint32_t _touch_device(self, const pkt_t* k, uint64_t ts) noexcept nogil
-    cdef void _l2_packet(self, const pkt_t* k, uint32_t length, uint64_t ts,
-                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
-                         uint8_t* sample) noexcept nogil
-    cdef void _ip_packet(self, const pkt_t* k, const uint8_t* p, uint32_t length, uint64_t ts,
-                         const policy_t* pol, uint8_t* verdict, uint8_t* reason,
-                         uint16_t* rule, uint8_t* sample) noexcept nogil
-    cdef uint8_t _watched(self, flow_t* f, const pkt_t* k, const uint8_t* p, uint32_t role,
-                          uint64_t ts, const policy_t* pol) noexcept nogil
-    cdef void _judged(self, flow_t* f, uint8_t why, uint8_t detail, uint64_t ts) noexcept nogil
-    cdef bint _heed(self, flow_t* f, const pkt_t* k, const flow_key_t* key, bint swapped,
-                    bint from_initiator, uint64_t ts, int* settle) noexcept nogil
-    cdef void _start_flow(self, flow_t* f, const pkt_t* k, bint swapped, uint64_t ts,
-                          const policy_t* pol) noexcept nogil
-    cdef uint8_t _watch_for(self, const flow_t* f, const policy_t* pol,
-                            const uint64_t* static_r) noexcept nogil
-    cdef void _event_macs(self, event_t* e, const pkt_t* k, bint sender_first) noexcept nogil
-    cdef void _decide(self, flow_t* f, const policy_t* pol) noexcept nogil
-    cdef void _tcp_close(self, flow_t* f, uint8_t flags, uint32_t role, uint64_t ts) noexcept nogil
-    cdef void _settle_pending(self, flow_t* f, const policy_t* pol, uint64_t ts) noexcept nogil
