@@ -94,13 +94,15 @@ class InlineAppliance:
 
     def __init__(self, ward: Ward, workdir: Path, policy: str, mode: str = "enforce",
                  extra_config: str = "", prefix: Sequence[str] = (),
-                 python: str = sys.executable, pythonpath: str = str(ROOT)) -> None:
+                 python: str = sys.executable, pythonpath: str = str(ROOT),
+                 run_args: Sequence[str] = ()) -> None:
         self.ward = ward
         self.dir = workdir
         self.sock = str(workdir / "control.sock")
         self.prefix = list(prefix)
         self.python = python
         self.pythonpath = pythonpath
+        self.run_args = list(run_args)          # e.g. --dissect (the inventory's evidence)
         (workdir / "policy.toml").write_text(policy)
         (workdir / "wardtap.toml").write_text(
             f'[appliance]\nmode = "{mode}"\n[datapath]\ntype = "inline"\nbridge = "br0"\n'
@@ -116,7 +118,8 @@ class InlineAppliance:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ward.appliance, *self.prefix, self.python, "-m",
-                 "appliance.cli", "run", "--config", str(self.dir / "wardtap.toml")],
+                 "appliance.cli", "run", "--config", str(self.dir / "wardtap.toml"),
+                 *self.run_args],
                 cwd=self.dir, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
 
         def ready() -> bool:

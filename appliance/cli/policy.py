@@ -28,7 +28,25 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ip", action="append", default=[], help="the device's address or block")
     p.add_argument("--vlan", action="append", default=[], help="the device's VLAN")
     p.add_argument("--fill", action="append", default=[], metavar="NAME=ADDR[,ADDR]",
-                   help="addresses for a placeholder group (a DNS name, controller...)")
+                   help="addresses for a group (a DNS name, a controller...)")
+    p.add_argument("--config", metavar="WARDTAP.TOML", type=checked.input_file,
+                   help="the appliance configuration: my-controller from [mud.controllers]")
+
+
+def _add_db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="STORE", type=checked.input_file,
+                   help="resolve class, role and maker groups from this store's inventory "
+                        "(as the appliance does at load)")
+
+
+def _load(path: str, db: str | None) -> Any:
+    from appliance.policy.model import load_policy
+
+    if db is None:
+        return load_policy(path)
+    from appliance.inventory.identify import class_members
+
+    return load_policy(path, classes=class_members(db))
 
 
 def add_actions(sub: Any) -> None:
@@ -41,6 +59,7 @@ def add_actions(sub: Any) -> None:
     p.add_argument("file")
     p.add_argument("captures", nargs="+", metavar="CAPTURE")
     p.add_argument("--json", action="store_true")
+    _add_db_option(p)
     p = sub.add_parser("import-mud", help="an RFC 8520 MUD file as a policy")
     p.add_argument("file", metavar="FILE.json")
     p.add_argument("-o", "--output", metavar="POLICY", type=checked.output_file,
@@ -70,9 +89,9 @@ def _run_diff(args: argparse.Namespace) -> int:
 
 
 def _run_test(args: argparse.Namespace) -> int:
-    from appliance.policy.model import compile_policy, load_policy
+    from appliance.policy.model import compile_policy
 
-    policy = load_policy(args.file)
+    policy = _load(args.file, args.db)
     compile_policy(policy)
     return _emit(would_block(policy, args.captures), args.json, render_test)
 
@@ -82,7 +101,7 @@ def _mud_policy(args: argparse.Namespace, profile: Any, baseline: Baseline | Non
     """(policy text, warnings, rules left out, device group) from --mud/FILE and the
     device options; with a baseline and no device options, every device seen is the MUD's
     device."""
-    from appliance.policy.mud import device_selectors, mud_draft, parse_fills
+    from appliance.policy.muddraft import device_selectors, mud_draft, parse_fills
     from appliance.policy.writer import render
 
     device = device_selectors(args.mac, args.oui, args.ip, args.vlan)
@@ -91,7 +110,12 @@ def _mud_policy(args: argparse.Namespace, profile: Any, baseline: Baseline | Non
         from appliance.review.baseline import View
 
         device.mac = sorted(k[1] for k in View(baseline).entities if k[0] == "mac")
-    draft = mud_draft(profile, device, fills, getattr(args, "name", None))
+    controllers: dict[str, list[str]] = {}
+    if args.config:
+        from appliance.system.config import load_config
+
+        controllers = load_config(args.config).mud_controllers
+    draft = mud_draft(profile, device, fills, getattr(args, "name", None), controllers)
     placeholders = {g.name for g in draft.groups if g.placeholder}
     left_out = []
     for r in draft.rules:
@@ -113,9 +137,10 @@ def _run_import_mud(args: argparse.Namespace) -> int:
         print(shown(f"wardtap: warning: {w}"), file=sys.stderr)
     write_text(args.output, text)
     if args.output:
+        notes = ([f"{len(left_out)} rules commented out until placeholders are filled in"]
+                 if left_out else []) + ([f"{len(warnings)} warnings"] if warnings else [])
         print(f"{args.file}: imported -> {args.output}"
-              + (f" ({len(left_out)} rules commented out until placeholders are filled in, "
-                 f"{len(warnings)} warnings)" if left_out or warnings else ""))
+              + (f" ({', '.join(notes)})" if notes else ""))
     return 0
 
 
@@ -136,10 +161,12 @@ def _run_drift(args: argparse.Namespace) -> int:
     from appliance.policy.model import compile_policy, load_policy, parse_policy
     from appliance.review.baseline import learn
 
-    if args.policy and (args.mac or args.oui or args.ip or args.vlan or args.fill):
+    if args.policy and (args.mac or args.oui or args.ip or args.vlan or args.fill
+                        or args.config):
         from appliance.errors import WardtapError
 
-        raise WardtapError("--mac/--oui/--ip/--vlan/--fill go with --mud, not --policy")
+        raise WardtapError("--mac/--oui/--ip/--vlan/--fill/--config go with --mud, not "
+                           "--policy")
     if args.policy:
         policy = load_policy(args.policy)
         compile_policy(policy)
@@ -170,11 +197,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     check.add_argument("file")
     check.add_argument("--strict", action="store_true",
                        help="exit 2 when there is any warning")
+    _add_db_option(check)
     add_actions(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.policy.model import compile_policy, load_policy
+    from appliance.policy.model import compile_policy
 
     action = _ACTIONS.get(args.policy_command)
     if action is not None:
@@ -183,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     from appliance.errors import PolicyError
     from appliance.policy.lint import lint
 
-    policy = load_policy(args.file)
+    policy = _load(args.file, args.db)
     compile_policy(policy)
     findings = lint(policy)
     for finding in findings:

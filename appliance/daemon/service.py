@@ -629,8 +629,8 @@ class Daemon:
                     "spool_depth": None, "spool_overflow": None, "spool_dropped": None}
         return {"configured": True, **status()}
 
-    def _class_members(self) -> Callable[[str], list[str]] | None:
-        """Policy `class = [...]` selectors: MACs the stored inventory classified, read at
+    def _class_members(self) -> Callable[[str, str], list[str]] | None:
+        """Policy `class`, `role`, `maker` selectors: MACs from the stored inventory, read at
         each policy load and reload."""
         if not self.config.store:
             return None

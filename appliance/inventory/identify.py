@@ -1,7 +1,8 @@
 """Device identification inside a datapath loop (appliance.replay, appliance.daemon).
 
 `Identification` ties the samples array for classify(), the Dissector, the Inventory and the
-store together; `class_members` resolves a policy's `class = [...]` selectors from the store.
+store together; `class_members` resolves a policy's inventory selectors (`class`, `role`,
+`maker`) from the store.
 """
 
 from __future__ import annotations
@@ -19,30 +20,66 @@ if TYPE_CHECKING:
     from appliance.outputs.store import Store
 
 
-def class_members(db_path: str) -> Callable[[str], list[str]]:
-    """For policy loading: class name -> MACs the stored inventory put in that class.
+def class_members(db_path: str) -> Callable[[str, str], list[str]]:
+    """For policy loading: (selector, value) -> MACs of the stored inventory's devices that
+    `class = [...]` (their class), `role = [...]` (a server role among their roles, or their
+    class: their MACs and the addresses the inventory saw them use) or `maker = [...]`
+    (their make or MAC vendor, case-insensitive) select.
 
     Resolved when called (policy load or reload); a store without an inventory yet gives
-    every class no members.
+    every selector no members.
     """
+    import json
     import os
     import sqlite3
 
-    def members(cls: str) -> list[str]:
+    def members(kind: str, value: str) -> list[str]:
         if not os.path.exists(db_path):
             return []
         try:
             conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
             try:
-                rows = conn.execute("SELECT mac FROM inventory WHERE class = ? ORDER BY mac",
-                                    (cls,)).fetchall()
+                rows = conn.execute("SELECT mac, class, roles, make, vendor FROM inventory "
+                                    "ORDER BY mac").fetchall()
             finally:
                 conn.close()
         except sqlite3.Error:
             return []
-        return [r[0] for r in rows]
+        macs = [mac for mac, cls, roles, make, vendor in rows
+                if _selects(kind, value, cls, roles, make, vendor, json.loads)]
+        if kind != "role" or not macs:
+            return macs
+        # a server is also reached by address: inline, a conversation's first packet shows
+        # only its sender's MAC, so a client's first query names the server by address
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                marks = ",".join("?" * len(macs))
+                ips = conn.execute(f"SELECT DISTINCT ip FROM inventory_ips WHERE mac IN ({marks}) "
+                                   "ORDER BY ip", macs).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            ips = []
+        return macs + [r[0] for r in ips]
 
     return members
+
+
+def _selects(kind: str, value: str, cls: str | None, roles: str | None, make: str | None,
+             vendor: str | None, parse: Callable[[str], Any]) -> bool:
+    if kind == "class":
+        return cls == value
+    if kind == "role":
+        try:
+            listed = parse(roles or "[]")
+        except ValueError:
+            listed = []
+        return cls == value or (isinstance(listed, list) and value in listed)
+    if kind == "maker":
+        want = value.casefold()
+        return any(v is not None and v.casefold() == want for v in (make, vendor))
+    return False
 
 
 class Identification:

@@ -54,7 +54,7 @@ class Decision:
 class _Set:
     """The selectors of one group (or of an address written in a rule's from/to)."""
 
-    __slots__ = ("macs", "ouis", "nets", "vlans", "open", "names")
+    __slots__ = ("macs", "ouis", "nets", "vlans", "open", "names", "tags")
 
     def __init__(self, group: Group) -> None:
         self.macs = frozenset(group.macs)
@@ -62,7 +62,10 @@ class _Set:
         self.nets = tuple(net16(n) for n in group.nets)
         self.vlans = frozenset(group.vlans)
         self.names = group.names
-        self.open = not (group.macs or group.ouis or group.nets or group.names)
+        # "role:DNS server": the inventory's selectors, for devices that stand for them
+        self.tags = frozenset(f"{kind}:{value}" for kind, value in group.inventory())
+        # a class/role/maker group that selects nobody yet is empty, not open (as compiled)
+        self.open = not (group.macs or group.ouis or group.nets or group.names or self.tags)
 
     def named(self, names: Iterable[str]) -> bool:
         """Whether one of `names` (lower case) is one of the group's (exact, or `*.suffix`)."""
@@ -73,12 +76,14 @@ class _Set:
         return False
 
     def contains(self, mac: bytes | None, ip: int | None, vlan: int,
-                 names: Iterable[str] = ()) -> bool:
+                 names: Iterable[str] = (), tags: frozenset[str] = frozenset()) -> bool:
         if self.vlans and vlan not in self.vlans:
             return False
         if self.open:
             return True
         if self.names and names and self.named(names):
+            return True
+        if self.tags & tags:
             return True
         if mac is not None and (mac in self.macs or mac[:3] in self.ouis):
             return True
@@ -107,11 +112,15 @@ class Evaluator:
     """Decides flows against one validated policy, as the fast path would."""
 
     def __init__(self, policy: Policy,
-                 names_of: Callable[[str], Iterable[str]] | None = None) -> None:
+                 names_of: Callable[[str], Iterable[str]] | None = None,
+                 tags_of: Callable[[str], frozenset[str]] | None = None) -> None:
         """`names_of(ip)`: the DNS names an address stands for (bindings, or server names
-        seen), for groups that list names; without it no address is in such a group."""
+        seen), for groups that list names; without it no address is in such a group.
+        `tags_of(mac)`: the inventory selectors a MAC stands for ("role:DNS server"), for
+        `policy diff`; without it only the MACs resolved at load are in such a group."""
         self.policy = policy
         self.names_of = names_of
+        self.tags_of = tags_of
         self.sets: dict[str, _Set] = {name: _Set(g) for name, g in policy.groups.items()}
         self.entries: list[Entry] = []
         for index, rule in enumerate(policy.rules):
@@ -130,8 +139,9 @@ class Evaluator:
         mac = mac_bytes(ep.mac) if ep.mac else None
         ip = addr16(ep.ip) if ep.ip else None
         names = self.names_of(ep.ip) if self.names_of is not None and ep.ip else ()
+        tags = self.tags_of(ep.mac) if self.tags_of is not None and ep.mac else frozenset()
         return frozenset([n for n, s in self.sets.items()
-                          if s.contains(mac, ip, ep.vlan, names)] + ["any"])
+                          if s.contains(mac, ip, ep.vlan, names, tags)] + ["any"])
 
     def decide(self, initiator: Endpoint, responder: Endpoint, proto: int,
                port: int) -> Decision:

@@ -15,6 +15,9 @@ findings as warnings, and `--strict` (or a signed `strict`) refuses the policy i
     contradicts    this rule lets only `from` start a conversation; another rule lets either
                    side start the very same conversation
     no-rules       nothing is allowed (monitor and enforce refuse such a policy)
+    inventory-only a group that selects only through the inventory (class, role, maker): it
+                   holds no device until the inventory has put one there and the policy is
+                   reloaded; what its rules allow waits for that
 
 The cost is linear in the rules: rules are indexed by their endpoint pairs, and a rule is
 compared only with rules that name one of its endpoint pairs (or "any"); a policy built to
@@ -27,7 +30,7 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
 
-from appliance.policy.model import ICMP, PORTED, Policy, Rule
+from appliance.policy.model import ICMP, PORTED, Group, Policy, Rule
 
 LINT_BUDGET = 2_000_000
 WIDE_V4, WIDE_V6 = 8, 16        # prefixes shorter than these are "internet-wide"
@@ -60,11 +63,21 @@ def lint(policy: Policy) -> list[Finding]:
         for net in group.nets:
             if _wide(net):
                 found.append(Finding("internet-wide", where, group.line, _wide_text(net)))
+        if group.inventory() and not (group.ouis or group.nets or group.names
+                                      or len(group.macs) > group.resolved):
+            found.append(Finding("inventory-only", where, group.line, _inventory_text(group)))
     for rule in policy.rules:
         found.extend(_single(rule))
     found.extend(_pairs(policy.rules))
     found.sort(key=lambda f: (f.line or 0, f.where, f.code))
     return found
+
+
+def _inventory_text(group: Group) -> str:
+    what = ", ".join(f"{kind} {value!r}" for kind, value in group.inventory())
+    held = f"{group.resolved} now" if group.resolved else "none known here"
+    return (f"selects only by {what}: the devices the inventory has put there when the policy "
+            f"is loaded or reloaded ({held}); until then its rules allow nothing")
 
 
 def _host_bits(text: str) -> str:

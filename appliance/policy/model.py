@@ -13,7 +13,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from appliance.common.bounded import BoundsError, load_toml, toml_error
@@ -51,8 +51,12 @@ _OUI = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){2}$", re.I)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-# `class = ["infusion pump"]` selectors: a class name -> the MACs the inventory put in it
-ClassMembers = Callable[[str], list[str]]
+# the inventory's selectors, `class = ["infusion pump"]`, `role = ["DNS server"]`,
+# `maker = ["B. Braun"]`: (selector, value) -> the MACs the inventory put there (and, for a
+# server role, the servers' addresses)
+ClassMembers = Callable[[str, str], list[str]]
+INVENTORY_SELECTORS = ("class", "role", "maker")
+MAX_MAKER = 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ class Group:
     classes: tuple[str, ...] = ()     # device classes; their MACs are already in `macs`
     loose: tuple[str, ...] = ()       # `ip` entries written with host bits (for lint)
     names: tuple[str, ...] = ()       # DNS names ("*.suffix": names under it), lower case
+    roles: tuple[str, ...] = ()       # server roles; their MACs are already in `macs`
+    makers: tuple[str, ...] = ()      # makes / MAC vendors; their MACs are in `macs`
+    resolved: int = 0                 # MACs in `macs` that class/role/maker put there
+
+    def inventory(self) -> tuple[tuple[str, str], ...]:
+        """(selector, value) of every selector the inventory resolves: class, role, maker."""
+        return tuple([("class", c) for c in self.classes] + [("role", r) for r in self.roles]
+                     + [("maker", m) for m in self.makers])
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,9 @@ class Policy:
 def load_policy(path: str, classes: ClassMembers | None = None) -> Policy:
     """Read and validate a policy file; raise PolicyError naming line and field.
 
-    `classes` resolves `class = [...]` group selectors to MACs (appliance.inventory.devices
-    .class_members over the store), once, now; without it they select no device.
+    `classes` resolves the inventory's group selectors (`class`, `role`, `maker`) to MACs
+    (appliance.inventory.identify.class_members over the store), once, now; without it they
+    select no device.
     """
     try:
         raw = read_bytes(path, "a policy file", MAX_POLICY_BYTES)
@@ -229,8 +242,8 @@ class _Validator:
                                 "(and not 'any')", where, line)
             if not isinstance(spec, dict):
                 raise self.fail("must be a table", where, line)
-            self._unknown(spec, {"mac", "oui", "ip", "vlan", "class", "names", "description"},
-                          where, line, header)
+            self._unknown(spec, {"mac", "oui", "ip", "vlan", "class", "role", "maker", "names",
+                                 "description"}, where, line, header)
             macs = tuple(self._mac(v, f"{where}.mac", self.lines.key(header, "mac"), _MAC, 6)
                          for v in self._list(spec, "mac", where, header))
             ouis = tuple(self._mac(v, f"{where}.oui", self.lines.key(header, "oui"), _OUI, 3)
@@ -247,13 +260,24 @@ class _Validator:
             names = tuple(dict.fromkeys(
                 dns_name(v, f"{where}.names", self.lines.key(header, "names"), self.fail)
                 for v in self._list(spec, "names", where, header)))
-            if classes:
-                macs += tuple(bytes.fromhex(m.replace(":", "")) for c in classes
-                              for m in (self.classes(c) if self.classes else []))
-            if not (macs or ouis or nets or vlans or classes or names):
-                raise self.fail("group has no members (give mac, oui, ip, vlan, class or "
-                                "names)", where, line)
-            groups[name] = Group(name, macs, ouis, nets, vlans, line, classes, loose, names)
+            roles = tuple(self._role(v, f"{where}.role", self.lines.key(header, "role"))
+                          for v in self._list(spec, "role", where, header))
+            makers = tuple(self._maker(v, f"{where}.maker", self.lines.key(header, "maker"))
+                           for v in self._list(spec, "maker", where, header))
+            group = Group(name, macs, ouis, nets, vlans, line, classes, loose, names, roles,
+                          makers)
+            if self.classes is not None and group.inventory():
+                found = [m for kind, value in group.inventory() for m in self.classes(kind, value)]
+                every = tuple(dict.fromkeys(macs + tuple(bytes.fromhex(m.replace(":", ""))
+                                                          for m in found if _MAC.match(m))))
+                group = replace(group, macs=every, resolved=len(every) - len(set(macs)),
+                                nets=tuple(dict.fromkeys(nets + tuple(
+                                    ipaddress.ip_network(m) for m in found
+                                    if not _MAC.match(m)))))
+            if not (macs or ouis or nets or vlans or group.inventory() or names):
+                raise self.fail("group has no members (give mac, oui, ip, vlan, class, role, "
+                                "maker or names)", where, line)
+            groups[name] = group
         return groups
 
     def _list(self, spec: dict[str, Any], key: str, where: str, header: str) -> list[Any]:
@@ -276,6 +300,19 @@ class _Validator:
             raise self.fail(f"{value!r} is not a device class ({', '.join(known)})", where,
                             line)
         return str(value)
+
+    def _role(self, value: Any, where: str, line: int | None) -> str:
+        known = _known_roles()
+        if value not in known:
+            raise self.fail(f"{value!r} is not a server role ({', '.join(known)})", where,
+                            line)
+        return str(value)
+
+    def _maker(self, value: Any, where: str, line: int | None) -> str:
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_MAKER:
+            raise self.fail(f"{value!r} is not a maker's name (1-{MAX_MAKER} characters, as "
+                            "`wardtap devices` shows a make or MAC vendor)", where, line)
+        return value.strip()
 
     def _net(self, value: Any, where: str, line: int | None) -> Network:
         if not isinstance(value, str):        # ip_network() would take 5 as 0.0.0.5
@@ -418,6 +455,15 @@ def _known_classes() -> tuple[str, ...]:
     return tuple(c for c in ClassRules.load().classes if c != UNKNOWN)
 
 
+@functools.lru_cache(maxsize=1)
+def _known_roles() -> tuple[str, ...]:
+    """The server roles (the shipped rules file's server classes, read once)."""
+    from appliance.inventory.classes import ClassRules
+
+    rules = ClassRules.load()
+    return tuple(c for c in rules.classes if c in rules.server_classes)
+
+
 def _net16(net: Network) -> tuple[bytes, int]:
     """A network as the fast path's 16-byte form (IPv4 mapped into ::ffff:0:0/96)."""
     if net.version == 4:
@@ -450,7 +496,7 @@ def compile_policy(policy: Policy, generation: int = 1) -> CompiledPolicy:
             selectors.append((SEL_VLAN, gid, vlan.to_bytes(2, "big").ljust(16, b"\0"), 0))
         if group.vlans:
             vlan_groups |= 1 << gid
-        if not (group.macs or group.ouis or group.nets or group.classes or group.names):
+        if not (group.macs or group.ouis or group.nets or group.inventory() or group.names):
             open_groups |= 1 << gid
         return gid
 

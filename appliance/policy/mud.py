@@ -8,17 +8,20 @@ port, and the from-device/to-device halves of one conversation fold into one rul
 What cannot be carried over is never dropped silently: it is an error naming the JSON path
 (`MudError`, nothing written) when the rule would not mean what the manufacturer wrote, or a
 warning naming the path when the rule is only broader (a field wardtap does not match on,
-such as DSCP) or when the operator must fill something in (controllers): those
-become placeholder groups, written commented out with the rules that use them. DNS names
-(ietf-acldns) become groups that list the names: the appliance binds them to addresses from
-the DNS answers it forwards (docs/policy.md, "Names").
+such as DSCP). DNS names (ietf-acldns) become groups that list the names: the appliance
+binds them to addresses from the DNS answers it forwards (docs/policy.md, "Names"). The
+well-known DNS and NTP controllers become groups of the inventory's server roles, the
+manufacturer's other devices a group of its OUIs and its name as the inventory knows makers,
+and `my-controller` the addresses the appliance's configuration gives for the MUD URL
+(`[mud] controllers`). What the appliance cannot know (a controller class no one configured,
+another model's devices) becomes a placeholder group, written commented out with the rules
+that use it, and a warning.
 See docs/learn.md for the mapping table.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -26,11 +29,11 @@ from urllib.parse import urlparse
 from appliance.common.bounded import BoundsError, load_json
 from appliance.common.userfile import read_bytes
 from appliance.errors import WardtapError
-from appliance.policy.writer import GroupSpec, PolicyDraft, RuleSpec, safe_name, unique
+from appliance.policy.writer import safe_name
 
 LOCAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10"]
 _ICMP_REPLIES = {(1, 0): 8, (1, 14): 13, (58, 129): 128}
-_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 _MUD_KEYS = {"mud-version", "mud-url", "last-update", "mud-signature", "cache-validity",
              "is-supported", "systeminfo", "mfg-name", "model-name", "firmware-rev",
@@ -45,6 +48,10 @@ MAX_MUD_BYTES = 1 << 20
 MAX_MUD_DEPTH = 64
 _MUD_MATCHES = {"manufacturer", "same-manufacturer", "model", "local-networks", "controller",
                 "my-controller"}
+# RFC 8520 section 8.2's well-known controller classes: the servers of the ward that play
+# that part, as the inventory names their server roles (group name, role)
+WELL_KNOWN_CONTROLLERS = {"urn:ietf:params:mud:dns": ("dns-servers", "DNS server"),
+                          "urn:ietf:params:mud:ntp": ("ntp-servers", "NTP server")}
 
 
 class MudError(WardtapError):
@@ -67,6 +74,7 @@ class Peer:
     members: list[str] = field(default_factory=list)
     placeholder: bool = False
     note: str = ""
+    role: str = ""                 # kind "role": the inventory's server role
 
 
 @dataclass
@@ -358,15 +366,20 @@ class _Reader:
                     "local-networks", "local-networks", members=list(LOCAL_NETWORKS),
                     note="MUD local-networks: REVIEW, the site's local address blocks")
             return peer
-        if key == "my-controller":
-            return self._named("my-controller", self.url, "my-controller",
-                               f"the controller(s) this ward uses for {self.url}", where)
-        if key == "same-manufacturer":
-            return self._named("same-manufacturer", urlparse(self.url).netloc,
-                               "same-manufacturer", "devices whose MUD URL is from "
-                               f"{urlparse(self.url).netloc} (e.g. their OUIs or addresses)",
-                               where)
+        if key == "my-controller":       # resolved by mud_draft from the configuration
+            return self._resolved("my-controller", self.url, "my-controller",
+                                  f"the controller(s) this ward uses for {self.url}")
+        if key == "same-manufacturer":   # resolved by mud_draft from the device's OUIs
+            authority = urlparse(self.url).netloc
+            return self._resolved("same-manufacturer", authority, "same-manufacturer",
+                                  f"devices from the maker of {authority}'s devices")
         text = self.string(value, where)
+        if key == "controller" and text in WELL_KNOWN_CONTROLLERS:
+            group, role = WELL_KNOWN_CONTROLLERS[text]
+            peer = self._resolved("role", text, group, f"the ward's {role}s: the devices the "
+                                  f"inventory has seen answering as {role}")
+            peer.role = role
+            return peer
         if key == "model":
             if text == self.url:
                 return Peer("", "device")    # the device's own kind: the device group
@@ -392,6 +405,15 @@ class _Reader:
             peer = self.peers[key] = Peer(safe_name(f"dns-{name}"), "dns", name,
                                           note=f"{name}: its addresses as the ward's DNS "
                                           "answers give them")
+        return peer
+
+    def _resolved(self, kind: str, value: str, name: str, note: str) -> Peer:
+        """A peer the appliance resolves by itself (a role, the configuration, the device's
+        maker): a group, not a placeholder."""
+        key = f"{kind}:{value}"
+        peer = self.peers.get(key)
+        if peer is None:
+            peer = self.peers[key] = Peer(safe_name(name), kind, value, note=note)
         return peer
 
     def _named(self, kind: str, value: str, name: str, note: str, where: str) -> Peer:
@@ -500,7 +522,7 @@ def _host_path(uri: str) -> str:
 
 
 def _describe(rule: MudRule) -> str:
-    proto = _PROTO_NAMES.get(rule.proto, str(rule.proto)) if rule.proto else "any protocol"
+    proto = PROTO_NAMES.get(rule.proto, str(rule.proto)) if rule.proto else "any protocol"
     ports = ""
     if rule.ports:
         ports = "/" + ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in rule.ports)
@@ -528,145 +550,3 @@ def parse_mud(raw: bytes, path: str = "<mud>") -> MudProfile:
     except BoundsError as exc:
         raise MudError(path, exc.message, exc.where) from None
     return _Reader(path).read(doc)
-
-
-@dataclass
-class DeviceSelectors:
-    """Who the MUD file's device is on this ward (a MUD file describes a kind of device)."""
-
-    mac: list[str] = field(default_factory=list)
-    oui: list[str] = field(default_factory=list)
-    ip: list[str] = field(default_factory=list)
-    vlan: list[int] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.mac or self.oui or self.ip or self.vlan)
-
-
-def mud_draft(profile: MudProfile, device: DeviceSelectors,
-              fills: dict[str, list[str]] | None = None,
-              name: str | None = None) -> PolicyDraft:
-    """The MUD profile as a policy draft. `fills` gives members to placeholder groups (by
-    group name, DNS name or URI); unknown names are an error."""
-    fills = dict(fills or {})
-    for peer in profile.peers.values():
-        for key in (peer.name, peer.value):
-            if key and key in fills and (peer.placeholder or peer.kind == "dns"):
-                peer.members = fills.pop(key)
-                peer.placeholder = False
-            elif key and key in fills and peer.kind == "local-networks":
-                peer.members = fills.pop(key)
-    if fills:
-        known = ", ".join(sorted(p.name for p in profile.peers.values())) or "none"
-        raise WardtapError(f"--fill {', '.join(sorted(fills))}: no such placeholder in "
-                           f"{profile.path} (placeholders: {known})")
-    dev_name = profile.device_name
-    dev = GroupSpec(dev_name, mac=list(device.mac), oui=list(device.oui), ip=list(device.ip),
-                    vlan=list(device.vlan), placeholder=device.empty)
-    dev.description = f"devices described by {profile.url}"
-    dev.comments.append("The MUD file's device: " + ", ".join(
-        f"{k} {v}" for k, v in profile.info.items() if k != "documentation") or profile.url)
-    if device.empty:
-        dev.comments.append("FILL IN: which devices these are (mac, oui, ip or vlan), or "
-                            "import with --mac/--oui/--ip/--vlan")
-    groups = [dev]
-    taken = {dev_name}
-    for peer in sorted(profile.peers.values(), key=lambda p: p.name):
-        if peer.name in taken:
-            peer.name = unique(peer.name, taken)
-        taken.add(peer.name)
-        g = GroupSpec(peer.name, ip=list(peer.members), placeholder=peer.placeholder,
-                      description=peer.note,
-                      names=[peer.value] if peer.kind == "dns" else [])
-        g.comments.append(f"MUD {peer.kind}" + (f" {peer.value}" if peer.value else "")
-                          + (": FILL IN the addresses, then uncomment this group and its "
-                             "rules" if peer.placeholder else ""))
-        groups.append(g)
-    rules: list[RuleSpec] = []
-    seen: dict[tuple[Any, ...], RuleSpec] = {}
-    names: set[str] = set()
-    for r in profile.rules:
-        other = dev_name if r.peer.kind == "device" else r.peer.name
-        if r.initiator == "peer":
-            src, dst = other, dev_name
-        else:
-            src, dst = dev_name, other
-        proto: str | int = _PROTO_NAMES.get(r.proto, r.proto) if r.proto else "any"
-        ports: list[int | str] | None = None
-        if r.ports is not None and not (len(r.ports) == 1 and r.ports[0] == (0, 65535)):
-            ports = [lo if lo == hi else f"{lo}-{hi}" for lo, hi in r.ports]
-        icmp: list[int | str] | None = list(r.icmp_types) if r.icmp_types else None
-        initiate = "either" if r.initiator == "either" else "from"
-        same = (src, dst, proto, tuple(ports or ()), tuple(icmp or ()), initiate)
-        origin = f"MUD {r.direction} ACL {r.acl!r} entry {r.ace!r} ({r.where}): {r.text}"
-        if same in seen:
-            seen[same].comments.append(origin)
-            continue
-        spec = RuleSpec(unique(safe_name(f"{r.acl}-{r.ace}"), names), [src], [dst], proto,
-                        ports, icmp, initiate, comments=[origin])
-        seen[same] = spec
-        rules.append(spec)
-    header = [f"Imported by `wardtap policy import-mud` from {profile.path}",
-              f"MUD URL {profile.url}"]
-    header += [f"{k}: {v}" for k, v in profile.info.items()]
-    header += ["Each accepted ACE is one rule from the side that starts the flow to the side",
-               "that answers; the from-device and to-device halves of a flow are one rule."]
-    if profile.warnings:
-        header.append("Warnings:")
-        header += [f"  {w}" for w in profile.warnings]
-    draft = PolicyDraft(name or f"mud-{dev_name}", 1, header=header, groups=groups,
-                        rules=rules)
-    draft.setting_notes["arp"] = "MUD files say nothing about ARP; IPv4 needs it"
-    draft.setting_notes["non_ip"] = "MUD files describe IP traffic only"
-    return draft
-
-
-def parse_fills(items: list[str]) -> dict[str, list[str]]:
-    """`--fill NAME=ADDR[,ADDR...]` options as {name: [addresses]}, addresses checked."""
-    out: dict[str, list[str]] = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        addrs = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not name or not addrs:
-            raise WardtapError(f"--fill {item!r}: expected NAME=ADDRESS[,ADDRESS...]")
-        for a in addrs:
-            try:
-                ipaddress.ip_network(a, strict=False)
-            except ValueError:
-                raise WardtapError(f"--fill {item!r}: {a!r} is not an address or CIDR "
-                                   "block") from None
-        out.setdefault(name, []).extend(addrs)
-    return out
-
-
-_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.I)
-_OUI = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){2}$", re.I)
-
-
-def device_selectors(mac: list[str], oui: list[str], ip: list[str],
-                     vlan: list[str]) -> DeviceSelectors:
-    """Command-line selectors (repeatable, comma-separated) checked and normalised."""
-    def split(values: list[str]) -> list[str]:
-        return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-    out = DeviceSelectors()
-    for m in split(mac):
-        if not _MAC.match(m):
-            raise WardtapError(f"--mac {m!r}: not a MAC address like 00:1a:2b:3c:4d:5e")
-        out.mac.append(m.lower().replace("-", ":"))
-    for o in split(oui):
-        if not _OUI.match(o):
-            raise WardtapError(f"--oui {o!r}: not an OUI like 00:1a:2b")
-        out.oui.append(o.lower().replace("-", ":"))
-    for a in split(ip):
-        try:
-            out.ip.append(str(ipaddress.ip_network(a, strict=False)) if "/" in a
-                          else str(ipaddress.ip_address(a)))
-        except ValueError:
-            raise WardtapError(f"--ip {a!r}: not an address or CIDR block") from None
-    for v in split(vlan):
-        if not v.isdigit() or not 0 <= int(v) <= 4095:
-            raise WardtapError(f"--vlan {v!r}: not a VLAN id 0-4095")
-        out.vlan.append(int(v))
-    return out

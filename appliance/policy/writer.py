@@ -3,7 +3,7 @@
 `wardtap learn` and `wardtap policy import-mud` build a :class:`PolicyDraft` and render it
 here, so both produce the same layout: a header, the settings, the groups, the rules, every
 table preceded by comments saying where it came from. A group that only the operator can fill
-in (a MUD file's DNS names, a controller) is a *placeholder*: written commented out, with
+in (a MUD controller no one configured) is a *placeholder*: written commented out, with
 every rule that names it, so the file stays valid and allows nothing it cannot check.
 """
 
@@ -58,6 +58,8 @@ class GroupSpec:
     ip: list[str] = field(default_factory=list)
     vlan: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)          # DNS names (docs/policy.md)
+    role: list[str] = field(default_factory=list)           # server roles (inventory)
+    maker: list[str] = field(default_factory=list)          # makes / MAC vendors (inventory)
     description: str | None = None
     comments: list[str] = field(default_factory=list)      # lines above the table
     notes: dict[str, str] = field(default_factory=dict)    # member -> comment after it
@@ -65,7 +67,8 @@ class GroupSpec:
 
     @property
     def empty(self) -> bool:
-        return not (self.mac or self.oui or self.ip or self.vlan or self.names)
+        return not (self.mac or self.oui or self.ip or self.vlan or self.names or self.role
+                    or self.maker)
 
 
 @dataclass
@@ -159,7 +162,7 @@ def render(draft: PolicyDraft) -> str:
         body.append(f"[groups.{_key(g.name)}]")
         if g.description:
             body.append(f"description = {_s(g.description)}")
-        for key in ("mac", "oui", "ip", "vlan", "names"):
+        for key in ("mac", "oui", "ip", "vlan", "names", "role", "maker"):
             values = getattr(g, key)
             if values:
                 body.extend(_array(key, values, g.notes))

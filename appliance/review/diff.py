@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 def _members(g: Group) -> dict[str, list[str]]:
     return {"mac": sorted(m.hex(":") for m in g.macs), "oui": sorted(o.hex(":") for o in g.ouis),
             "ip": sorted(str(n) for n in g.nets), "vlan": [str(v) for v in sorted(g.vlans)],
-            "names": sorted(g.names)}
+            "names": sorted(g.names), "class": sorted(g.classes), "role": sorted(g.roles),
+            "maker": sorted(g.makers)}
 
 
 def _identity(g: Group) -> tuple[tuple[str, ...], ...]:
     m = _members(g)
-    return tuple(tuple(m[k]) for k in ("mac", "oui", "ip", "vlan", "names"))
+    return tuple(tuple(m[k]) for k in ("mac", "oui", "ip", "vlan", "names", "class", "role",
+                                       "maker"))
 
 
 def _canon_end(policy: Policy, item: str) -> Any:
@@ -172,7 +174,23 @@ def _probes(policies: Sequence[Policy]) -> list[_Probe]:
             out.append(_Probe(f"other IPv{a.version} addresses", None, addr))
     for name, addr in _name_probes(policies).items():
         out.append(_Probe(f"name {name}", None, addr))
+    for tag, mac in _inventory_probes(policies).items():
+        out.append(_Probe(tag.replace(":", " ", 1), mac, None))
     return out
+
+
+def _inventory_probes(policies: Sequence[Policy]) -> dict[str, str]:
+    """A MAC standing for "a device the inventory puts in this class / role / of this maker"
+    ("role:DNS server"), for each such selector the policies use: locally administered
+    MACs under 02:00:5e:aa, which no ward's devices use."""
+    tags = sorted({f"{kind}:{value}" for p in policies for g in p.groups.values()
+                   for kind, value in g.inventory()})
+    return {t: f"02:00:5e:aa:{i >> 8:02x}:{i & 255:02x}" for i, t in enumerate(tags)}
+
+
+def _tags_of(policies: Sequence[Policy]) -> Any:
+    by_mac = {mac: frozenset([tag]) for tag, mac in _inventory_probes(policies).items()}
+    return lambda mac: by_mac.get(mac, frozenset())
 
 
 def _name_probes(policies: Sequence[Policy]) -> dict[str, str]:
@@ -240,8 +258,8 @@ def _conversations(old: Policy, new: Policy) -> tuple[list[dict[str, Any]],
     from appliance.policy.evaluate import Endpoint, Evaluator
     from appliance.policy.model import ICMP
 
-    names_of = _names_of([old, new])
-    ev = (Evaluator(old, names_of), Evaluator(new, names_of))
+    names_of, tags_of = _names_of([old, new]), _tags_of([old, new])
+    ev = (Evaluator(old, names_of, tags_of), Evaluator(new, names_of, tags_of))
     probes = _probes([old, new])
     vlans = _vlans([old, new])
     other_vlan = vlans[-1] if vlans and vlans[-1] not in {

@@ -52,6 +52,9 @@ format = "rfc5424"          # or "cef"
 
 [eve]                       # optional: a Suricata-EVE-like JSON file (appliance.outputs.eve)
 path = "eve.json"
+
+[mud.controllers]           # optional: RFC 8520 my-controller, per MUD URL (policy import-mud)
+"https://mud.pumpvendor.example/infusion/lvp-7.json" = ["10.20.0.16"]
 ```
 
 conf/wardtap.toml in the source tree is a sample with every key explained.
@@ -105,6 +108,8 @@ class Config:
     integrity: dict[str, Any] | None = None
     # [syslog], [eve]: (output name, options) for appliance.outputs.make_output
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # [mud.controllers]: MUD URL -> the addresses of the controllers this ward uses for it
+    mud_controllers: dict[str, list[str]] = field(default_factory=dict)
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -138,6 +143,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "syslog": {"url": str, "format": str, "facility": str, "ca": str, "cert": str, "key": str,
                "types": list, "hostname": str},
     "eve": {"path": str, "flows": bool},
+    "mud": {"controllers": dict},
 }
 _BROKER_PATHS = ("ca", "cert", "key", "password_file", "fleet_key", "spool")
 
@@ -254,7 +260,31 @@ def load_config(path: str) -> Config:
         udp_timeout=float(udp_timeout), learn_output=rel(get("learn", "output")),
         learn_interval=get("learn", "interval", 0),
         panel=get("panel", "enabled", True), integrity=integrity,
+        mud_controllers=_mud_controllers(path, lines, get("mud", "controllers", {})),
     )
+
+
+def _mud_controllers(path: str, lines: TomlLines, table: dict[str, Any]
+                     ) -> dict[str, list[str]]:
+    """[mud.controllers]: "MUD URL" = ["address or CIDR block", ...]."""
+    import ipaddress
+
+    out: dict[str, list[str]] = {}
+    for url, addresses in table.items():
+        line = lines.key("[mud.controllers]", url)
+        where = f"mud.controllers.{url}"
+        if not url.startswith(("https://", "http://")):
+            raise ConfigError(path, "must be a MUD URL (https://...)", line, where)
+        if not isinstance(addresses, list) or not addresses:
+            raise ConfigError(path, "must be a list of addresses", line, where)
+        for a in addresses:
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except (ValueError, TypeError):
+                raise ConfigError(path, f"{a!r} is not an address or CIDR block", line,
+                                  where) from None
+        out[url] = [str(a) for a in addresses]
+    return out
 
 
 def _broker(path: str, lines: TomlLines, doc: dict[str, Any], rel: Any,

@@ -24,7 +24,7 @@ from demoward.ward import DEMO_POLICY
 MUD = ROOT / "tests" / "data" / "infusion-pump.mud.json"
 FILLS = ["--fill", "pumpserver.hosp.example=10.40.104.0/24,10.20.0.15",
          "--fill", "urn:ietf:params:mud:dns=10.20.0.53",
-         "--fill", "controller-ietf-params-mud-ntp=10.20.0.123"]
+         "--fill", "ntp-servers=10.20.0.123"]
 
 OLD = """\
 [policy]
@@ -257,28 +257,35 @@ def test_python_evaluator_agrees_with_the_fast_path(demo: dict[str, Any], small:
 # --- import-mud -----------------------------------------------------------------------------
 
 
-def test_import_mud_with_placeholders(tmp_path: Path) -> None:
+def test_import_mud_resolves_its_peers_without_a_hand_edit(tmp_path: Path) -> None:
     result = run_wardtap("policy", "import-mud", str(MUD), "--oui", "00:12:21", "--vlan", "104")
     assert result.returncode == 0, result.stderr
     policy = parse_policy(result.stdout, "mud.toml")
     assert policy.groups["lvp-7"].vlans == (104,)
-    # the rules whose peers are addresses or DNS names are active; the rest (controllers,
-    # the manufacturer's other devices) wait for the operator
+    # every peer the appliance can resolve by itself is a live group; only my-controller,
+    # which no configuration names here, waits for the operator, and says so in one line
     active = {(r.sources, r.destinations, r.proto, r.ports, r.either) for r in policy.rules}
     assert active == {
         (("lvp-7",), ("dns-pumpserver.hosp.example",), 6, ((443, 443),), False),
+        (("lvp-7",), ("dns-servers",), 17, ((53, 53),), False),
+        (("lvp-7",), ("ntp-servers",), 17, ((123, 123),), False),
         (("lvp-7",), ("local-networks",), 1, ((8, 8),), False),
+        (("lvp-7",), ("same-manufacturer",), 17, ((47000, 47010),), False),
         (("lvp-7",), ("ff02::/16",), 58, (), True),
         (("lvp-7",), ("fe80::/10",), 58, (), True),
     }
-    # a MUD DNS name is a group of that name, with no placeholder left
     assert policy.groups["dns-pumpserver.hosp.example"].names == ("pumpserver.hosp.example",)
-    assert not any("dns-pumpserver" in line and line.startswith("#")
-                   for line in result.stdout.splitlines() if "[groups." in line)
+    assert policy.groups["dns-servers"].roles == ("DNS server",)
+    assert policy.groups["ntp-servers"].roles == ("NTP server",)
+    same = policy.groups["same-manufacturer"]
+    assert same.ouis == (bytes.fromhex("001221"),) and same.makers == ("Example Medical",)
     assert '# from = "my-controller"' in result.stdout
     warnings = result.stderr.strip().splitlines()
-    assert not any("dnsname" in w for w in warnings)
-    assert any("ietf-mud:mud.same-manufacturer" in w for w in warnings)
+    assert not any("dnsname" in w or "same-manufacturer" in w or "mud:dns" in w
+                   for w in warnings)
+    mine = [w for w in warnings if "my-controller" in w]
+    assert len(mine) == 1 and "no controller configured for MUD URL " \
+        "https://mud.pumpvendor.example/infusion/lvp-7.json" in mine[0]
     assert any("local-networks" in w and "10.0.0.0/8" in w for w in warnings)
 
 
@@ -298,8 +305,8 @@ def test_import_mud_filled_in_maps_directions(tmp_path: Path) -> None:
     assert rules == {
         # from-device + to-device halves of one TCP conversation fold into one rule
         ("lvp-7", "dns-pumpserver.hosp.example", "tcp", (443,), "from"),
-        ("lvp-7", "controller-ietf-params-mud-dns", "udp", (53,), "from"),
-        ("lvp-7", "controller-ietf-params-mud-ntp", "udp", (123,), "from"),
+        ("lvp-7", "dns-servers", "udp", (53,), "from"),
+        ("lvp-7", "ntp-servers", "udp", (123,), "from"),
         ("lvp-7", "local-networks", "icmp", (8,), "from"),       # echo reply -> request
         ("my-controller", "lvp-7", "tcp", (8443,), "from"),      # direction-initiated
         ("lvp-7", "same-manufacturer", "udp", ("47000-47010",), "from"),
@@ -384,7 +391,7 @@ def test_invalid_json_and_unknown_fill(tmp_path: Path) -> None:
     line = _one_error(run_wardtap("policy", "import-mud", str(mud)))
     assert f"{mud}: line 3 column 3: not valid JSON" in line
     line = _one_error(run_wardtap("policy", "import-mud", str(MUD), "--fill", "nope=10.0.0.1"))
-    assert "--fill nope: no such placeholder" in line and "my-controller" in line
+    assert "--fill nope: no such group" in line and "my-controller" in line
     line = _one_error(run_wardtap("policy", "import-mud", str(MUD), "--fill", "my-controller"))
     assert "expected NAME=ADDRESS" in line
     line = _one_error(run_wardtap("policy", "import-mud", str(MUD), "--mac", "00:12"))
@@ -453,7 +460,7 @@ def test_drift_against_a_mud_file(demo: dict[str, Any]) -> None:
         unused = {r["rule"] for r in devices[mac]["allowed_never_seen"]}
         assert "mud-lvp7-v4fr-ping0-frdev" in unused          # allowed, never pinged
         assert "mud-lvp7-v4fr-cl0-frdev" not in unused        # its pump server: seen
-    assert len(d["unchecked_rules"]) == 2
+    assert len(d["unchecked_rules"]) == 1         # my-controller: none configured
     assert any("my-controller" in u for u in d["unchecked_rules"])
 
 

@@ -21,7 +21,8 @@ with instrumented("appliance"):
     from appliance.errors import PolicyError
     from appliance.policy.lint import lint
     from appliance.policy.model import compile_policy, parse_policy
-    from appliance.policy.mud import MudError, device_selectors, mud_draft, parse_mud
+    from appliance.policy.mud import MudError, parse_mud
+    from appliance.policy.muddraft import device_selectors, mud_draft
     from appliance.policy.writer import render
 
 DEVICE = device_selectors(["00:1a:2b:00:00:01"], [], ["10.4.1.10"], [])

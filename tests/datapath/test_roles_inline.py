@@ -1,0 +1,160 @@
+"""A `role` group inline, on real traffic: the appliance learns which device is the ward's
+DNS server from dnsmasq's answers, and the policy's `role = ["DNS server"]` group (what a
+MUD file's `urn:ietf:params:mud:dns` controller imports as) then allows DNS to it in
+enforce mode, and nothing the role does not cover.
+
+    ward (10.77.0.10)  --  [ appliance: br0, inline ]  --  uplink 10.77.0.20
+    getent (glibc's resolver)                                dnsmasq
+
+Inline, the classifier sees a conversation's first packets only, so it learns no server
+role on the uplink side by itself (docs/policy.md, "Selecting devices by role"). The role is
+learned the way a site would: traffic captured on the ward port (tcpdump, as a mirror port
+would give it) replayed into the store (`wardtap replay --db`); the inline appliance then
+resolves the role from that store when it loads the policy. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from inlinekit import InlineAppliance
+from netns import UPLINK_IP, Ward, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+NTP_PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"\\x1b" + bytes(47), (sys.argv[1], 123))
+"""
+
+
+def policy(ward_mac: str, version: int = 1) -> str:
+    return f"""
+[policy]
+name = "roles"
+version = {version}
+
+[groups.ward]
+mac = ["{ward_mac}"]
+
+[groups.dns-servers]
+role = ["DNS server"]
+
+[groups.ntp-servers]
+role = ["NTP server"]
+
+[[rules]]
+name = "dns"
+from = "ward"
+to = "dns-servers"
+proto = "udp"
+ports = [53]
+
+[[rules]]
+name = "ntp"
+from = "ward"
+to = "ntp-servers"
+proto = "udp"
+ports = [123]
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Ward]:
+    os.chmod(tmp_path, 0o755)
+    with Ward() as ward:
+        resolv = Path("/etc/netns") / ward.ward
+        resolv.mkdir(parents=True, exist_ok=True)
+        (resolv / "resolv.conf").write_text(f"nameserver {UPLINK_IP}\noptions timeout:1 "
+                                            "attempts:1\n")
+        log = open(tmp_path / "dnsmasq.log", "w")  # noqa: SIM115  (owned by the process)
+        dnsmasq = ward.popen(ward.uplink, [
+            "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+            "--conf-file=/dev/null", f"--listen-address={UPLINK_IP}", "--bind-interfaces",
+            "--address=/pumps.vendor.example/10.77.0.21", f"--pid-file={tmp_path}/dns.pid",
+            "--user=root", "--log-facility=-"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: ward.exec(ward.uplink, ["ss", "-lnuH", "sport", "= :53"],
+                                       check=False).stdout.strip(), timeout=15,
+                     what="dnsmasq to listen")
+            yield ward
+        finally:
+            dnsmasq.terminate()
+            dnsmasq.wait(timeout=10)
+            log.close()
+            shutil.rmtree(resolv, ignore_errors=True)
+
+
+def resolves(ward: Ward) -> bool:
+    out = ward.exec(ward.ward, ["getent", "ahostsv4", "pumps.vendor.example"], check=False,
+                    timeout=10)
+    return "10.77.0.21" in out.stdout
+
+
+def roles_in_store(db: Path, mac: str) -> tuple[str, str] | None:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2) as conn:
+        row = conn.execute("SELECT class, roles FROM inventory WHERE mac = ?",
+                           (mac,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
+        site: Ward, tmp_path: Path) -> None:
+    ward = site
+    uplink = ward.mac(ward.uplink)
+    # learn: the ward port captured while the ward resolves names, replayed into the store
+    capture = tmp_path / "ward.pcap"
+    dump = ward.popen(ward.appliance, ["tcpdump", "-i", "ward0", "-U", "-s", "0", "-w",
+                                       str(capture)],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert dump.stderr is not None and "listening" in dump.stderr.readline()
+    try:
+        # until the capture holds the answers (tcpdump may start a moment after it says so)
+        wait_for(lambda: resolves(ward) and capture.stat().st_size > 600, timeout=20,
+                 interval=0.2, what="dnsmasq's answers in the capture")
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    db = tmp_path / "wardtap.db"
+    subprocess.run([sys.executable, "-m", "appliance.cli", "replay", str(capture), "--db",
+                    str(db), "--mode", "learn", "--dissect"], check=True, capture_output=True,
+                   timeout=60,
+                   cwd=ROOT)
+    assert roles_in_store(db, uplink) == ("DNS server", '["DNS server"]')
+    # enforce inline: the role resolves to dnsmasq's MAC when the policy is loaded
+    app = InlineAppliance(ward, tmp_path, policy(ward.mac(ward.ward)), mode="enforce",
+                          extra_config='[store]\npath = "wardtap.db"\n').start()
+    try:
+        assert resolves(ward)
+        assert not [e for e in app.events("violation") if e.get("dport") == 53]
+        # NTP to the same host: it is no NTP server, so the ntp rule does not cover it (the
+        # nearest rule is dns, to the same group, on another port)
+        ward.exec(ward.ward, [sys.executable, "-c", NTP_PROBE, UPLINK_IP], timeout=10)
+        found = wait_for(lambda: [e for e in app.events("violation")
+                                  if e.get("dst") == UPLINK_IP and e.get("dport") == 123],
+                         timeout=10, what="the NTP probe denied")
+        assert found[0]["reason"] == "port_not_allowed"         # type: ignore[index]
+    finally:
+        app.kill(signal.SIGTERM)
+    # the same policy with a store that knows no DNS server: DNS is denied
+    db.unlink()
+    app = InlineAppliance(ward, tmp_path, policy(ward.mac(ward.ward), 2), mode="enforce",
+                          extra_config='[store]\npath = "wardtap.db"\n').start()
+    try:
+        assert not resolves(ward)
+        wait_for(lambda: [e for e in app.events("violation")
+                          if e.get("dst") == UPLINK_IP and e.get("dport") == 53
+                          and e.get("reason") == "no_rule"],
+                 timeout=10, what="the DNS query denied")
+    finally:
+        app.kill(signal.SIGTERM)
