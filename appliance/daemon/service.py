@@ -14,7 +14,6 @@ reload or a push brings a usable policy.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
@@ -39,6 +38,7 @@ from appliance.daemon.commands import (
     finish,
     refused,
 )
+from appliance.daemon.events import EventPump, RecentViolations
 from appliance.daemon.meters import RATE_INTERVAL, IdentifyBudget, RateMeter
 from appliance.daemon.policyload import (
     MAX_WARNINGS_SHOWN,
@@ -71,16 +71,11 @@ log = logging.getLogger("wardtap")
 BATCH_MAX = 1 << 16
 
 SNAPSHOT_INTERVAL = 10.0
-EVENT_DRAIN = 8192
 PANEL_INTERVAL = 1.0
 # Repeated failure: this many failed batches within the window put the appliance in bypass.
 FAILURES_FOR_BYPASS = 3
 FAILURE_WINDOW = 60.0
-# The console (wardtap status/top): the last violations.
-RECENT_VIOLATIONS = 20
 TCP_IDLE, ICMP_IDLE, OTHER_IDLE, CLOSING_IDLE = 3600.0, 30.0, 120.0, 10.0   # the fast path's
-VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", "vlan",
-                    "reason", "verdict", "rule", "smac")
 
 
 def flow_timeouts(udp: float) -> tuple[float, float, float, float, float]:
@@ -106,6 +101,7 @@ class Daemon:
         self.classifier = Classifier(flow_capacity=config.flows,
                                      device_capacity=config.devices,
                                      timeouts=flow_timeouts(config.udp_timeout))
+        self.events = EventPump(self.classifier)   # ring -> outputs (appliance.daemon.events)
         self.batches = 0
         self.last_batch = time.monotonic()
         self.baseline: Baseline | None = None
@@ -120,9 +116,7 @@ class Daemon:
         self.notify = ServiceNotifier(alive=lambda: all(o.alive() for o in self.outputs))
         self.integrity: IntegrityMonitor | None = None   # [integrity] manifests, checked
         self.rates = RateMeter()           # for the console: packets/s, recent violations
-        self.recent_violations: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=RECENT_VIOLATIONS)
-        self.violations_seen = 0
+        self.violations = RecentViolations()   # for the console: the last ones and a count
         self.worker = PolicyWorker()       # loads and compiles policies off the main loop
         self.pending: list[tuple[Request, Pending]] = []
         # the policy file could not be used: {"error", "running" ("last-good" or None),
@@ -170,6 +164,7 @@ class Daemon:
 
                 self.integrity = IntegrityMonitor.from_config(cfg.integrity)
                 self.integrity.start()          # first check now, then every interval
+            self._route_events()
             options = dict(cfg.datapath_options)
             if cfg.datapath == "inline":
                 # the kernel's hints mean something past the classifier's answer window
@@ -440,9 +435,11 @@ class Daemon:
                 check_usable(self.policy, mode)
             except PolicyError as exc:
                 return refused("invalid_policy", str(exc))
+        self._flush_events()           # what is queued goes to the readers it was queued for
         previous, self.mode = self.mode, mode
         if mode == "learn" and self.baseline is None:
             self.baseline = Baseline()
+        self._route_events()
         self.classifier.set_mode("learn" if mode in ("learn", "bypass") else mode)
         if self.source is not None:
             self.source.set_bypass(mode == "bypass")
@@ -601,8 +598,7 @@ class Daemon:
                if self.identification is not None else {}),
             **({"integrity": self.integrity.status()} if self.integrity is not None else {}),
             "health": self._health(), "rate": self.rates.rate(stats),
-            "violations": {"seen": self.violations_seen,
-                           "recent": list(reversed(self.recent_violations))},
+            "violations": self.violations.status(),
             "broker": self._broker_status(),
         }
 
@@ -649,12 +645,12 @@ class Daemon:
         return {"name": self.policy.name, "version": self.policy.version,
                 "sha256": self.policy.digest, "generation": self.generation}
 
+    def _route_events(self) -> None:   # queue and build only what someone reads
+        self.events.route(self.outputs, self.identification is not None, self.mode == "learn")
+
     def _flush_events(self) -> None:
-        while True:
-            records = self.classifier.drain(EVENT_DRAIN)
-            if not records:
-                return
-            events = [event_dict(rec, self._rule_name) for rec in records]
+        rule_name = self.policy.rule_name if self.policy is not None else None
+        for events in self.events.drain(rule_name):
             if self.identification is not None:
                 self.identification.on_events(events)
             self._publish(events)
@@ -666,13 +662,8 @@ class Daemon:
     def _publish(self, events: list[dict[str, Any]]) -> None:
         if self.baseline is not None and self.mode == "learn":
             self.baseline.observe(events)
-        violations = [e for e in events if e["type"] == "violation"]
-        if violations:
-            self.violations_seen += len(violations)
-            self.recent_violations.extend({k: e[k] for k in VIOLATION_FIELDS if k in e}
-                                          for e in violations[-RECENT_VIOLATIONS:])
-            if self.panel is not None:
-                self.panel.violation()
+        if self.violations.add(events) and self.panel is not None:
+            self.panel.violation()
         for output in self.outputs:
             try:
                 output.publish(events)

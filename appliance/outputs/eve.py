@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from appliance.errors import WardtapError
-from appliance.outputs.base import Output
+from appliance.outputs.base import FASTPATH_EVENT_TYPES, Output
 from appliance.outputs.siem import eve
 
 
@@ -25,6 +25,7 @@ class EveOutput(Output):
     def __init__(self, path: str, flows: bool = False, host: str | None = None) -> None:
         self.path = path
         self.flows = flows
+        self.event_types = FASTPATH_EVENT_TYPES - (set() if flows else {"flow_end"})
         self.host = host
         try:
             self._fh: Any = open(path, "a", encoding="utf-8")  # noqa: SIM115

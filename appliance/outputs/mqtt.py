@@ -41,7 +41,7 @@ from appliance.contract.broker import (
 from appliance.contract.commands import CommandProcessor
 from appliance.errors import WardtapError
 from appliance.outputs.audit import AuditLog
-from appliance.outputs.base import Output
+from appliance.outputs.base import FASTPATH_EVENT_TYPES, Output
 from appliance.outputs.fleetcommands import FleetCommands, Submit
 from appliance.outputs.sender import SpoolSender
 from appliance.outputs.settings import ReporterSettings
@@ -142,6 +142,9 @@ class MqttOutput(Output):
         return cls(ReporterSettings.from_options(options), **kwargs)
 
     # -- Output interface (daemon main loop) -------------------------------------------------
+
+    # flow events are left to the stats counters (SKIP_TYPES)
+    event_types = FASTPATH_EVENT_TYPES - SKIP_TYPES
 
     def alive(self) -> bool:
         """The sender thread runs (it moves the spool to the broker); True once closed."""

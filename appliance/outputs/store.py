@@ -362,38 +362,67 @@ def _violation_row(run: int, e: dict[str, Any]) -> dict[str, Any]:
 
 
 class StoreOutput(Output):
-    """The daemon's store output. A batch the store cannot take now (the file busy beyond
-    the retries, the disk full) is kept in memory, in order, and written with the next one
-    (at most HELD_EVENTS; beyond that the oldest are counted as lost and said so)."""
+    """The daemon's store output: flow ends and violations, taken as structured arrays
+    (`publish_array`, no Python object per event) and written with `Store.add_event_array`.
+    A batch the store cannot take now (the file busy beyond the retries, the disk full) is
+    kept in memory, in order, and written before the next one (at most HELD_EVENTS events;
+    beyond that the oldest are counted as lost and said so)."""
 
     name = "store"
+    event_types: frozenset[str] | None = frozenset()     # no dicts: the arrays carry it all
+    array_types = frozenset({"flow_end", "violation"})
 
     def __init__(self, store: Store, run: int) -> None:
         self.store = store
         self.run = run
         self._written: dict[int, dict[str, Any]] = {}
-        self.held: list[dict[str, Any]] = []
+        # batches not written yet, oldest first: (flow ends and violations, rule names)
+        self.held: list[tuple[Any, Callable[[int], str | None] | None]] = []
         self.lost = 0
         self.failures = RateLimitedLog(log)
 
-    def publish(self, events: list[dict[str, Any]]) -> None:
-        kept = [e for e in events if e["type"] in ("flow_end", "violation")]
-        if not kept and not self.held:
-            return
-        batch = self.held + kept
-        try:
-            self.store.add_events(self.run, batch)
-        except StoreError as exc:
-            self.held = batch[-HELD_EVENTS:]
-            lost = len(batch) - len(self.held)
-            self.lost += lost
-            self.failures.error("write", f"store: {len(self.held):,} events wait in memory "
-                                f"for the next write ({exc})" + (
-                                    f"; {self.lost:,} lost so far" if self.lost else ""))
-            return
-        if self.held:
-            log.warning("store: %d events that waited in memory are written", len(self.held))
-        self.held = []
+    @property
+    def held_events(self) -> int:
+        return sum(len(events) for events, _ in self.held)
+
+    def publish_array(self, events: Any,
+                      rule_name: Callable[[int], str | None] | None = None) -> None:
+        from appliance.common.eventarrays import of_types
+
+        kept = of_types(events, self.array_types)       # a copy: the drain's view is reused
+        if len(kept):
+            self.held.append((kept, rule_name))
+        self._write_held()
+
+    def _write_held(self) -> None:
+        waited = self.held_events if len(self.held) > 1 else 0
+        while self.held:
+            events, rule_name = self.held[0]
+            try:
+                self.store.add_event_array(self.run, events, rule_name)
+            except StoreError as exc:
+                self._bound()
+                self.failures.error("write", f"store: {self.held_events:,} events wait in "
+                                    f"memory for the next write ({exc})" + (
+                                        f"; {self.lost:,} lost so far" if self.lost else ""))
+                return
+            self.held.pop(0)
+        if waited:
+            log.warning("store: %d events that waited in memory are written", waited)
+
+    def _bound(self) -> None:
+        """Keep at most HELD_EVENTS events, dropping (and counting) the oldest."""
+        over = self.held_events - HELD_EVENTS
+        while over > 0:
+            events, rule_name = self.held[0]
+            if len(events) <= over:
+                self.held.pop(0)
+                self.lost += len(events)
+                over -= len(events)
+            else:
+                self.held[0] = (events[over:], rule_name)
+                self.lost += over
+                over = 0
 
     def snapshot(self, stats: dict[str, Any], devices: list[dict[str, Any]]) -> None:
         """Write each device's counters since the last write (the store adds them up)."""
@@ -406,7 +435,7 @@ class StoreOutput(Output):
                             "bytes_received", "flows", "violations"):
                     delta[key] = device[key] - before[key]
             deltas.append(delta)
-        self.publish([])                     # events kept from a failed write go first
+        self._write_held()                   # events kept from a failed write go first
         try:
             if deltas:
                 self.store.merge_devices(deltas)
@@ -420,7 +449,7 @@ class StoreOutput(Output):
 
     def close(self) -> None:
         if self.held:
-            self.publish([])
+            self._write_held()
         if self.held:
-            log.error("store: %d events could not be written and are lost", len(self.held))
+            log.error("store: %d events could not be written and are lost", self.held_events)
             self.held = []

@@ -26,7 +26,7 @@ import urllib.parse
 from typing import Any
 
 from appliance.errors import WardtapError
-from appliance.outputs.base import Output
+from appliance.outputs.base import FASTPATH_EVENT_TYPES, Output
 from appliance.outputs.siem import SyslogFormatter
 
 log = logging.getLogger("wardtap.syslog")
@@ -82,6 +82,8 @@ class SyslogOutput(Output):
                 raise SyslogError(f"syslog TLS: cannot load the CA or certificate: "
                                   f"{getattr(exc, 'reason', None) or exc}") from None
         self.types = set(types) if types else None
+        self.event_types = (FASTPATH_EVENT_TYPES & self.types if self.types
+                            else FASTPATH_EVENT_TYPES - {"flow_end"})
         self.connect_timeout = connect_timeout
         self.queue: collections.deque[bytes] = collections.deque()
         self.lock = threading.Condition()
