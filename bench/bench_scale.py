@@ -19,6 +19,11 @@ Sections (each can be left out with --skip or chosen with --only):
 - callgrind: instructions per flow-table hit, compact and general (bench_replay.m_callgrind).
 - marginal: instructions per packet of a whole replay against tcpdump + BPF, as the difference
   of runs over 300k and 600k packets of the ward capture (start-up cancels).
+- daemon: a live `wardtap run` (replay source) under a port scan (every flow a new one,
+  SYN then RST, nine in ten denied): the daemon's CPU per event and events/s into its
+  store, as the difference of two scan sizes (start-up cancels), for the daemon as it is
+  (store only; store and an event log of every event) and, with --before REF, the same
+  daemon at git REF (its own worktree under OUT, the fast path copied in).
 - startup: `wardtap --help` and `wardtap status` wall time, against `python -c pass`, with
   no daemon and against an idle and a busy daemon (the demo ward replayed over and over).
 
@@ -63,7 +68,8 @@ from appliance.sources.capture import CaptureFile  # noqa: E402
 
 PY = sys.executable
 WARDTAP = str(Path(PY).parent / "wardtap")
-SECTIONS = ("scale", "flood", "events", "store", "classifier", "callgrind", "marginal", "startup")
+SECTIONS = ("scale", "flood", "events", "store", "classifier", "callgrind", "marginal", "startup",
+            "daemon")
 CLIENTS = 64
 POLICY = """\
 [policy]
@@ -530,6 +536,140 @@ def m_startup(out: Path, repeat: int) -> dict[str, Any]:
     return res
 
 
+def write_scan(path: Path, flows: int) -> Path:
+    """A port scan: flow f is a SYN from 10.40.0.(10 + f % 64) port 1024 + f // 64 to
+    10.20.0.15 port 443 (every tenth: allowed) or 8000 + f % 1000 (denied), answered at once
+    by the server's RST. 2 packets a flow, 1 us apart."""
+    if path.exists() and path.stat().st_size == 24 + 2 * flows * RECORD.itemsize:
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    k = np.arange(2 * flows, dtype=np.int64)
+    f, answer = k // 2, (k % 2) == 1
+    rec = np.zeros(len(k), RECORD)
+    rec["sec"], rec["usec"] = 1_700_000_000 + k // 1_000_000, k % 1_000_000
+    rec["incl"], rec["orig"] = 54, 60
+    client = f % CLIENTS
+    cmac, smac = 0x0200_0000_0000 + client, 0x0000_0C00_00FE
+    dmac, srcmac = np.where(answer, cmac, smac), np.where(answer, smac, cmac)
+    rec["dhi"], rec["dlo"] = dmac >> 32, dmac & 0xFFFFFFFF
+    rec["shi"], rec["slo"] = srcmac >> 32, srcmac & 0xFFFFFFFF
+    rec["etype"], rec["vihl"], rec["tlen"], rec["frag"] = 0x0800, 0x45, 40, 0x4000
+    rec["ttl"], rec["proto"] = 64, 6
+    cip, sip = (10 << 24) | (40 << 16) | (10 + client), (10 << 24) | (20 << 16) | 15
+    cport, sport = 1024 + f // CLIENTS, np.where(f % 10 == 0, 443, 8000 + f % 1000)
+    rec["src"], rec["dst"] = np.where(answer, sip, cip), np.where(answer, cip, sip)
+    rec["sport"] = np.where(answer, sport, cport)
+    rec["dport"] = np.where(answer, cport, sport)
+    rec["doff"], rec["win"] = 0x50, 65535
+    rec["flags"] = np.where(answer, 0x14, 0x02)          # RST+ACK answers the SYN
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        fh.write(rec.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def _before_tree(out: Path, ref: str) -> Path:
+    """A worktree of `ref` under OUT with this tree's built fast path (the fast path must
+    be the same at both; the daemon around it is what is compared)."""
+    tree = out / f"before-{ref}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref],
+                       check=True, capture_output=True)
+    for so in (ROOT / "fastpath").glob("*.so"):
+        shutil.copy2(so, tree / "fastpath" / so.name)
+    return tree
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _daemon_scan(directory: Path, capture: Path, tree: Path, event_log: bool
+                 ) -> dict[str, Any]:
+    """`wardtap run` (the code at `tree`) replaying `capture` in monitor mode with a store
+    (and an event log): its CPU time once every packet is classified and every event
+    drained, and what the store holds."""
+    import sqlite3
+
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / "policy.toml").write_text(POLICY)
+    (directory / "wardtap.toml").write_text(
+        '[appliance]\nmode = "monitor"\n'
+        f'[datapath]\ntype = "replay"\nfiles = ["{capture}"]\nstay = true\n'
+        '[policy]\nfile = "policy.toml"\n[store]\npath = "wardtap.db"\n'
+        + ('[events]\nlog = "events.jsonl"\n' if event_log else "")
+        + '[tables]\nflows = 1048576\n[control]\nsocket = "control.sock"\n')
+    packets = (capture.stat().st_size - 24) // RECORD.itemsize
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    with open(directory / "daemon.log", "w") as log_file:
+        proc = subprocess.Popen([PY, "-m", "appliance.cli", "run", "--config",
+                                 str(directory / "wardtap.toml")], cwd=tree, env=env,
+                                stdout=log_file, stderr=log_file, text=True)
+    sock = str(directory / "control.sock")
+    try:
+        deadline, answer = time.monotonic() + 600, None
+        while time.monotonic() < deadline:          # bounded
+            answer = _status(sock)
+            if answer and answer.get("ok") and answer["counters"]["packets"] == packets \
+                    and answer["counters"]["pending_events"] == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"the daemon did not finish {capture} within 600 s")
+        cpu = _cpu_s(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    with sqlite3.connect(directory / "wardtap.db") as db:
+        flows = db.execute("SELECT count(*) FROM flows").fetchone()[0]
+        violations = db.execute("SELECT count(*) FROM violations").fetchone()[0]
+    c = answer["counters"]
+    return {"cpu_s": cpu, "stored_flows": flows, "stored_violations": violations,
+            "flows_created": c["flows_created"], "flows_ended": c["flows_ended"],
+            "violations_seen": answer["violations"]["seen"],
+            "events_counted_only": c["events_counted_only"],
+            "events_dropped": c["events_dropped"]}
+
+
+def m_daemon(out: Path, before: str | None, repeat: int) -> dict[str, Any]:
+    """The daemon under a port scan: CPU per event, events/s into the store (marginal over
+    two scan sizes, the best of `repeat` alternated rounds)."""
+    small, large = 50_000, 250_000
+    caps = {n: write_scan(out / f"scan-{n}.pcap", n) for n in (small, large)}
+    variants: dict[str, tuple[Path, bool]] = {"store": (ROOT, False),
+                                              "store and event log": (ROOT, True)}
+    if before:
+        variants[f"store, at {before}"] = (_before_tree(out, before), False)
+        variants[f"store and event log, at {before}"] = (variants[f"store, at {before}"][0],
+                                                         True)
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {v: {small: [], large: []}
+                                                         for v in variants}
+    for _ in range(repeat):
+        for name, (tree, event_log) in variants.items():
+            for n, cap in caps.items():
+                log(f"daemon: {name}, {n:,} flows")
+                runs[name][n].append(_daemon_scan(out / "daemon-run", cap, tree, event_log))
+    res: dict[str, Any] = {"flows": [small, large]}
+    for name in variants:
+        lo = min(runs[name][small], key=lambda r: r["cpu_s"])
+        hi = min(runs[name][large], key=lambda r: r["cpu_s"])
+        events = {k: hi[k] - lo[k] for k in ("flows_created", "flows_ended",
+                                             "violations_seen")}
+        reported = sum(events.values())
+        stored = (hi["stored_flows"] + hi["stored_violations"]
+                  - lo["stored_flows"] - lo["stored_violations"])
+        cpu = hi["cpu_s"] - lo["cpu_s"]
+        res[name] = {"small": lo, "large": hi, "marginal_cpu_s": cpu,
+                     "marginal_events": reported, "marginal_rows_stored": stored,
+                     "cpu_us_per_event": cpu / reported * 1e6,
+                     "events_per_s": reported / cpu, "rows_into_store_per_s": stored / cpu}
+    return res
+
+
 def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     rows: list[tuple[str, str, str, bool | None]] = []
     cg = res.get("callgrind")
@@ -566,6 +706,14 @@ def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         rows.append(("events into the SQLite store", ">= 200k/s",
                      f"{y / 1e3:.0f}k/s ({sto['cpu_us_per_event']:.2f} us CPU an event)",
                      y >= 2e5))
+    dm = res.get("daemon")
+    if dm:
+        for name, r in dm.items():
+            if isinstance(r, dict):
+                y = r["rows_into_store_per_s"]
+                rows.append((f"daemon, port scan: {name}", ">= 200k/s into the store",
+                             f"{y / 1e3:.0f}k rows/s; {r['cpu_us_per_event']:.2f} us CPU an "
+                             "event", y >= 2e5))
     st = res.get("startup")
     if st:
         for k in ("wardtap --help", "wardtap status (not running)",
@@ -588,6 +736,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(BENCH / "out"))
     ap.add_argument("--skip", default="")
     ap.add_argument("--only", default="")
+    ap.add_argument("--before", default=None,
+                    help="daemon: also measure the daemon at this git ref (e.g. main)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -608,6 +758,7 @@ def main() -> int:
         "flood": lambda: m_flood(out, max(flow_counts), args.packets),
         "callgrind": lambda: m_callgrind(out),
         "marginal": lambda: m_marginal(out),
+        "daemon": lambda: m_daemon(out, args.before, args.repeat),
     }
     for name in chosen:
         try:
