@@ -9,6 +9,8 @@ Sections (each can be left out with --skip or chosen with --only):
   replayed by `wardtap replay` (RSS, time per packet, flows evicted), side by side with
   `tcpdump -r CAPTURE -w /dev/null FILTER` (the allow-list as BPF) and nDPI's ndpiReader.
 - flood: the 1M-flow capture into the old default table (65,536 slots): what is evicted.
+- hugepages: the 1M-flow replay with transparent huge pages offered to the flow table and
+  with THP switched off (machine-wide, root, put back afterwards), alternated.
 - events: ring -> consumer (structured array, no Python per event), against the per-event
   path (tuples, dicts); the C cost of an event.
 - store: 1M flow ends into the SQLite store (add_event_array), alternated with the same rows
@@ -68,8 +70,8 @@ from appliance.sources.capture import CaptureFile  # noqa: E402
 
 PY = sys.executable
 WARDTAP = str(Path(PY).parent / "wardtap")
-SECTIONS = ("scale", "flood", "events", "store", "classifier", "callgrind", "marginal", "startup",
-            "daemon")
+SECTIONS = ("scale", "flood", "hugepages", "events", "store", "classifier", "callgrind", "marginal",
+            "startup", "daemon")
 CLIENTS = 64
 POLICY = """\
 [policy]
@@ -206,6 +208,36 @@ def m_scale(out: Path, flow_counts: list[int], packets: int, repeat: int) -> dic
         res["large_over_small_per_packet"] = (res[large]["ns_per_packet_loop"]
                                               / res[small]["ns_per_packet_loop"])
     return res
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def m_hugepages(out: Path, flows: int, packets: int, repeat: int) -> dict[str, Any]:
+    """The largest capture replayed with the kernel's transparent huge pages offered to the
+    flow table (THP `madvise`, as it ships on Debian) and refused (`never`), alternated;
+    the setting is put back afterwards. Root only (it is a machine-wide switch)."""
+    if not os.access(THP, os.W_OK):
+        return {"skipped": f"{THP} is not writable here (root only)"}
+    policy = out / "scale-policy.toml"
+    policy.write_text(POLICY)
+    cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+    before = THP.read_text().split("[")[1].split("]")[0]
+    runs: dict[str, list[float]] = {"madvise": [], "never": []}
+    try:
+        for _ in range(repeat):
+            for setting in runs:
+                THP.write_text(setting)
+                runs[setting].append(replay_rss(cap, policy, out, [])["elapsed_s"])
+    finally:
+        THP.write_text(before)
+    best = {k: min(v) for k, v in runs.items()}
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    log(f"hugepages: {flows:,} flows: best {best['madvise']:.3f} s with, "
+        f"{best['never']:.3f} s without")
+    return {"flows": flows, "packets": packets, "thp_was": before, "elapsed_s": runs,
+            "with_over_without_best": best["madvise"] / best["never"],
+            "with_over_without_median": med["madvise"] / med["never"]}
 
 
 def m_flood(out: Path, flows: int, packets: int) -> dict[str, Any]:
@@ -691,6 +723,11 @@ def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if sc and "large_over_small_per_packet" in sc:
         x = sc["large_over_small_per_packet"]
         rows.append(("1M flows / 10k flows, time per packet", "<= 5x", f"{x:.2f}x", x <= 5))
+    hp = res.get("hugepages")
+    if hp and "with_over_without_best" in hp:
+        rows.append(("1M flows, huge pages offered / THP off (time)", "-",
+                     f"{hp['with_over_without_best']:.2f}x best, "
+                     f"{hp['with_over_without_median']:.2f}x median", None))
     fl = res.get("flood")
     if fl:
         rows.append(("allowed conversations evicted (1M flows, 65,536 slots)", "0",
@@ -756,6 +793,7 @@ def main() -> int:
         "classifier": lambda: m_classifier(out, args.repeat),
         "scale": lambda: m_scale(out, flow_counts, args.packets, args.repeat),
         "flood": lambda: m_flood(out, max(flow_counts), args.packets),
+        "hugepages": lambda: m_hugepages(out, max(flow_counts), args.packets, args.repeat),
         "callgrind": lambda: m_callgrind(out),
         "marginal": lambda: m_marginal(out),
         "daemon": lambda: m_daemon(out, args.before, args.repeat),
