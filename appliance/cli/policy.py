@@ -111,11 +111,14 @@ def _mud_policy(args: argparse.Namespace, profile: Any, baseline: Baseline | Non
 
         device.mac = sorted(k[1] for k in View(baseline).entities if k[0] == "mac")
     controllers: dict[str, list[str]] = {}
+    devices: dict[str, list[str]] = {}
     if args.config:
         from appliance.system.config import load_config
 
-        controllers = load_config(args.config).mud_controllers
-    draft = mud_draft(profile, device, fills, getattr(args, "name", None), controllers)
+        config = load_config(args.config)
+        controllers, devices = config.mud_controllers, config.mud_devices
+    draft = mud_draft(profile, device, fills, getattr(args, "name", None), controllers,
+                      devices)
     placeholders = {g.name for g in draft.groups if g.placeholder}
     left_out = []
     for r in draft.rules:
