@@ -306,3 +306,24 @@ def test_real_mud_policies_decide_flows_in_the_fast_path(tmp_path: Path, name: s
     policy = load_policy(str(out), classes=class_members(store_with_inventory(tmp_path)))
     flows = REAL_FLOWS[name]
     assert decide(policy, flows) == [f[6] for f in flows]
+
+
+def test_class_and_maker_groups_hold_the_addresses_the_inventory_saw(tmp_path: Path) -> None:
+    """Like `role`: inline, a client's first packet carries only its own MAC, so a server
+    selected by class or maker is reached through the addresses the inventory saw it use."""
+    db = store_with_inventory(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO inventory_ips (mac, ip, source) VALUES (?, ?, 'arp')",
+                     (PEER, PEER_IP))
+    members = class_members(db)
+    assert members("maker", "Example Medical") == [PEER, PEER_IP]
+    assert members("class", "infusion pump") == [PEER, PEER_IP]
+    assert members("class", "workstation") == [ROGUE, STRANGER]   # no address seen: MACs
+    out, _ = import_mud(tmp_path, ROOT / "tests" / "data" / "infusion-pump.mud.json")
+    policy = load_policy(str(out), classes=members)
+    assert f"{PEER_IP}/32" in [str(n) for n in policy.groups["same-manufacturer"].nets]
+    # the first packet to the maker's device, as the client sends it: the server's MAC is
+    # the destination, but the rule matches on the address as well; another address is not
+    flows = [(PUMP, PUMP_IP, "00:00:5e:00:01:01", PEER_IP, 17, 47001, True),
+             (PUMP, PUMP_IP, "00:00:5e:00:01:01", STRANGER_IP, 17, 47001, False)]
+    assert decide(policy, flows) == [True, False]

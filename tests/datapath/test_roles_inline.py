@@ -108,11 +108,9 @@ def roles_in_store(db: Path, mac: str) -> tuple[str, str] | None:
     return None if row is None else (row[0], row[1])
 
 
-def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
-        site: Ward, tmp_path: Path) -> None:
-    ward = site
-    uplink = ward.mac(ward.uplink)
-    # learn: the ward port captured while the ward resolves names, replayed into the store
+def learn(ward: Ward, tmp_path: Path) -> Path:
+    """The ward port captured while the ward resolves names, replayed into a store: the
+    inventory then knows dnsmasq's host as a DNS server (its class and its role)."""
     capture = tmp_path / "ward.pcap"
     dump = ward.popen(ward.appliance, ["tcpdump", "-i", "ward0", "-U", "-s", "0", "-w",
                                        str(capture)],
@@ -130,7 +128,14 @@ def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
                     str(db), "--mode", "learn", "--dissect"], check=True, capture_output=True,
                    timeout=60,
                    cwd=ROOT)
-    assert roles_in_store(db, uplink) == ("DNS server", '["DNS server"]')
+    assert roles_in_store(db, ward.mac(ward.uplink)) == ("DNS server", '["DNS server"]')
+    return db
+
+
+def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
+        site: Ward, tmp_path: Path) -> None:
+    ward = site
+    db = learn(ward, tmp_path)
     # enforce inline: the role resolves to dnsmasq's MAC when the policy is loaded
     app = InlineAppliance(ward, tmp_path, policy(ward.mac(ward.ward)), mode="enforce",
                           extra_config='[store]\npath = "wardtap.db"\n').start()
@@ -158,3 +163,58 @@ def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
                  timeout=10, what="the DNS query denied")
     finally:
         app.kill(signal.SIGTERM)
+
+
+def class_policy(ward_mac: str) -> str:
+    return f"""
+[policy]
+name = "classes"
+version = 1
+
+[groups.ward]
+mac = ["{ward_mac}"]
+
+[groups.name-servers]
+class = ["DNS server"]
+
+[groups.archives]
+class = ["image archive"]
+
+[[rules]]
+name = "dns"
+from = "ward"
+to = "name-servers"
+proto = "udp"
+ports = [53]
+
+[[rules]]
+name = "dicom"
+from = "ward"
+to = "archives"
+proto = "udp"
+ports = [104, 123]
+"""
+
+
+def test_a_class_group_allows_the_first_packet_to_its_server_and_not_to_another_class(
+        site: Ward, tmp_path: Path) -> None:
+    """`class` compiles to the devices' MACs and the addresses the inventory saw them use:
+    inline, a client's first packet carries only its own MAC, so the server's address is
+    what lets that packet through."""
+    ward = site
+    db = learn(ward, tmp_path)
+    app = InlineAppliance(ward, tmp_path, class_policy(ward.mac(ward.ward)), mode="enforce",
+                          extra_config='[store]\npath = "wardtap.db"\n').start()
+    try:
+        # one query, one attempt (resolv.conf: attempts:1): its first packet must pass
+        assert resolves(ward)
+        assert not [e for e in app.events("violation") if e.get("dport") == 53]
+        # the same host on a port only the image archives' rule names: it is no archive
+        ward.exec(ward.ward, [sys.executable, "-c", NTP_PROBE, UPLINK_IP], timeout=10)
+        found = wait_for(lambda: [e for e in app.events("violation")
+                                  if e.get("dst") == UPLINK_IP and e.get("dport") == 123],
+                         timeout=10, what="the probe to another class denied")
+        assert found[0]["reason"] in ("no_rule", "port_not_allowed")  # type: ignore[index]
+    finally:
+        app.kill(signal.SIGTERM)
+    assert db.exists()
