@@ -55,6 +55,16 @@ def small_tmpfs(directory: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A module's shared fixture (scope="module": a live ward, a learned policy, a store) is
+    built once: the module's tests run on one worker, not once per worker that gets one."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or item.get_closest_marker("xdist_group"):
+        return
+    if any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share an expensive session fixture (the image build) carry one xdist_group
     and must run on one worker; if pytest-xdist stops grouping them (it marks their node ids

@@ -16,6 +16,7 @@ put on the boot partition and the stall measurement.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -25,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -102,6 +104,10 @@ class ApplianceVM:
         self.ward_ns, self.uplink_ns = f"wtv{tag}-ward", f"wtv{tag}-up"
         self.taps = {"uplink": f"wtv{tag}a", "ward": f"wtv{tag}b"}   # eth0, eth1
         self.ssh_port = free_port()
+        # One SSH connection per key, kept open and shared by every command (ControlMaster):
+        # each new connection costs the emulated guest a key exchange of a second or more.
+        # A short directory: a socket's path has a 108-byte limit.
+        self.ssh_sockets = Path(tempfile.mkdtemp(prefix="wtssh-"))
         self.console = work / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -170,6 +176,10 @@ class ApplianceVM:
                     self.proc.kill()
                     self.proc.wait(timeout=10)
         finally:
+            for socket_path in self.ssh_sockets.glob("*"):
+                subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "vm"],
+                               capture_output=True, timeout=10, check=False)
+            shutil.rmtree(self.ssh_sockets, ignore_errors=True)
             for ns in (self.ward_ns, self.uplink_ns):
                 sh(["ip", "netns", "del", ns], check=False)
             (self.work / "disk.img").unlink(missing_ok=True)
@@ -200,11 +210,16 @@ class ApplianceVM:
 
     def ssh(self, command: str, key: Path, user: str = "wardadmin", check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        # the shared connection is per key: a key that must be refused is never let in
+        # through another key's connection
+        shared = self.ssh_sockets / f"{user}-{hashlib.sha256(str(key).encode()).hexdigest()[:8]}"
         args = ["ssh", "-i", str(key), "-p", str(self.ssh_port), "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1",
-                command]
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={shared}",
+                "-o", "ControlPersist=300", f"{user}@127.0.0.1", command]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise RuntimeError(f"ssh {command!r} failed ({result.returncode}): "
                                f"{result.stdout}{result.stderr}")
