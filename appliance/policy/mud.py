@@ -78,6 +78,7 @@ class Peer:
     note: str = ""
     role: str = ""                 # kind "role": the inventory's server role
     warning: str = ""              # the placeholder's warning, dropped once it is resolved
+    configured: list[str] = field(default_factory=list)   # [mud.controllers] at import
 
 
 @dataclass

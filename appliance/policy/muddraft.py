@@ -85,7 +85,8 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
                       names=[peer.value] if peer.kind == "dns" else [],
                       role=[peer.role] if peer.role else [],
                       oui=ouis if same_maker else peer_ouis,
-                      maker=[maker] if same_maker and maker else [])
+                      maker=[maker] if same_maker and maker else [],
+                      mud_controller=[peer.value] if peer.configured else [])
         g.comments.append(f"MUD {peer.kind}" + (f" {peer.value}" if peer.value else "")
                           + (": FILL IN the addresses, then uncomment this group and its "
                              "rules" if peer.placeholder else ""))
@@ -94,6 +95,10 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
                               f"{peer.role}, at each policy load or reload; a server behind "
                               "a router is not one of the ward's devices: add its address "
                               "with ip (or --fill)")
+        if peer.configured:
+            g.comments.append(f"mud_controller: the addresses the appliance configuration's "
+                              f"[mud.controllers] gives for it at each policy load or reload "
+                              f"(now {', '.join(peer.configured)})")
         if same_maker:
             g.comments.append("oui: the MUD device's own OUIs; maker: devices whose make or "
                               "MAC vendor the inventory knows by this name")
@@ -147,7 +152,7 @@ def _resolve(profile: MudProfile, peer: Peer, controllers: dict[str, list[str]],
     if peer.kind == "my-controller" and not peer.members:
         configured = controllers.get(profile.url)
         if configured:
-            peer.members = list(configured)
+            peer.configured = list(configured)
             peer.note += " (configuration: [mud.controllers])"
         else:
             peer.placeholder = True
@@ -183,8 +188,11 @@ def _from_config(profile: MudProfile, peer: Peer, controllers: dict[str, list[st
                      else (devices, "[mud.devices]") if peer.kind in ("manufacturer", "model")
                      else ({}, ""))
     members = table.get(peer.value)
-    if members:
+    if members and peer.kind == "controller":
+        peer.configured = list(members)       # read again at each load: mud_controller
+    elif members:
         peer.members = list(members)
+    if members:
         peer.note += f" (configuration: {source})"
         _resolved(profile, peer)
 

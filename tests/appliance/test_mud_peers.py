@@ -23,6 +23,7 @@ from conftest import ROOT, run_wardtap
 
 import fastpath
 from appliance.common.capwriter import PcapWriter
+from appliance.daemon.policyload import policy_members
 from appliance.inventory.identify import class_members
 from appliance.outputs.store import Store
 from appliance.policy.evaluate import Endpoint, Evaluator
@@ -77,7 +78,10 @@ def test_every_mud_file_in_the_tests_imports_with_no_placeholder_left(
                  if line.startswith("# [groups.") or line.startswith("# [[rules]]")]
     assert commented == [], commented
     assert "FILL IN" not in text and "placeholder" not in said
-    policy = load_policy(str(out))
+    # my-controller is read from the configuration at load, not written into the policy
+    assert "mud_controller = [" in text and CONTROLLER_IP not in text.split(
+        "[groups.my-controller]")[1].split("[")[0]
+    policy = load_policy(str(out), classes=policy_members(None, str(tmp_path / "wardtap.toml")))
     assert len(policy.rules) == 8 and not policy.disabled
     assert policy.groups["my-controller"].nets[0].exploded == f"{CONTROLLER_IP}/32"
     assert run_wardtap("policy", "check", str(out)).returncode == 0
@@ -146,7 +150,7 @@ def test_role_maker_and_controller_groups_decide_flows_in_the_fast_path(
         tmp_path: Path) -> None:
     out, _ = import_mud(tmp_path, ROOT / "tests" / "data" / "infusion-pump.mud.json")
     db = store_with_inventory(tmp_path)
-    policy = load_policy(str(out), classes=class_members(db))
+    policy = load_policy(str(out), classes=policy_members(db, str(tmp_path / "wardtap.toml")))
     assert set(policy.groups["dns-servers"].macs) == {bytes.fromhex(DNS.replace(":", ""))}
     assert set(policy.groups["ntp-servers"].macs) == {bytes.fromhex(NTP.replace(":", ""))}
     assert bytes.fromhex(PEER.replace(":", "")) in policy.groups["same-manufacturer"].macs
@@ -170,7 +174,7 @@ def test_role_maker_and_controller_groups_decide_flows_in_the_fast_path(
     # without a store, the role and maker groups hold no device: nothing through them
     bare = Evaluator(load_policy(str(out)))
     assert [bare.decide(Endpoint(f[0], f[1]), Endpoint(f[2], f[3]), f[4], f[5]).allowed
-            for f in FLOWS] == [False, False, False, False, False, True, False, True, False]
+            for f in FLOWS] == [False, False, False, False, False, True, False, False, False]
 
 
 def test_policy_test_check_and_diff_understand_roles(tmp_path: Path) -> None:
@@ -181,7 +185,8 @@ def test_policy_test_check_and_diff_understand_roles(tmp_path: Path) -> None:
         writer = PcapWriter(fh)
         for i, f in enumerate(FLOWS):
             writer.write(frame(f), (i + 1) * 1_000_000_000)
-    result = run_wardtap("policy", "test", str(out), str(capture), "--db", db, "--json")
+    result = run_wardtap("policy", "test", str(out), str(capture), "--db", db, "--config",
+                         str(tmp_path / "wardtap.toml"), "--json")
     assert result.returncode == 0, result.stderr
     blocked = {(v["dst"], v["dport"]) for v in json.loads(result.stdout)["violations"]}
     assert blocked == {(f[3], f[5]) for f in FLOWS if not f[6]}
@@ -303,7 +308,8 @@ def test_real_mud_policies_decide_flows_in_the_fast_path(tmp_path: Path, name: s
     if not (REAL_MUD / name).exists():
         pytest.skip(f"{name} is not in {REAL_MUD}")
     out, _ = import_real(tmp_path, name)
-    policy = load_policy(str(out), classes=class_members(store_with_inventory(tmp_path)))
+    policy = load_policy(str(out), classes=policy_members(store_with_inventory(tmp_path),
+                                                          str(WARD)))
     flows = REAL_FLOWS[name]
     assert decide(policy, flows) == [f[6] for f in flows]
 

@@ -218,3 +218,58 @@ def test_a_class_group_allows_the_first_packet_to_its_server_and_not_to_another_
     finally:
         app.kill(signal.SIGTERM)
     assert db.exists()
+
+
+CONTROLLER_URL = "https://mud.pumpvendor.example/infusion/lvp-7.json"
+
+
+def controller_policy(ward_mac: str) -> str:
+    return f"""
+[policy]
+name = "controllers"
+version = 1
+
+[groups.ward]
+mac = ["{ward_mac}"]
+
+[groups.my-controller]
+mud_controller = ["{CONTROLLER_URL}"]
+
+[[rules]]
+name = "to-controller"
+from = "ward"
+to = "my-controller"
+proto = "udp"
+ports = [53]
+"""
+
+
+def test_a_changed_mud_controller_address_applies_on_reload(site: Ward,
+                                                            tmp_path: Path) -> None:
+    """`mud_controller` (what `policy import-mud --config` writes for my-controller) is read
+    from the configuration's [mud.controllers] at each load: a new address applies on
+    reload, without importing the MUD file again."""
+    ward = site
+    config = '[mud.controllers]\n"{}" = ["{}"]\n'
+    app = InlineAppliance(ward, tmp_path, controller_policy(ward.mac(ward.ward)),
+                          mode="enforce",
+                          extra_config=config.format(CONTROLLER_URL, "10.77.0.99")).start()
+    try:
+        assert not resolves(ward)          # dnsmasq is not the configured controller
+        wait_for(lambda: [e for e in app.events("violation")
+                          if e.get("dst") == UPLINK_IP and e.get("dport") == 53],
+                 timeout=10, what="the query to an unconfigured address denied")
+        path = tmp_path / "wardtap.toml"
+        path.write_text(path.read_text().replace('"10.77.0.99"', f'"{UPLINK_IP}"'))
+        assert app.command(cmd="reload")["ok"]
+        wait_for(lambda: app.status()["policy"]["generation"] == 2, timeout=15,
+                 what="the reload")
+        assert resolves(ward)              # the first packet to the new address passes
+        # a configuration that no longer reads: the reload is refused, the policy stays
+        path.write_text(path.read_text().replace(f'"{UPLINK_IP}"', '"not-an-address"'))
+        refused = app.command(cmd="reload")
+        loaded = app.status()["policy"]
+        assert not refused["ok"] and "mud.controllers" in str(refused), refused
+        assert loaded["generation"] == 2 and resolves(ward)
+    finally:
+        app.kill(signal.SIGTERM)
