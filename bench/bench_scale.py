@@ -9,14 +9,20 @@ Sections (each can be left out with --skip or chosen with --only):
   replayed by `wardtap replay` (RSS, time per packet, flows evicted), side by side with
   `tcpdump -r CAPTURE -w /dev/null FILTER` (the allow-list as BPF) and nDPI's ndpiReader.
 - flood: the 1M-flow capture into the old default table (65,536 slots): what is evicted.
-- events: ring -> consumer (structured array, no Python per event) and into the SQLite store,
-  against the per-event path (tuples, dicts); the C cost of an event.
+- hugepages: the 1M-flow replay with transparent huge pages offered to the flow table and
+  with THP switched off (machine-wide, root, put back afterwards), alternated.
+- events: ring -> consumer (structured array, no Python per event), against the per-event
+  path (tuples, dicts); the C cost of an event.
+- store: 1M flow ends into the SQLite store (add_event_array), alternated with the same rows
+  through executemany, into a store that keeps the old (src, dst) index, and through the
+  dicts path.
 - classifier: the classifier alone on flow-table hits, compact path against the general path,
   packets/s on the demo ward's IMIX capture (bench_replay.py's), alternated runs.
 - callgrind: instructions per flow-table hit, compact and general (bench_replay.m_callgrind).
 - marginal: instructions per packet of a whole replay against tcpdump + BPF, as the difference
   of runs over 300k and 600k packets of the ward capture (start-up cancels).
-- startup: `wardtap --help` and `wardtap status` wall time, against `python -c pass`.
+- startup: `wardtap --help` and `wardtap status` wall time, against `python -c pass`, with
+  no daemon and against an idle and a busy daemon (the demo ward replayed over and over).
 
 Every figure goes to OUT/scale.json and is printed with the issue's bars. Nothing is
 asserted: this is a measurement. See bench/README.md.
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +59,14 @@ import fastpath  # noqa: E402
 from appliance.common import eventarrays as ea  # noqa: E402
 from appliance.common.records import event_dict  # noqa: E402
 from appliance.outputs.store import Store  # noqa: E402
+from appliance.outputs.store import _insert as store_insert  # noqa: E402
 from appliance.policy.model import compile_policy, parse_policy  # noqa: E402
 from appliance.sources.capture import CaptureFile  # noqa: E402
 
 PY = sys.executable
 WARDTAP = str(Path(PY).parent / "wardtap")
-SECTIONS = ("scale", "flood", "events", "classifier", "callgrind", "marginal", "startup")
+SECTIONS = ("scale", "flood", "hugepages", "events", "store", "classifier", "callgrind", "marginal",
+            "startup")
 CLIENTS = 64
 POLICY = """\
 [policy]
@@ -196,6 +205,36 @@ def m_scale(out: Path, flow_counts: list[int], packets: int, repeat: int) -> dic
     return res
 
 
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def m_hugepages(out: Path, flows: int, packets: int, repeat: int) -> dict[str, Any]:
+    """The largest capture replayed with the kernel's transparent huge pages offered to the
+    flow table (THP `madvise`, as it ships on Debian) and refused (`never`), alternated;
+    the setting is put back afterwards. Root only (it is a machine-wide switch)."""
+    if not os.access(THP, os.W_OK):
+        return {"skipped": f"{THP} is not writable here (root only)"}
+    policy = out / "scale-policy.toml"
+    policy.write_text(POLICY)
+    cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+    before = THP.read_text().split("[")[1].split("]")[0]
+    runs: dict[str, list[float]] = {"madvise": [], "never": []}
+    try:
+        for _ in range(repeat):
+            for setting in runs:
+                THP.write_text(setting)
+                runs[setting].append(replay_rss(cap, policy, out, [])["elapsed_s"])
+    finally:
+        THP.write_text(before)
+    best = {k: min(v) for k, v in runs.items()}
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    log(f"hugepages: {flows:,} flows: best {best['madvise']:.3f} s with, "
+        f"{best['never']:.3f} s without")
+    return {"flows": flows, "packets": packets, "thp_was": before, "elapsed_s": runs,
+            "with_over_without_best": best["madvise"] / best["never"],
+            "with_over_without_median": med["madvise"] / med["never"]}
+
+
 def m_flood(out: Path, flows: int, packets: int) -> dict[str, Any]:
     """The largest capture into 65,536 slots (the old default): who is evicted."""
     cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
@@ -281,34 +320,68 @@ def m_events(out: Path, flows: int, packets: int) -> dict[str, Any]:
                 queued = json.loads(subprocess.run(argv, capture_output=True, text=True,
                                                    check=True).stdout)["queued"]
         res["c_instructions_per_event"] = (ir["all"] - ir["none"]) / queued
-    # Into the store: 1M flow-end records (the active flows, flow-end shaped) in batches of
-    # 8192, one transaction each, as Replayer does.
-    log("events: into SQLite")
+    return res
+
+
+def m_store(out: Path, flows: int, packets: int, repeat: int) -> dict[str, Any]:
+    """1M flow-end records (the storm's flows, flow-end shaped) into the SQLite store in
+    batches of 8192, one transaction each, as Replayer does; alternated with the same into a
+    store that still has the (src, dst) index (schema 6), and 100k through the dicts path.
+    Wall time and CPU time (the machine is shared: CPU time is the steadier figure)."""
+    cap = write_flows(out / f"scale-{flows}f-{packets}p.pcap", flows, packets)
+    log("store: flow-end records from a 1M-flow storm")
     clf = fastpath.Classifier(flow_capacity=1 << 21, device_capacity=4096, seed=1)
     clf.set_policy(compile_policy(parse_policy(POLICY)))
     clf.set_mode("monitor")
     v, r, ru = (np.zeros(4096, t) for t in (np.uint8, np.uint8, np.uint16))
-    for data, off, ln, ts, lt in storm:
+    for data, off, ln, ts, lt in _batches(cap, flows):
         clf.classify(data, off, ln, ts, lt, v, r, ru)
         clf.drain(1 << 16)
     records = np.zeros(flows, fastpath.EVENT_DTYPE)
     n = clf.copy_flows(records.view(np.uint8))
+    records = records[:n]
     rules = parse_policy(POLICY).rule_name
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        with Store(os.path.join(tmp, "wardtap.db")) as store:
-            run = store.start_run("replay", ["scale"], "monitor", None)
-            start = time.perf_counter()
-            written = 0
-            for i in range(0, n, 8192):
-                written += store.add_event_array(run, records[i:i + 8192], rules)
-            store_s = time.perf_counter() - start
-            sample = records[: min(n, 100_000)]
-            start = time.perf_counter()
-            for i in range(0, len(sample), 8192):
-                store.add_events(run, ea.as_dicts(sample[i:i + 8192], rules))
-            dict_s = time.perf_counter() - start
-    res["store"] = {"rows": written, "seconds": store_s, "events_per_s": written / store_s,
-                    "per_event_path_events_per_s": len(sample) / dict_s}
+
+    def one(variant: str) -> dict[str, float]:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            with Store(os.path.join(tmp, "wardtap.db")) as store:
+                run = store.start_run("replay", ["scale"], "monitor", None)
+                if variant == "with the (src, dst) index":
+                    store.db.execute("CREATE INDEX idx_flows_src_dst ON flows (src, dst)")
+                part = records if variant != "dicts" else records[:100_000]
+                wall, cpu = time.perf_counter(), time.process_time()
+                for i in range(0, len(part), 8192):
+                    if variant == "dicts":
+                        store.add_events(run, ea.as_dicts(part[i:i + 8192], rules))
+                    elif variant == "executemany, one row a statement":
+                        rows = list(zip(*ea.flow_columns(run, part[i:i + 8192], rules),
+                                        strict=True))
+                        sql = store_insert("flows", ea.FLOW_COLUMNS, 1)
+                        store._write(lambda s=sql, r=rows: store.db.conn.executemany(s, r))
+                    else:
+                        store.add_event_array(run, part[i:i + 8192], rules)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+        return {"rows": len(part), "seconds": wall, "cpu_seconds": cpu,
+                "events_per_s": len(part) / wall, "cpu_us_per_event": cpu / len(part) * 1e6,
+                "bytes_per_row": size / len(part)}
+
+    variants = ("add_event_array", "executemany, one row a statement",
+                "with the (src, dst) index", "dicts")
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):
+        for name in variants:
+            log(f"store: {name}")
+            got = one(name)
+            if name not in best or got["seconds"] < best[name]["seconds"]:
+                best[name] = got
+    # Columns alone (no SQLite): what building them costs.
+    cpu = time.process_time()
+    for i in range(0, n, 8192):
+        ea.flow_columns(1, records[i:i + 8192], rules)
+    res: dict[str, Any] = dict(best["add_event_array"])
+    res["columns_only_cpu_us_per_event"] = (time.process_time() - cpu) / n * 1e6
+    res["variants"] = best
     return res
 
 
@@ -383,23 +456,111 @@ def m_marginal(out: Path) -> dict[str, Any]:
             "ratio": per["replay"] / per["tcpdump"]}
 
 
-def m_startup(repeat: int) -> dict[str, Any]:
-    missing = "/nonexistent/wardtap-bench.sock"
-    cases = {"python -c pass": [PY, "-c", "pass"], "wardtap --help": [WARDTAP, "--help"],
-             "wardtap status (not running)": [WARDTAP, "status", "--socket", missing],
-             "wardtap status --json (not running)": [WARDTAP, "status", "--json", "--socket",
-                                                     missing],
-             "status drawn (imports to draw it)": [PY, "-c",
-                                                   "import appliance.cli.daemonctl, "
-                                                   "appliance.panel.console"]}
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeat * 5):
+def _daemon(directory: Path, files: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """`wardtap run` on the demo ward replaying `files` (then staying up), its socket."""
+    (directory / "wardtap.toml").write_text(
+        '[appliance]\nmode = "enforce"\n'
+        f'[datapath]\ntype = "replay"\nfiles = {json.dumps(files)}\nstay = true\n'
+        '[policy]\nfile = "policy.toml"\n[control]\nsocket = "control.sock"\n')
+    with open(directory / "daemon.log", "w") as log_file:
+        proc = subprocess.Popen([WARDTAP, "run", "--config", str(directory / "wardtap.toml")],
+                                cwd=directory, stdout=log_file, stderr=log_file, text=True)
+    return proc, str(directory / "control.sock")
+
+
+def _status(sock: str) -> dict[str, Any] | None:
+    from appliance.common.control import request
+    from appliance.errors import WardtapError
+
+    try:
+        return request(sock, {"cmd": "status"}, timeout=5)
+    except WardtapError:
+        return None
+
+
+def _timed_cases(cases: dict[str, list[str]], rounds: int) -> dict[str, dict[str, float]]:
+    """Each command `rounds` times, alternated: median and best wall time, median CPU time
+    (user + system of the process: what the command costs, whatever else runs here)."""
+    import resource
+
+    wall: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
         for name, argv in cases.items():
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times[name].append(time.perf_counter() - start)
-    return {k: {"median_ms": statistics.median(v) * 1e3, "best_ms": min(v) * 1e3}
-            for k, v in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime)
+    return {k: {"median_ms": statistics.median(wall[k]) * 1e3, "best_ms": min(wall[k]) * 1e3,
+                "cpu_median_ms": statistics.median(cpu[k]) * 1e3} for k in cases}
+
+
+def _wait_status(sock: str, done: Callable[[dict[str, Any]], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:          # bounded
+        answer = _status(sock)
+        if answer and answer.get("ok") and done(answer):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the daemon on {sock} did not start within 60 s")
+
+
+def m_startup(out: Path, repeat: int) -> dict[str, Any]:
+    """Wall time of short commands, alternated, medians, with `python -c pass` as the floor:
+    `wardtap --help`, `wardtap status` with no daemon, and `wardtap status` (drawn and
+    --json) against an idle daemon (its replay done, staying up); then, with `python -c
+    pass` again as the floor, against a busy one (replaying the demo ward over and over while
+    it is asked; it takes a core of its own)."""
+    from demoward.ward import DEMO_POLICY, write_demo_ward
+
+    missing = "/nonexistent/wardtap-bench.sock"
+    floor = {"python -c pass": [PY, "-c", "pass"]}
+    res: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        ward = Path(tmp)
+        write_demo_ward(str(ward / "ward.pcap"), packets=100_000)
+        for name in ("idle", "busy"):
+            (ward / name).mkdir()
+            (ward / name / "policy.toml").write_text(DEMO_POLICY)
+        idle, idle_sock = _daemon(ward / "idle", ["../ward.pcap"])
+        try:
+            _wait_status(idle_sock, lambda a: a["counters"]["packets"] == 100_000)
+            res.update(_timed_cases({
+                **floor, "wardtap --help": [WARDTAP, "--help"],
+                "wardtap status (not running)": [WARDTAP, "status", "--socket", missing],
+                "wardtap status --json (not running)": [WARDTAP, "status", "--json",
+                                                        "--socket", missing],
+                "status drawn (imports to draw it)": [PY, "-c",
+                                                      "import appliance.cli.daemonctl, "
+                                                      "appliance.panel.statustext"],
+                "wardtap status (idle daemon)": [WARDTAP, "status", "--socket", idle_sock],
+                "wardtap status --json (idle daemon)": [WARDTAP, "status", "--json",
+                                                        "--socket", idle_sock]},
+                repeat * 5))
+        finally:
+            idle.terminate()
+            idle.wait(timeout=30)
+        busy, busy_sock = _daemon(ward / "busy", ["../ward.pcap"] * 5000)   # 500M packets
+        try:
+            _wait_status(busy_sock, lambda a: a["counters"]["packets"] > 0)
+            before = _status(busy_sock)
+            timed = _timed_cases({
+                **floor,
+                "wardtap status (busy daemon)": [WARDTAP, "status", "--socket", busy_sock],
+                "wardtap status --json (busy daemon)": [WARDTAP, "status", "--json",
+                                                        "--socket", busy_sock]}, repeat * 5)
+            after = _status(busy_sock)
+        finally:
+            busy.terminate()
+            busy.wait(timeout=30)
+    res["python -c pass (beside the busy daemon)"] = timed.pop("python -c pass")
+    res.update(timed)
+    if before and after:     # the busy daemon was replaying the whole time
+        res["busy_daemon_packets_during"] = (after["counters"]["packets"]
+                                             - before["counters"]["packets"])
+    return res
 
 
 def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
@@ -423,6 +584,11 @@ def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if sc and "large_over_small_per_packet" in sc:
         x = sc["large_over_small_per_packet"]
         rows.append(("1M flows / 10k flows, time per packet", "<= 5x", f"{x:.2f}x", x <= 5))
+    hp = res.get("hugepages")
+    if hp and "with_over_without_best" in hp:
+        rows.append(("1M flows, huge pages offered / THP off (time)", "-",
+                     f"{hp['with_over_without_best']:.2f}x best, "
+                     f"{hp['with_over_without_median']:.2f}x median", None))
     fl = res.get("flood")
     if fl:
         rows.append(("allowed conversations evicted (1M flows, 65,536 slots)", "0",
@@ -432,14 +598,23 @@ def bars(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if ev:
         x = ev["ring_to_consumer_events_per_s"]
         rows.append(("events ring -> consumer", ">= 1M/s", f"{x / 1e6:.1f}M/s", x >= 1e6))
-        y = ev["store"]["events_per_s"]
-        rows.append(("events into the SQLite store", ">= 200k/s", f"{y / 1e3:.0f}k/s",
+    sto = res.get("store")
+    if sto:
+        y = sto["events_per_s"]
+        rows.append(("events into the SQLite store", ">= 200k/s",
+                     f"{y / 1e3:.0f}k/s ({sto['cpu_us_per_event']:.2f} us CPU an event)",
                      y >= 2e5))
     st = res.get("startup")
     if st:
-        for k in ("wardtap --help", "wardtap status (not running)"):
-            ms = st[k]["median_ms"]
-            rows.append((k, "< 150 ms", f"{ms:.0f} ms", ms < 150))
+        for k in ("wardtap --help", "wardtap status (not running)",
+                  "wardtap status (idle daemon)", "wardtap status (busy daemon)"):
+            if k not in st:
+                continue
+            ms, floor = st[k]["median_ms"], st["python -c pass"]["median_ms"]
+            if "busy" in k:
+                floor = st["python -c pass (beside the busy daemon)"]["median_ms"]
+            rows.append((k, "< 150 ms", f"{ms:.0f} ms (python -c pass {floor:.0f} ms; CPU "
+                         f"{st[k]['cpu_median_ms']:.0f} ms)", ms < 150))
     return rows
 
 
@@ -463,11 +638,13 @@ def main() -> int:
     res: dict[str, Any] = json.loads(path.read_text()) if args.only and path.exists() else {}
     res.update({"load_before": os.getloadavg(), "cpu": BR._cpu()})
     runs = {
-        "startup": lambda: m_startup(args.repeat),
+        "startup": lambda: m_startup(out, args.repeat),
         "events": lambda: m_events(out, max(flow_counts), args.packets),
+        "store": lambda: m_store(out, max(flow_counts), args.packets, args.repeat),
         "classifier": lambda: m_classifier(out, args.repeat),
         "scale": lambda: m_scale(out, flow_counts, args.packets, args.repeat),
         "flood": lambda: m_flood(out, max(flow_counts), args.packets),
+        "hugepages": lambda: m_hugepages(out, max(flow_counts), args.packets, args.repeat),
         "callgrind": lambda: m_callgrind(out),
         "marginal": lambda: m_marginal(out),
     }

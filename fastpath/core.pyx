@@ -9,6 +9,8 @@ path drains; a full ring is counted, never waited on.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
+from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ,
+                         PROT_WRITE, madvise, mmap, munmap)
 
 import os
 
@@ -17,6 +19,34 @@ cdef extern from *:
     #define WARDTAP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
     """
     void WARDTAP_PREFETCH(const void* p) noexcept nogil
+
+# Tables at least this big are mapped on their own and offered to the kernel for
+# transparent huge pages: a flow table of a million slots spans 32,768 4-KiB pages, more
+# than the TLB holds, so every lookup would also miss in the TLB.
+cdef enum:
+    HUGE_PAGE_BYTES = 2 * 1024 * 1024
+
+
+cdef void* table_alloc(size_t nbytes) noexcept:
+    """Zeroed memory for a fixed table (NULL if there is none); free with table_free."""
+    cdef void* p
+    if nbytes < HUGE_PAGE_BYTES:
+        return calloc(1, nbytes)
+    p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    madvise(p, nbytes, MADV_HUGEPAGE)     # advice only: no THP here is not an error
+    return p
+
+
+cdef void table_free(void* p, size_t nbytes) noexcept:
+    if p == NULL:
+        return
+    if nbytes < HUGE_PAGE_BYTES:
+        free(p)
+    else:
+        munmap(p, nbytes)
+
 
 # Packets ahead whose headers are prefetched: capture strides (IMIX sizes) defeat the
 # hardware prefetcher, and a header miss costs more than the whole decode.
@@ -247,8 +277,8 @@ cdef class Classifier:
         self.n_buckets = next_pow2((flow_capacity + BUCKET_SLOTS - 1) // BUCKET_SLOTS)
         self.bucket_mask = self.n_buckets - 1
         self.sweep_buckets = max(1, self.n_buckets // 256)
-        self.flows = <flow_t*>calloc(<size_t>self.n_buckets * BUCKET_SLOTS, sizeof(flow_t))
-        self.tags = <uint32_t*>calloc(<size_t>self.n_buckets * BUCKET_SLOTS, sizeof(uint32_t))
+        self.flows = <flow_t*>table_alloc(<size_t>self.n_buckets * BUCKET_SLOTS * sizeof(flow_t))
+        self.tags = <uint32_t*>table_alloc(<size_t>self.n_buckets * BUCKET_SLOTS * sizeof(uint32_t))
         self.dev_capacity = next_pow2(device_capacity)
         self.devices = <device_t*>calloc(self.dev_capacity, sizeof(device_t))
         self.dev_tags = <uint32_t*>calloc(self.dev_capacity, sizeof(uint32_t))
@@ -286,8 +316,8 @@ cdef class Classifier:
         self.set_sampling()
 
     def __dealloc__(self):
-        free(self.flows)
-        free(self.tags)
+        table_free(self.flows, <size_t>self.n_buckets * BUCKET_SLOTS * sizeof(flow_t))
+        table_free(self.tags, <size_t>self.n_buckets * BUCKET_SLOTS * sizeof(uint32_t))
         free(self.devices)
         free(self.dev_tags)
         free(self.frag_keys)

@@ -194,7 +194,7 @@ def run_status(args: argparse.Namespace) -> int:
     from appliance.panel.status import run_status
 
     def draw(v: dict[str, Any]) -> None:
-        from appliance.panel.console import print_status  # rich: only to draw
+        from appliance.panel.statustext import print_status  # plain text: no rich to import
 
         print_status(v)
     return run_status(args.socket, args.json, draw)

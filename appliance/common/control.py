@@ -1,7 +1,11 @@
 """The daemon's local control socket: one JSON request line, one JSON response line.
 
 Requests are handed to the daemon's main loop and answered between batches, so they never
-race the classifier. A main loop that does not answer within the timeout gets
+race the classifier. The queue they wait in (`RequestQueue`) also wakes the loop: its
+eventfd is polled by the packet source with its packets, so an idle source hands the loop an
+empty batch at once instead of at the end of its idle poll (up to a second inline), and a
+request is answered within a batch's time. A main loop that does not answer within the
+timeout gets
 {"ok": false, "error": "busy"}: a hung datapath is visible from the console. A reload or a
 proposal (policy work on a worker thread) gets SLOW_ANSWER_TIMEOUT. The request is parsed
 within bounds (appliance.common.bounded), and its `source` is always "control".
@@ -17,7 +21,6 @@ import socket
 import threading
 from typing import Any
 
-from appliance.common.bounded import BoundsError, load_json
 from appliance.errors import WardtapError
 
 DEFAULT_CONTROL = "/run/wardtap/control.sock"   # the daemon's socket unless configured
@@ -41,6 +44,34 @@ class Request:
     def wait(self, timeout: float) -> dict[str, Any]:
         self._done.wait(timeout)
         return self.response
+
+
+class RequestQueue(queue.Queue[Request]):
+    """The main loop's requests (control socket, front-panel button, broker commands). Every
+    put wakes the loop: `wakeup_fd` (an eventfd) becomes readable until `clear()`."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def _put(self, item: Request) -> None:
+        super()._put(item)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the loop look now (a request, or policy work that finished)."""
+        with contextlib.suppress(BlockingIOError, OSError):   # already woken, or closed
+            os.eventfd_write(self.wakeup_fd, 1)
+
+    def clear(self) -> None:
+        """The loop is about to look at the queue: later puts wake it again."""
+        with contextlib.suppress(BlockingIOError, OSError):   # nothing was pending
+            os.eventfd_read(self.wakeup_fd)
+
+    def close(self) -> None:
+        fd, self.wakeup_fd = self.wakeup_fd, -1     # a late wake() finds no fd, not another's
+        if fd >= 0:
+            os.close(fd)
 
 
 class ControlServer(threading.Thread):
@@ -94,6 +125,8 @@ class ControlServer(threading.Thread):
         return data
 
     def _answer(self, data: bytes) -> dict[str, Any]:
+        from appliance.common.bounded import BoundsError, load_json  # the daemon's side only
+
         try:
             body = load_json(data.split(b"\n", 1)[0] or b"null", max_bytes=MAX_REQUEST,
                              max_depth=MAX_REQUEST_DEPTH)

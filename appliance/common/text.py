@@ -10,7 +10,6 @@ Callers that build `rich` markup also escape the brackets (rich.markup.escape).
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -41,10 +40,18 @@ def csv_cell(value: Any) -> Any:
     return "'" + text if text.startswith(_FORMULA) else text
 
 
-class SafeFormatter(logging.Formatter):
-    """A log formatter whose messages cannot carry control codes or extra lines (the
-    traceback of a real bug, appended after the message, is left as it is)."""
+def __getattr__(name: str) -> Any:
+    """`SafeFormatter`, a log formatter whose messages cannot carry control codes or extra
+    lines (the traceback of a real bug, appended after the message, is left as it is). Made
+    on first use: the commands that log are few, and `logging` costs the others' start-up."""
+    if name != "SafeFormatter":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import logging
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (logging's name)
-        record.message = shown(record.message)
-        return super().formatMessage(record)
+    class SafeFormatter(logging.Formatter):
+        def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (its name)
+            record.message = shown(record.message)
+            return super().formatMessage(record)
+
+    globals()[name] = SafeFormatter
+    return SafeFormatter

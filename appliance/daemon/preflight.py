@@ -91,7 +91,7 @@ def check(cfg: Config, provision: str | None = None, timeout: float = 3.0) -> Re
 
 
 def _provision(path: str) -> str:
-    from appliance.system.provision import check as check_provision
+    from appliance.system.provcheck import check as check_provision
 
     plan = check_provision(path)
     return f"valid (appliance {getattr(plan, 'site', '?')}/{getattr(plan, 'appliance', '?')})"

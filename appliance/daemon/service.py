@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from appliance.common.control import ControlServer, Request
+from appliance.common.control import ControlServer, Request, RequestQueue
 from appliance.common.instance import InstanceLock
 from appliance.common.records import device_dict, event_dict
 from appliance.common.text import shown
@@ -96,7 +96,7 @@ class Daemon:
         self.identification: Identification | None = None
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
-        self.requests: queue.Queue[Request] = queue.Queue(maxsize=64)
+        self.requests = RequestQueue(64)   # a put wakes the loop (its source polls the fd)
         self.policy: Policy | None = None
         self.generation = 0
         self.mode = config.mode
@@ -175,6 +175,7 @@ class Daemon:
                 # the kernel's hints mean something past the classifier's answer window
                 options["answer_window"] = cfg.udp_timeout
             self.source = make_source(cfg.datapath, **options)
+            self.source.wakeup_fd = self.requests.wakeup_fd
             if cfg.panel:
                 from appliance.panel.frontpanel import FrontPanel
 
@@ -223,12 +224,13 @@ class Daemon:
             if self.audit is not None:
                 self.audit.close()
             self.worker.close()
+            self.requests.close()
             lock.close()
             log.info("stopped")
 
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
 
     def _loop(self) -> None:
@@ -485,20 +487,18 @@ class Daemon:
     # -- control requests ------------------------------------------------------------------
 
     def _serve_requests(self) -> None:
+        self.requests.clear()         # a request put from here on wakes the loop again
         if self.pending:
             self._finish_pending()
-        while True:
-            try:
-                request = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            self._handle(request)
+        while not self.requests.empty():       # this loop is the only consumer
+            self._handle(self.requests.get_nowait())
 
     def _handle(self, request: Request) -> None:
         """Answer a request now, or once its policy work is done (`Pending`)."""
         result = dispatch(self, request.body)
-        if isinstance(result, Pending):
+        if isinstance(result, Pending):           # answered when the worker is done
             self.pending.append((request, result))
+            result.future.add_done_callback(lambda _: self.requests.wake())
             return
         self._answer(request, result)
 
@@ -556,6 +556,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop.set()
+        self.requests.wake()           # an idle source polls for it: stop now
 
     def identify(self, seconds: float) -> Answer:
         """Blink the unit for `seconds`, within IDENTIFY_BUDGET_S per hour (the violation
@@ -678,12 +679,11 @@ class Daemon:
 
     def _snapshot(self) -> None:
         stats = self.classifier.stats()
-        devices = [device_dict(rec) for rec in self.classifier.device_list()]
+        devices = self.devices()
         if self.identification is not None:
             from appliance.inventory.devices import annotate
 
             devices = annotate(devices, self.identification.inventory.as_list())
-        if self.identification is not None:
             try:
                 found = self.identification.snapshot(devices)   # merges, classifies, saves
             except WardtapError as exc:

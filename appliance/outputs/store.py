@@ -15,6 +15,7 @@ of the file taken before an upgrade.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -34,6 +35,10 @@ log = logging.getLogger("wardtap.store")
 BUSY_TIMEOUT_S = 30.0        # how long one statement waits for another connection's write
 WRITE_ATTEMPTS = 3           # a write that still finds the file busy is tried again
 HELD_EVENTS = 200_000        # StoreOutput: events kept in memory while the store cannot write
+# add_event_array: rows per INSERT statement. One statement of many rows costs about a quarter
+# less than executemany of one-row statements (bench/bench_scale.py store); 200 rows of 16
+# values stay far under SQLite's limit of 32,766 values a statement.
+ROWS_PER_INSERT = 200
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
@@ -161,8 +166,15 @@ def _v6_violation_field(db: sqlite_utils.Database) -> None:
     db.table("violations").add_column("field", str)
 
 
+def _v7_flows_unindexed(db: sqlite_utils.Database) -> None:
+    """Flows lose the (src, dst) index: no reader used it (`wardtap flows --device` asks for
+    src OR dst, which scans the table either way) and it cost a third of every insert."""
+    db.execute("DROP INDEX IF EXISTS idx_flows_src_dst")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule, _v5_identity, _v6_violation_field]
+    _v1, _v2_spool_audit, _v3_inventory, _v4_nearest_rule, _v5_identity, _v6_violation_field,
+    _v7_flows_unindexed]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _DEVICE_COLUMNS = ("key", "mac", "ipv4", "ipv6", "vlan", "multi_ip", "first_seen", "last_seen",
@@ -266,23 +278,25 @@ class Store:
     def add_event_array(self, run: int, events: Any,
                         rule_name: Callable[[int], str | None] | None = None) -> int:
         """Store the flow ends and violations of a structured event array (as drained by
-        appliance.common.eventarrays.EventBuffer) in one transaction, rows built column by
-        column; returns the rows written."""
+        appliance.common.eventarrays.EventBuffer) in one transaction, built column by
+        column, ROWS_PER_INSERT rows a statement; returns the rows written."""
         from appliance.common import eventarrays as ea
 
-        flows = ea.flow_rows(run, ea.of_type(events, "flow_end"), rule_name)
-        violations = ea.violation_rows(run, ea.of_type(events, "violation"), rule_name)
+        flows = ea.flow_columns(run, ea.of_type(events, "flow_end"), rule_name)
+        violations = ea.violation_columns(run, ea.of_type(events, "violation"), rule_name)
 
         def work() -> None:
-            conn = self.db.conn
-            for table, columns, rows in (("flows", ea.FLOW_COLUMNS, flows),
-                                         ("violations", ea.VIOLATION_COLUMNS, violations)):
-                if rows:
-                    conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
-                                     f"VALUES ({', '.join('?' * len(columns))})", rows)
-        if flows or violations:
+            for table, names, columns in (("flows", ea.FLOW_COLUMNS, flows),
+                                          ("violations", ea.VIOLATION_COLUMNS, violations)):
+                rows = len(columns[0]) if columns else 0
+                for start in range(0, rows, ROWS_PER_INSERT):
+                    stop = min(rows, start + ROWS_PER_INSERT)
+                    self.db.conn.execute(_insert(table, names, stop - start),
+                                         _interleaved(columns, start, stop))
+        written = (len(flows[0]) if flows else 0) + (len(violations[0]) if violations else 0)
+        if written:
             self._write(work)
-        return len(flows) + len(violations)
+        return written
 
     def merge_devices(self, devices: list[dict[str, Any]]) -> None:
         """Add a run's device counters to the stored ones (first/last seen widened)."""
@@ -306,6 +320,25 @@ class Store:
         where = "run = ?" if run is not None else None
         args = [run] if run is not None else None
         return list(self.db.table("violations").rows_where(where, args, order_by="ts"))
+
+
+def _interleaved(columns: list[list[Any]], start: int, stop: int) -> list[Any]:
+    """Rows start..stop of `columns` as one flat list of values, row after row (an INSERT's
+    parameters), without a tuple per row."""
+    flat: list[Any] = [None] * ((stop - start) * len(columns))
+    for i, column in enumerate(columns):
+        flat[i::len(columns)] = column[start:stop]
+    return flat
+
+
+@functools.lru_cache(maxsize=8)
+def _insert(table: str, columns: tuple[str, ...], rows: int) -> str:
+    """One INSERT of `rows` rows (eventarrays rows, in which ABSENT stands for NULL)."""
+    from appliance.common.eventarrays import ABSENT
+
+    one = ", ".join(f"NULLIF(?, {ABSENT[c]!r})" if c in ABSENT else "?" for c in columns)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join([f"({one})"] * rows))
 
 
 def _device_key(d: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""The technician's console: `wardtap status` (one shot) and `wardtap top` (live dashboard).
+"""The technician's console: `wardtap top` (live dashboard); `wardtap status` (one shot) is
+drawn without rich by appliance.panel.statustext, whose formatters this module shares.
 
 Both ask the running daemon for its `status` over the control socket (appliance.common.control)
 and show the same facts: mode, health, datapath counters, packets per second, flows,
@@ -23,61 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from appliance.common.control import request
-from appliance.common.text import shown
-from appliance.common.when import zone_name
 from appliance.errors import WardtapError
+from appliance.panel import statustext as st
 from appliance.panel.status import BUSY, REQUEST_TIMEOUT, SCHEMA, view  # noqa: F401
 
-STATUS_VIOLATIONS = 5           # violations listed by `wardtap status`
 COMPACT_WIDTH, COMPACT_HEIGHT = 80, 24
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 SPARK = "▁▂▃▄▅▆▇█"
 LED_SHORT = {"violation": "viol"}
-MODE_STYLES = {"enforce": "bold green", "monitor": "bold dark_orange",
-               "learn": "bold dark_orange", "bypass": "bold white on red"}
-
-
-# -- small formatters ------------------------------------------------------------------------
-
-def _n(value: int | float | None) -> str:
-    return "n/a" if value is None else f"{value:,}"
-
-
-def _bytes(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return ""   # not reached
-
-
-def _rate(v: dict[str, Any]) -> str:
-    pps = v["rate"]["packets_per_s"]
-    if pps is None:
-        return "n/a"
-    bps = v["rate"]["bytes_per_s"] or 0.0
-    return f"{pps:,.1f}/s ({bps * 8 / 1e6:.2f} Mbit/s)"
-
-
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.0f} s"
-    if s < 3600:
-        return f"{s // 60} m {s % 60:02d} s"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60:02d} m"
-    return f"{s // 86400} d {s % 86400 // 3600:02d} h"
 
 
 def _spark(history: list[float], width: int) -> str:
@@ -89,95 +47,30 @@ def _spark(history: list[float], width: int) -> str:
                    for x in values)
 
 
+# -- pieces shared with `wardtap status` (appliance.panel.statustext) -----------------------
+
 def _policy(v: dict[str, Any], short: bool = False) -> Text:
-    p = v["policy"]
-    fault = v.get("policy_fault")
-    out = Text("none" if not p else shown(
-        f"{p['name']} v{p['version']}" if short else
-        f"{p['name']} v{p['version']} (generation {p['generation']})"))
-    if fault:
-        running = ("the last good policy" if fault.get("running") == "last-good"
-                   else "none: in bypass")
-        out.append(" POLICY FAULT" if short else
-                   f"  POLICY FAULT: the policy file was refused, running {running}: "
-                   f"{shown(fault.get('error'))}", style="bold red")
-    return out
+    return Text.assemble(*st.policy(v, short))
 
 
 def _mode(v: dict[str, Any]) -> Text:
-    mode = str(v["mode"])
-    return Text(mode, style=MODE_STYLES.get(mode, "bold"))
+    return Text.assemble(*st.mode(v))
 
 
 def _health(v: dict[str, Any], short: bool = False) -> Text:
-    h = v["health"]
-    state = h["state"]
-    if h.get("integrity_alarm"):
-        return Text("INTEGRITY ALARM" if short else
-                    "INTEGRITY ALARM: a manifest check failed; call the security team",
-                    style="bold white on red")
-    if state == "ok":
-        return Text("ok", style="bold green")
-    if state == "bypass":
-        return Text("BYPASS" if short else "BYPASS: ward traffic is not inspected",
-                    style="bold white on red")
-    if state == "fault":
-        n = h.get("batch_failures", 0)
-        return Text("FAULT" if short else f"FAULT: {n} failed batches in the last minute",
-                    style="bold red")
-    if state == "stalled":
-        return Text("STALLED" if short else "STALLED: the datapath is not running",
-                    style="bold red")
-    return Text(str(state).upper(), style="bold red")
+    return Text.assemble(*st.health(v, short))
 
 
 def _broker(v: dict[str, Any], short: bool = False) -> Text:
-    b = v["broker"]
-    if not b["configured"]:
-        return Text("not configured", style="grey50")
-    depth = b["spool_depth"]
-    out = Text()
-    if b["connected"]:
-        out.append("connected", style="bold green")
-    else:
-        out.append("DISCONNECTED", style="bold red")
-    if not short and b["url"]:
-        out.append(f" {b['url']}")
-    out.append(f", spool {_n(depth)}" if short else f", {_n(depth)} waiting in the spool")
-    if b["spool_overflow"]:
-        dropped = sum((b["spool_dropped"] or {}).values())
-        out.append(f", OVERFLOW ({dropped:,} dropped)", style="bold red")
-    if b.get("spool_disk_full"):
-        held = b.get("spool_held_in_memory") or 0
-        out.append(f", DISK FULL ({held:,} waiting in memory)", style="bold red")
-    return out
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "?"
-    t = time.localtime(ts)
-    if t[:3] == time.localtime()[:3]:
-        return time.strftime("%H:%M:%S", t)
-    return time.strftime("%m-%d %H:%M", t)
-
-
-def _service(e: dict[str, Any]) -> str:
-    proto = e.get("proto")
-    name = PROTOCOLS.get(proto, str(proto)) if isinstance(proto, int) else str(proto or "?")
-    if e.get("dport") is not None:
-        return f"{name}/{e['dport']}"
-    if e.get("icmp_type") is not None:
-        return f"{name} type {e['icmp_type']}"
-    return name
+    return Text.assemble(*st.broker(v, short))
 
 
 def _violation_line(e: dict[str, Any]) -> Text:
     """One violation on one line, the most telling first (a narrow screen cuts the end)."""
     return Text.assemble(
-        str(e.get("src")), "→", str(e.get("dst")), " ", (_service(e), "bold"), " ",
+        str(e.get("src")), "→", str(e.get("dst")), " ", (st.service(e), "bold"), " ",
         (str(e.get("reason") or ""), "red"), (f" vlan {e['vlan']}" if e.get("vlan") else ""),
-        " ", (_when(e.get("ts")), "grey70"))
+        " ", (st.when(e.get("ts")), "grey70"))
 
 
 def _led_markup(v: dict[str, Any], compact: bool) -> str:
@@ -199,57 +92,6 @@ def _led_markup(v: dict[str, Any], compact: bool) -> str:
         style = "grey50" if pattern is Pattern.OFF else colour
         parts.append(f"[{style}]{SYMBOLS[pattern]}[/]{LED_SHORT.get(led, led)}")
     return " ".join(parts)
-
-
-# -- wardtap status ---------------------------------------------------------------------------
-
-def render_status(v: dict[str, Any], width: int = 120) -> RenderableType:
-    """The one-shot report: a label/value grid, the LEDs and the last violations; on a
-    terminal narrower than 80 columns the short LED line and one line per violation."""
-    compact = width < COMPACT_WIDTH
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
-    c = v["counters"]
-    grid.add_row("mode", Text.assemble(_mode(v), f"  datapath {v['datapath']}, "
-                                       f"up {_uptime(v['uptime_s'])}, pid {v['pid']}"))
-    grid.add_row("health", _health(v))
-    grid.add_row("policy", _policy(v))
-    grid.add_row("packets", f"{_n(c['packets'])} ({_bytes(c['bytes'])}), {_rate(v)}"
-                 + (f" over {v['rate']['window_s']:g} s" if v["rate"]["window_s"] else ""))
-    grid.add_row("verdicts", f"allowed {_n(c['allowed'])}  denied {_n(c['denied'])}  "
-                 f"malformed {_n(c['malformed'])}")
-    grid.add_row("drops", f"kernel {_n(c['kernel_drops'])}")
-    grid.add_row("flows", f"{_n(v['flows']['active'])} active, "
-                 f"{_n(v['flows']['created'])} created")
-    grid.add_row("devices", _n(v["devices"]))
-    grid.add_row("broker", _broker(v))
-    grid.add_row("LEDs", Text.from_markup(_led_markup(v, compact)))
-    recent = v["violations"]["recent"][:STATUS_VIOLATIONS]
-    seen = v["violations"]["seen"]
-    grid.add_row("violations", f"{seen:,} seen" + (f", the latest (times {zone_name()}, the "
-                                                     "packets' own):" if recent else ""))
-    parts: list[RenderableType] = [grid]
-    if recent and compact:
-        parts += [Padding(_violation_line(e), (0, 0, 0, 2)) for e in recent]
-    elif recent:
-        table = Table.grid(padding=(0, 1))
-        table.add_column(style="grey70", no_wrap=True)
-        for column in ("from", "to", "service", "reason", "vlan"):
-            table.add_column(header=column)
-        for e in recent:
-            table.add_row(_when(e.get("ts")), Text(str(e.get("src"))),
-                          Text("→ " + str(e.get("dst"))),
-                          _service(e), Text(str(e.get("reason") or ""), style="red"),
-                          f"vlan {e['vlan']}" if e.get("vlan") else "")
-        parts.append(Padding(table, (0, 0, 0, 2)))
-    return Group(*parts)
-
-
-def print_status(v: dict[str, Any]) -> None:
-    """`wardtap status` for a person: the document drawn (appliance.panel.status)."""
-    console = Console(highlight=False)
-    console.print(render_status(v, console.width))
 
 
 # -- wardtap top ------------------------------------------------------------------------------
@@ -348,7 +190,7 @@ def _header(snap: Snapshot, short: bool) -> Text:
     if snap.state == "busy":
         parts += ["  ", ("BUSY", "bold white on red")]
     if not short:
-        parts += [f"  up {_uptime(v['uptime_s'])}  policy ", _policy(v)]
+        parts += [f"  up {st.uptime(v['uptime_s'])}  policy ", _policy(v)]
     return _line(*parts)
 
 
@@ -364,14 +206,14 @@ def _compact(snap: Snapshot, console: Console, width: int, height: int,
         c = v["counters"]
         pps = v["rate"]["packets_per_s"]
         lines += [
-            _line(("pkts ", "bold"), _n(c["packets"]),
-                  f"  {'n/a' if pps is None else f'{pps:,.1f}'}/s  {_bytes(c['bytes'])}"),
-            _line(("allow ", "bold"), _n(c["allowed"]), ("  deny ", "bold"),
-                  (_n(c["denied"]), "red" if c["denied"] else ""), ("  malf ", "bold"),
-                  _n(c["malformed"])),
-            _line(("flows ", "bold"), f"{_n(v['flows']['active'])}/{_n(v['flows']['created'])}",
-                  ("  dev ", "bold"), _n(v["devices"]), ("  drops ", "bold"),
-                  _n(c["kernel_drops"])),
+            _line(("pkts ", "bold"), st.n(c["packets"]),
+                  f"  {'n/a' if pps is None else f'{pps:,.1f}'}/s  {st.size(c['bytes'])}"),
+            _line(("allow ", "bold"), st.n(c["allowed"]), ("  deny ", "bold"),
+                  (st.n(c["denied"]), "red" if c["denied"] else ""), ("  malf ", "bold"),
+                  st.n(c["malformed"])),
+            _line(("flows ", "bold"), f"{st.n(v['flows']['active'])}/{st.n(v['flows']['created'])}",
+                  ("  dev ", "bold"), st.n(v["devices"]), ("  drops ", "bold"),
+                  st.n(c["kernel_drops"])),
             _line(("broker ", "bold"), _broker(v, short=True)),
             _line(Text.from_markup(_led_markup(v, compact=True))),
         ]
@@ -410,17 +252,17 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
     left.add_column(style="bold", no_wrap=True, min_width=len("kernel drops"))
     left.add_column(no_wrap=True, overflow="ellipsis")
     pps = v["rate"]["packets_per_s"]
-    left.add_row("packets", _n(c["packets"]))
-    left.add_row("bytes", _bytes(c["bytes"]))
+    left.add_row("packets", st.n(c["packets"]))
+    left.add_row("bytes", st.size(c["bytes"]))
     left.add_row("packets/s", Text.assemble("n/a" if pps is None else f"{pps:,.1f} ",
                                             (_spark(v["rate"]["history"], 20), "cyan")))
-    left.add_row("allowed", _n(c["allowed"]))
-    left.add_row("denied", Text(_n(c["denied"]), style="red" if c["denied"] else ""))
-    left.add_row("malformed", _n(c["malformed"]))
-    left.add_row("kernel drops", _n(c["kernel_drops"]))
-    left.add_row("flows", f"{_n(v['flows']['active'])} active / "
-                 f"{_n(v['flows']['created'])} created")
-    left.add_row("devices", _n(v["devices"]))
+    left.add_row("allowed", st.n(c["allowed"]))
+    left.add_row("denied", Text(st.n(c["denied"]), style="red" if c["denied"] else ""))
+    left.add_row("malformed", st.n(c["malformed"]))
+    left.add_row("kernel drops", st.n(c["kernel_drops"]))
+    left.add_row("flows", f"{st.n(v['flows']['active'])} active / "
+                 f"{st.n(v['flows']['created'])} created")
+    left.add_row("devices", st.n(v["devices"]))
     right = Table.grid(padding=(0, 1))
     right.add_column(style="bold", no_wrap=True, min_width=len("violations"))
     right.add_column(no_wrap=True, overflow="ellipsis")
@@ -428,7 +270,7 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
     right.add_row("health", _health(v))
     right.add_row("policy", _policy(v, short=True))
     right.add_row("datapath", Text(str(v["datapath"])))
-    right.add_row("uptime", _uptime(v["uptime_s"]))
+    right.add_row("uptime", st.uptime(v["uptime_s"]))
     right.add_row("broker", _broker(v))
     right.add_row("violations", f"{v['violations']['seen']:,} seen")
     top = Layout(size=11)
@@ -445,7 +287,7 @@ def _wide(snap: Snapshot, socket_path: str, interval: float, width: int, height:
             table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=least)
     for e in v["violations"]["recent"][:max(0, room)]:
         cells: list[str | Text] = [
-            _when(e.get("ts")), Text(str(e.get("src"))), Text(str(e.get("dst"))), _service(e),
+            st.when(e.get("ts")), Text(str(e.get("src"))), Text(str(e.get("dst"))), st.service(e),
             Text(str(e.get("reason") or ""), style="red"), str(e["vlan"]) if e.get("vlan") else ""]
         table.add_row(*cells, *([str(e.get("smac") or "")] if with_mac else []))
     violations = Layout(Panel(table, title="recent violations", border_style="grey50"))

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from appliance.panel.glyphs import GLYPHS, RICH_COLOURS  # noqa: F401  (RICH_COLOURS: the console's)
 from appliance.panel.pins import LED_NAMES, PinMap, backend_name, load_pinmap
 from appliance.panel.pins import pin_factory as resolve_pin_factory
 
@@ -235,10 +236,7 @@ def rules_markdown(pinmap: PinMap | None = None) -> str:
     return "\n".join(rows) + "\n"
 
 
-RICH_COLOURS = {"green": "green", "amber": "dark_orange", "red": "red", "blue": "dodger_blue1",
-                "white": "bright_white", "yellow": "yellow", "orange": "orange1"}
-SYMBOLS = {Pattern.OFF: "○", Pattern.STEADY: "●", Pattern.SLOW: "◐", Pattern.FAST: "◉",
-           Pattern.DOUBLE: "◑"}
+SYMBOLS = {pattern: GLYPHS[pattern.value] for pattern in Pattern}
 
 
 def render_markup(display: Display, colours: dict[str, str] | None = None) -> str:

@@ -77,7 +77,7 @@ def view(answer: dict[str, Any]) -> dict[str, Any]:
 def run_status(socket_path: str, as_json: bool,
                draw: Callable[[dict[str, Any]], None]) -> int:
     """`wardtap status`: 0 answered, 1 busy (or refused), 2 not running (WardtapError).
-    `draw` shows the document to a person (appliance.panel.console.print_status)."""
+    `draw` shows the document to a person (appliance.panel.statustext.print_status)."""
     answer = request(socket_path, {"cmd": "status"}, timeout=REQUEST_TIMEOUT)
     if not answer.get("ok"):
         error = str(answer.get("error"))

@@ -255,19 +255,21 @@ class AfPacketSource(Source):
             for code, size in (("q", 8), ("I", 4), ("I", 4), ("Q", 8), ("H", 2)))
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
+        if self.wakeup_fd >= 0:
+            poller.register(self.wakeup_fd, select.POLLIN)
         index = 0
         block_size, block_count = self.block_size, self.block_count
         while not stop.is_set() and self._ring is ring:
             offset = self._block * block_size
             status = ring_block_status(ring, offset)
             if not status & TP_STATUS_USER:
-                events = poller.poll(self.timeout_ms)
-                if not events:
+                events = dict(poller.poll(self.timeout_ms))
+                if events.get(sock.fileno(), 0) & select.POLLERR:
+                    self._socket_error(sock)
+                elif not events or self.wakeup_fd in events:    # idle, or a request waits
                     self._check_interface()
                     yield Batch(ring, offsets[:0], lengths[:0], wire[:0], stamps[:0],
                                 links[:0], 0, index)
-                elif events[0][1] & select.POLLERR:
-                    self._socket_error(sock)
                 continue
             n = ring_block_batch(ring, offset, block_size, offsets, lengths, wire, stamps,
                                  links, self._ring_counters, self.linktype)

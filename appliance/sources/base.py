@@ -26,6 +26,10 @@ class Source:
     name: ClassVar[str] = ""
     inline: ClassVar[bool] = False           # gives verdicts that decide forwarding
     capabilities: ClassVar[tuple[str, ...]] = ()   # Linux capabilities open() needs
+    # The daemon's wake-up eventfd (appliance.common.control.RequestQueue; -1: none). Live
+    # sources poll it with their packets and, when it is readable, yield an empty batch at
+    # once so the loop answers a request now; the loop, not the source, resets it.
+    wakeup_fd = -1
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -37,7 +41,8 @@ class Source:
         """Yield batches until `stop` is set or the source ends.
 
         Live sources yield an empty batch (count 0) at least every `idle_interval` seconds
-        when there is no traffic, so the caller can expire flows and feed watchdogs.
+        when there is no traffic, so the caller can expire flows and feed watchdogs, and as
+        soon as `wakeup_fd` is readable.
         """
         raise NotImplementedError
 

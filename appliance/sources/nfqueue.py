@@ -413,6 +413,8 @@ class NfqueueSource(Source):
             raise SourceError("inline source used before open()")
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
+        if self.wakeup_fd >= 0:
+            poller.register(self.wakeup_fd, select.POLLIN)
         timeout_ms = max(1, int(min(self.idle_interval, 0.1) * 1000))
         # the watchdog's heartbeat, a few times per stall time, not per batch
         beat_every = min(0.1, self.stall_ms / 5000)
@@ -421,14 +423,16 @@ class NfqueueSource(Source):
             self._settle_pending()
             self._check_watchdog()
             self._count = self._used = 0
-            if poller.poll(timeout_ms):
+            ready = dict(poller.poll(timeout_ms))
+            if self._sock.fileno() in ready:
                 self._drain()
             n = self._count
             now = time.monotonic()
             if now - last_beat >= beat_every:
                 self._beat()
                 last_beat = now
-            if n == 0 and now - last_yield < self.idle_interval:
+            if n == 0 and now - last_yield < self.idle_interval and (
+                    self.wakeup_fd not in ready):       # a request waits: yield now
                 continue
             self._pending = n
             self.counters["batches"] += 1

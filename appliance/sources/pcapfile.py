@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -35,8 +36,15 @@ class PcapFileSource(Source):
                         return
                     self.packets += batch.count
                     yield batch
-        while self.stay and not stop.wait(IDLE_INTERVAL):
+        while self.stay and not self._idle(stop):
             yield Batch(memoryview(b""), *(_EMPTY,) * 5, count=0, first_index=self.packets)
+
+    def _idle(self, stop: threading.Event) -> bool:
+        """Wait IDLE_INTERVAL, or until the daemon's wake-up fd is readable; True: stop."""
+        if self.wakeup_fd >= 0:
+            select.select([self.wakeup_fd], [], [], IDLE_INTERVAL)
+            return stop.is_set()
+        return stop.wait(IDLE_INTERVAL)
 
     def stats(self) -> dict[str, int]:
         return {"packets": self.packets}

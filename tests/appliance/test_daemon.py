@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from conftest import ROOT, read_events, run_wardtap
 from netns import wait_for
 
 from appliance.common.control import request
+from appliance.panel import statustext
+from appliance.panel.status import view
 from demoward.ward import DEMO_POLICY, write_demo_ward
 
 
@@ -182,6 +185,51 @@ def test_learn_mode_proposes_a_policy_on_command(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+def test_status_is_answered_by_a_busy_daemon(tmp_path: Path) -> None:
+    """A daemon replaying the ward 2,000 times over (10M packets) answers between batches:
+    each answer is the running count, growing, while the replay is still going."""
+    write_demo_ward(str(tmp_path / "ward.pcap"), packets=5000)
+    (tmp_path / "policy.toml").write_text(DEMO_POLICY)
+    (tmp_path / "wardtap.toml").write_text(
+        '[appliance]\nmode = "enforce"\n[datapath]\ntype = "replay"\n'
+        f'files = {json.dumps(["ward.pcap"] * 2000)}\nstay = true\n'
+        '[policy]\nfile = "policy.toml"\n[control]\nsocket = "control.sock"\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config",
+                             str(tmp_path / "wardtap.toml")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sock = str(tmp_path / "control.sock")
+    try:
+        wait_for(lambda: os.path.exists(sock), timeout=20, what="the control socket")
+        seen = []
+        for _ in range(3):
+            drawn = run_wardtap("status", "--json", "--socket", sock)
+            assert drawn.returncode == 0, drawn.stderr
+            seen.append(json.loads(drawn.stdout)["counters"]["packets"])
+        assert seen == sorted(seen) and seen[-1] > seen[0], seen
+        assert seen[-1] < 2000 * 5000                       # still replaying
+        assert run_wardtap("status", "--socket", sock).returncode == 0
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_status_is_drawn_without_loading_rich(daemon) -> None:  # type: ignore[no-untyped-def]
+    from test_startup import heavy, loaded
+
+    _, sock, _ = daemon
+    result = loaded("status", "--socket", sock)
+    assert result["code"] == 0, result["err"]
+    assert "enforce" in result["out"] and "violations" in result["out"]
+    assert "\x1b[" not in result["out"]                # not a terminal: no colour codes
+    assert heavy(result["modules"]) == []
+    # On a terminal: the same text, coloured (enforce and a healthy state in bold green).
+    v = view(request(sock, {"cmd": "status"}))
+    coloured, plain = statustext.render(v, colour=True), statustext.render(v)
+    assert "\x1b[1;32menforce\x1b[0m" in coloured
+    assert re.sub("\x1b\\[[0-9;]*m", "", coloured) == plain
 
 
 def test_status_shows_the_leds_and_violations_light_red(daemon) -> None:  # type: ignore[no-untyped-def]

@@ -260,3 +260,31 @@ def test_wal_lets_a_reader_see_committed_rows_while_open(tmp_path: Path) -> None
             assert reader.execute("SELECT count(*) FROM violations").fetchone()[0] == 2
         finally:
             reader.close()
+
+
+def test_schema_6_store_keeps_its_flows_and_drops_the_unused_index(tmp_path: Path) -> None:
+    """Schema 7 drops the flows' (src, dst) index; `wardtap flows --device` (src OR dst)
+    reads the table either way and finds the same rows."""
+    from appliance.outputs import store as store_module
+    from appliance.outputs.history import Filters, flows, open_store
+
+    path = tmp_path / "v6.db"
+    db = sqlite_utils.Database(path)
+    for migrate in store_module.MIGRATIONS[:6]:
+        migrate(db)
+    db.execute("PRAGMA user_version = 6")
+    db["runs"].insert({"id": 1, "kind": "daemon"})
+    db["flows"].insert_all([{"run": 1, "flow": 1, "first": 1.0, "last": 2.0, "src": "10.4.1.5",
+                             "dst": "10.20.0.15", "proto": 1, "icmp_type": 8, "vlan": 0,
+                             "packets": 2, "bytes": 196, "verdict": "allow", "rule": "ping",
+                             "end": "idle"}])
+    db.conn.commit()
+    db.close()
+    with Store(str(path)) as store:
+        assert "idx_flows_src_dst" not in {i.name for i in store.db["flows"].indexes}
+        store.add_events(1, [flow_end(2, src="10.20.0.15", dst="10.4.1.5")])
+    assert (tmp_path / "v6.db.schema6.bak").exists()
+    with open_store(str(path)) as conn:
+        rows = flows(conn, Filters(device="10.4.1.5"))
+    assert [(r["src"], r["sport"], r["icmp_type"]) for r in rows] == [
+        ("10.4.1.5", None, 8), ("10.20.0.15", 40002, None)]

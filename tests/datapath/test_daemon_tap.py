@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, read_events
+from conftest import ROOT, read_events, run_wardtap
 from netns import UPLINK_IP, WARD_IP, Ward, wait_for
+
+from appliance.common.control import request
 
 POLICY = f"""
 [policy]
@@ -89,3 +91,39 @@ def test_tap_daemon_reports_violations_by_device_and_rule(tmp_path: Path) -> Non
                     daemon.kill()
         assert code == 0, daemon.stderr.read() if daemon.stderr else ""
     assert read_events(log)[-1]["type"] == "stopping"
+
+
+def test_an_idle_daemon_answers_at_once_and_stops_at_once(tmp_path: Path) -> None:
+    """The tap's blocks retire after 60 s of quiet (timeout_ms), so its poll returns only
+    then: without the wake-up fd the loop would see a request a minute late, and the control
+    socket gives up after 2 s with "busy". Status, a reload (answered when the policy worker
+    is done) and SIGTERM all reach the loop at once."""
+    (tmp_path / "policy.toml").write_text(POLICY)
+    (tmp_path / "wardtap.toml").write_text(
+        '[appliance]\nmode = "monitor"\n[datapath]\ntype = "tap"\ninterface = "ward0"\n'
+        'timeout_ms = 60000\n[policy]\nfile = "policy.toml"\n[events]\nlog = "events.jsonl"\n'
+        '[control]\nsocket = "control.sock"\n')
+    log, sock = tmp_path / "events.jsonl", str(tmp_path / "control.sock")
+    with Ward() as ward:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        daemon = ward.popen(ward.appliance, [sys.executable, "-m", "appliance.cli", "run",
+                                             "--config", str(tmp_path / "wardtap.toml")],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: any(e["type"] == "started" for e in read_events(log)),
+                     timeout=20, what="the daemon to start")
+            for body in ({"cmd": "status"}, {"cmd": "reload"}, {"cmd": "status"}):
+                answer = request(sock, body, timeout=30)
+                assert answer["ok"], (body, answer)
+            assert answer["policy"]["generation"] == 2
+            drawn = run_wardtap("status", "--socket", sock)
+            assert drawn.returncode == 0, drawn.stderr
+            assert "monitor" in drawn.stdout and "tap-test v1" in drawn.stdout
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(timeout=30)      # a minute's poll would outlast this
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+        assert code == 0, daemon.stderr.read() if daemon.stderr else ""

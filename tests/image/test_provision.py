@@ -17,7 +17,8 @@ from conftest import ROOT
 
 from appliance.system import integrity
 from appliance.system.config import load_config
-from appliance.system.provision import ProvisionError, apply, check
+from appliance.system.provcheck import ProvisionError, check
+from appliance.system.provision import apply
 from demoward.ward import DEMO_POLICY
 
 GOOD = """\
