@@ -37,16 +37,18 @@ def _add_db_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="STORE", type=checked.input_file,
                    help="resolve class, role and maker groups from this store's inventory "
                         "(as the appliance does at load)")
+    p.add_argument("--config", metavar="WARDTAP.TOML", type=checked.input_file,
+                   help="resolve mud_controller groups from its [mud.controllers]")
 
 
-def _load(path: str, db: str | None) -> Any:
+def _load(path: str, db: str | None, config: str | None = None) -> Any:
     from appliance.policy.model import load_policy
 
-    if db is None:
+    if db is None and config is None:
         return load_policy(path)
-    from appliance.inventory.identify import class_members
+    from appliance.daemon.policyload import policy_members
 
-    return load_policy(path, classes=class_members(db))
+    return load_policy(path, classes=policy_members(db, config))
 
 
 def add_actions(sub: Any) -> None:
@@ -91,7 +93,7 @@ def _run_diff(args: argparse.Namespace) -> int:
 def _run_test(args: argparse.Namespace) -> int:
     from appliance.policy.model import compile_policy
 
-    policy = _load(args.file, args.db)
+    policy = _load(args.file, args.db, args.config)
     compile_policy(policy)
     return _emit(would_block(policy, args.captures), args.json, render_test)
 
@@ -111,11 +113,14 @@ def _mud_policy(args: argparse.Namespace, profile: Any, baseline: Baseline | Non
 
         device.mac = sorted(k[1] for k in View(baseline).entities if k[0] == "mac")
     controllers: dict[str, list[str]] = {}
+    devices: dict[str, list[str]] = {}
     if args.config:
         from appliance.system.config import load_config
 
-        controllers = load_config(args.config).mud_controllers
-    draft = mud_draft(profile, device, fills, getattr(args, "name", None), controllers)
+        config = load_config(args.config)
+        controllers, devices = config.mud_controllers, config.mud_devices
+    draft = mud_draft(profile, device, fills, getattr(args, "name", None), controllers,
+                      devices)
     placeholders = {g.name for g in draft.groups if g.placeholder}
     left_out = []
     for r in draft.rules:
@@ -181,7 +186,9 @@ def _run_drift(args: argparse.Namespace) -> int:
         text, warnings, left_out, only = _mud_policy(args, profile, baseline)
         for w in warnings:
             print(shown(f"wardtap: warning: {w}"), file=sys.stderr)
-        policy = parse_policy(text, args.mud)
+        from appliance.daemon.policyload import policy_members
+
+        policy = parse_policy(text, args.mud, policy_members(None, args.config))
     return _emit(drift(policy, baseline, left_out, only), args.json, render_drift)
 
 
@@ -211,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from appliance.errors import PolicyError
     from appliance.policy.lint import lint
 
-    policy = _load(args.file, args.db)
+    policy = _load(args.file, args.db, args.config)
     compile_policy(policy)
     findings = lint(policy)
     for finding in findings:

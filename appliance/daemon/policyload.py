@@ -234,3 +234,31 @@ def replace_file(path: str, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def policy_members(store: str | None, config_path: str | None) -> ClassMembers:
+    """What a policy's load-time selectors hold: `class`, `role`, `maker` from the store's
+    inventory; `mud_controller` from the appliance configuration's [mud.controllers], read
+    again from the file at each load, so a changed controller address applies on reload
+    without importing the MUD file again. A configuration that no longer reads is a
+    PolicyError: the reload is refused and the running policy stays."""
+    from appliance.errors import WardtapError
+    from appliance.inventory.identify import class_members
+    from appliance.system.config import load_config
+
+    inventory = class_members(store) if store else None
+    controllers: dict[str, list[str]] | None = None
+
+    def members(kind: str, value: str) -> list[str]:
+        nonlocal controllers
+        if kind != "mud_controller":
+            return inventory(kind, value) if inventory else []
+        if controllers is None:
+            try:
+                controllers = load_config(config_path).mud_controllers if config_path else {}
+            except WardtapError as exc:
+                raise PolicyError(config_path or "", f"[mud.controllers] not read: {exc}") \
+                    from None
+        return list(controllers.get(value, []))
+
+    return members

@@ -98,11 +98,10 @@ def _provision(path: str) -> str:
 
 
 def _policy(cfg: Config) -> str:
-    from appliance.inventory.identify import class_members
+    from appliance.daemon.policyload import policy_members
     from appliance.policy.model import compile_policy, load_policy
 
-    policy = load_policy(cfg.policy or "", classes=class_members(cfg.store)
-                         if cfg.store else None)
+    policy = load_policy(cfg.policy or "", classes=policy_members(cfg.store, cfg.path))
     compile_policy(policy)
     left = f", {len(policy.disabled)} left out for review" if policy.disabled else ""
     return (f"{policy.name} v{policy.version}: {len(policy.groups)} groups, "

@@ -626,13 +626,11 @@ class Daemon:
         return {"configured": True, **status()}
 
     def _class_members(self) -> Callable[[str, str], list[str]] | None:
-        """Policy `class`, `role`, `maker` selectors: MACs from the stored inventory, read at
-        each policy load and reload."""
-        if not self.config.store:
-            return None
-        from appliance.inventory.identify import class_members
+        """Policy `class`, `role`, `maker` selectors from the stored inventory, and
+        `mud_controller` from [mud.controllers]: read at each policy load and reload."""
+        from appliance.daemon.policyload import policy_members
 
-        return class_members(self.config.store)
+        return policy_members(self.config.store, self.config.path)
 
     # -- events and outputs ------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 def class_members(db_path: str) -> Callable[[str, str], list[str]]:
     """For policy loading: (selector, value) -> MACs of the stored inventory's devices that
     `class = [...]` (their class), `role = [...]` (a server role among their roles, or their
-    class: their MACs and the addresses the inventory saw them use) or `maker = [...]`
-    (their make or MAC vendor, case-insensitive) select.
+    class) or `maker = [...]` (their make or MAC vendor, case-insensitive) select: their
+    MACs and the addresses the inventory saw them use.
 
     Resolved when called (policy load or reload); a store without an inventory yet gives
     every selector no members.
@@ -47,10 +47,11 @@ def class_members(db_path: str) -> Callable[[str, str], list[str]]:
             return []
         macs = [mac for mac, cls, roles, make, vendor in rows
                 if _selects(kind, value, cls, roles, make, vendor, json.loads)]
-        if kind != "role" or not macs:
+        if not macs:
             return macs
-        # a server is also reached by address: inline, a conversation's first packet shows
-        # only its sender's MAC, so a client's first query names the server by address
+        # a device is also reached by address: inline, a conversation's first packet shows
+        # only its sender's MAC, so a client's first packet names a server (selected by
+        # role, class or maker) by address
         try:
             conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
             try:

@@ -76,8 +76,10 @@ def lint(policy: Policy) -> list[Finding]:
 def _inventory_text(group: Group) -> str:
     what = ", ".join(f"{kind} {value!r}" for kind, value in group.inventory())
     held = f"{group.resolved} now" if group.resolved else "none known here"
-    return (f"selects only by {what}: the devices the inventory has put there when the policy "
-            f"is loaded or reloaded ({held}); until then its rules allow nothing")
+    whom = ("the devices the inventory has put there" if not group.controllers else
+            "what the inventory and the configuration's [mud.controllers] give")
+    return (f"selects only by {what}: {whom} when the policy is loaded or reloaded ({held}); "
+            "until then its rules allow nothing")
 
 
 def _host_bits(text: str) -> str:

@@ -73,11 +73,16 @@ class Group:
     roles: tuple[str, ...] = ()       # server roles; their MACs are already in `macs`
     makers: tuple[str, ...] = ()      # makes / MAC vendors; their MACs are in `macs`
     resolved: int = 0                 # MACs in `macs` that class/role/maker put there
+    # MUD controllers (MUD URLs, controller class URIs): the appliance configuration's
+    # [mud.controllers] addresses for them, read at each load; they are in `nets`
+    controllers: tuple[str, ...] = ()
 
     def inventory(self) -> tuple[tuple[str, str], ...]:
-        """(selector, value) of every selector the inventory resolves: class, role, maker."""
+        """(selector, value) of every selector resolved at load: class, role, maker (the
+        inventory), mud_controller (the configuration)."""
         return tuple([("class", c) for c in self.classes] + [("role", r) for r in self.roles]
-                     + [("maker", m) for m in self.makers])
+                     + [("maker", m) for m in self.makers]
+                     + [("mud_controller", u) for u in self.controllers])
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,7 @@ class _Validator:
             if not isinstance(spec, dict):
                 raise self.fail("must be a table", where, line)
             self._unknown(spec, {"mac", "oui", "ip", "vlan", "class", "role", "maker", "names",
-                                 "description"}, where, line, header)
+                                 "mud_controller", "description"}, where, line, header)
             macs = tuple(self._mac(v, f"{where}.mac", self.lines.key(header, "mac"), _MAC, 6)
                          for v in self._list(spec, "mac", where, header))
             ouis = tuple(self._mac(v, f"{where}.oui", self.lines.key(header, "oui"), _OUI, 3)
@@ -264,8 +269,11 @@ class _Validator:
                           for v in self._list(spec, "role", where, header))
             makers = tuple(self._maker(v, f"{where}.maker", self.lines.key(header, "maker"))
                            for v in self._list(spec, "maker", where, header))
+            controllers = tuple(self._controller(
+                v, f"{where}.mud_controller", self.lines.key(header, "mud_controller"))
+                for v in self._list(spec, "mud_controller", where, header))
             group = Group(name, macs, ouis, nets, vlans, line, classes, loose, names, roles,
-                          makers)
+                          makers, controllers=controllers)
             if self.classes is not None and group.inventory():
                 found = [m for kind, value in group.inventory() for m in self.classes(kind, value)]
                 every = tuple(dict.fromkeys(macs + tuple(bytes.fromhex(m.replace(":", ""))
@@ -276,7 +284,7 @@ class _Validator:
                                     if not _MAC.match(m)))))
             if not (macs or ouis or nets or vlans or group.inventory() or names):
                 raise self.fail("group has no members (give mac, oui, ip, vlan, class, role, "
-                                "maker or names)", where, line)
+                                "maker, names or mud_controller)", where, line)
             groups[name] = group
         return groups
 
@@ -307,6 +315,14 @@ class _Validator:
             raise self.fail(f"{value!r} is not a server role ({', '.join(known)})", where,
                             line)
         return str(value)
+
+    def _controller(self, value: Any, where: str, line: int | None) -> str:
+        if not isinstance(value, str) or not value.startswith(("https://", "http://", "urn:")) \
+                or any(c.isspace() for c in value) or len(value) > 1024:
+            raise self.fail(f"{value!r} is not a MUD URL or controller class URI (https://... "
+                            "or urn:..., as in the configuration's [mud.controllers])", where,
+                            line)
+        return value
 
     def _maker(self, value: Any, where: str, line: int | None) -> str:
         if not isinstance(value, str) or not value.strip() or len(value) > MAX_MAKER:

@@ -44,6 +44,8 @@ _IGNORED_IP = {"dscp", "ecn", "length", "ttl", "ihl", "flags", "offset", "identi
 _IGNORED_TCP = {"sequence-number", "acknowledgement-number", "data-offset", "reserved",
                 "flags", "window-size", "urgent-pointer", "options"}
 _IGNORED_UDP = {"length"}
+_ACLS = "ietf-access-control-list:acls"
+_DRAFT_ACLS = "ietf-access-control-list:access-lists"
 MAX_MUD_BYTES = 1 << 20
 MAX_MUD_DEPTH = 64
 _MUD_MATCHES = {"manufacturer", "same-manufacturer", "model", "local-networks", "controller",
@@ -75,6 +77,8 @@ class Peer:
     placeholder: bool = False
     note: str = ""
     role: str = ""                 # kind "role": the inventory's server role
+    warning: str = ""              # the placeholder's warning, dropped once it is resolved
+    configured: list[str] = field(default_factory=list)   # [mud.controllers] at import
 
 
 @dataclass
@@ -146,8 +150,13 @@ class _Reader:
     def read(self, doc: Any) -> MudProfile:
         doc = self.obj(doc, "$")
         for key in doc:
-            if key not in ("ietf-mud:mud", "ietf-access-control-list:acls"):
+            if key not in ("ietf-mud:mud", _ACLS, _DRAFT_ACLS):
                 self.warn(f"$.{key}", "not part of a MUD file; ignored")
+        if _DRAFT_ACLS in doc:       # the name before RFC 8519; MUDgee and others write it
+            if _ACLS in doc:
+                raise self.fail(f"$.{_DRAFT_ACLS}", f"contradictory: both {_ACLS} and "
+                                f"{_DRAFT_ACLS}")
+            doc = {**doc, _ACLS: doc[_DRAFT_ACLS]}
         if "ietf-mud:mud" not in doc:
             raise self.fail("$.ietf-mud:mud", "missing: not a MUD file (RFC 8520)")
         mud = self.obj(doc["ietf-mud:mud"], "$.ietf-mud:mud")
@@ -170,7 +179,7 @@ class _Reader:
         info = {k: mud[k] for k in ("systeminfo", "mfg-name", "model-name", "firmware-rev",
                                     "software-rev", "documentation", "last-update")
                 if isinstance(mud.get(k), str)}
-        acls = self._acls(doc.get("ietf-access-control-list:acls"))
+        acls = self._acls(doc.get(_ACLS))
         rules: list[MudRule] = []
         used: set[str] = set()
         for direction in ("from-device-policy", "to-device-policy"):
@@ -216,10 +225,11 @@ class _Reader:
 
     def _acl(self, acl: dict[str, Any], where: str, direction: str) -> list[MudRule]:
         kind = str(acl.get("type", "")).split(":")[-1]
-        if kind and kind not in ("ipv4-acl-type", "ipv6-acl-type", "mixed-eth-ipv4-acl-type",
+        if kind and kind not in ("ipv4-acl-type", "ipv6-acl-type", "eth-acl-type",
+                                 "ethernet-acl-type", "mixed-eth-ipv4-acl-type",
                                  "mixed-eth-ipv6-acl-type", "mixed-eth-ipv4-ipv6-acl-type"):
             raise self.fail(f"{where}.type", f"ACL type {kind!r} is not supported (wardtap "
-                            "matches IPv4 and IPv6, not Ethernet fields)")
+                            "matches IPv4 and IPv6)")
         aces = self.obj(acl.get("aces"), f"{where}.aces")
         out = []
         names: set[str] = set()
@@ -262,9 +272,9 @@ class _Reader:
         l3 = [k for k in ("ipv4", "ipv6") if k in matches]
         l4 = [k for k in ("tcp", "udp", "icmp") if k in matches]
         for key in matches:
-            if key in ("ipv4", "ipv6", "tcp", "udp", "icmp", "ietf-mud:mud"):
+            if key in ("ipv4", "ipv6", "tcp", "udp", "icmp", "ietf-mud:mud", "eth"):
                 continue
-            if key in ("eth", "l2", "egress-interface", "ingress-interface"):
+            if key in ("l2", "egress-interface", "ingress-interface"):
                 raise self.fail(f"{mwhere}.{key}", "not supported: wardtap matches "
                                 "addresses, protocols and ports, not Ethernet fields or "
                                 "interfaces")
@@ -273,6 +283,8 @@ class _Reader:
             raise self.fail(mwhere, "contradictory: matches both "
                             + " and ".join([*l3, *l4]))
         family = l3[0] if l3 else None
+        if "eth" in matches and not self._eth(matches["eth"], f"{mwhere}.eth", family):
+            return None
         if family and acl_type in ("ipv4-acl-type", "ipv6-acl-type") \
                 and not acl_type.startswith(family):
             raise self.fail(f"{mwhere}.{family}", f"contradictory: {family} match in an ACL "
@@ -281,6 +293,11 @@ class _Reader:
         proto = 0
         if "protocol" in ip:
             proto = self.integer(ip["protocol"], f"{mwhere}.{family}.protocol", 0, 255)
+            if proto == 0 and not l4:
+                # 0 is the hop-by-hop options header (MLD reports carry it); a rule cannot
+                # name an extension header, so say that the rule covers every protocol
+                self.warn(f"{mwhere}.{family}.protocol", "0 (hop-by-hop options) is read as "
+                          "any protocol: the rule is broader than the MUD entry")
         implied = {"tcp": 6, "udp": 17, "icmp": 58 if family == "ipv6" else 1}
         if l4:
             want = implied[l4[0]]
@@ -309,6 +326,32 @@ class _Reader:
         # "either"), as in the MUD file
         rule.text = _describe(rule)
         return rule
+
+    def _eth(self, raw: Any, where: str, family: str | None) -> bool:
+        """Ethernet fields beside an IP match: the ethertype of that IP family says nothing
+        more; a MAC address is not matched (a warning: broader). An Ethernet-only entry is
+        not carried over (False): it is not IP, and the policy's non_ip and arp settings
+        decide such frames."""
+        eth = self.obj(raw, where)
+        ethertype = str(eth.get("ethertype", "")).lower()
+        if family is None:
+            self.warn(where, f"Ethernet-only entry (ethertype {ethertype or 'any'}) not "
+                      "carried over: wardtap's rules are for IP; the policy's non_ip and arp "
+                      "settings decide other frames")
+            return False
+        own = {"ipv4": ("0x0800", "2048"), "ipv6": ("0x86dd", "34525")}[family]
+        for key in eth:
+            if key == "ethertype":
+                if ethertype not in own:
+                    raise self.fail(f"{where}.ethertype", f"contradictory: ethertype "
+                                    f"{eth[key]} with an {family} match")
+            elif key in ("destination-mac-address", "source-mac-address",
+                         "destination-mac-address-mask", "source-mac-address-mask"):
+                self.warn(f"{where}.{key}", "not matched by wardtap (addresses, protocols "
+                          "and ports): the rule is broader than the MUD entry")
+            else:
+                raise self.fail(f"{where}.{key}", "unknown Ethernet match")
+        return True
 
     def _peer(self, matches: dict[str, Any], ip: dict[str, Any], family: str | None,
               where: str, direction: str) -> Peer:
@@ -350,6 +393,15 @@ class _Reader:
                                     f"{', '.join(sorted(_MUD_MATCHES))})")
                 found.append((f"{mwhere}.{key}", self._mud_match(key, mud[key],
                                                                  f"{mwhere}.{key}")))
+        kinds = [p.kind for _, p in found]
+        if len(found) == 2 and sorted(kinds) == ["local-networks", "network"]:
+            # both must hold: the address block, where it is local (link multicast and
+            # broadcast, which no router forwards, count as local)
+            w, block = next((w, p) for w, p in found if p.kind == "network")
+            if not _is_local(block.name):
+                raise self.fail(w, f"contradictory: {block.name} with local-networks "
+                                f"({block.name} is not a local network)")
+            return block
         if len(found) > 1:
             raise self.fail(where, "contradictory: names more than one peer ("
                             + ", ".join(w.rsplit(".", 1)[-1] for w, _ in found)
@@ -422,8 +474,11 @@ class _Reader:
         if peer is None:
             peer = self.peers[key] = Peer(safe_name(name), kind, value, placeholder=True,
                                           note=note)
-            self.warn(where, f"{kind} {value!r}: fill in group {peer.name!r} (the policy "
-                      "matches addresses); until then it and its rules stay commented out")
+            source = ("[mud.controllers]" if kind == "controller" else "[mud.devices]")
+            self.warn(where, f"{kind} {value!r}: fill in group {peer.name!r} (appliance "
+                      f"configuration {source} with --config, or --fill); until then it and "
+                      "its rules stay commented out")
+            peer.warning = self.warnings[-1]
         return peer
 
     def _ports(self, rule: MudRule, l4: dict[str, Any], where: str, proto: str) -> None:
@@ -499,6 +554,16 @@ class _Reader:
             if request is not None:      # a reply: the other side asked
                 rule.initiator, itype = other, request
             rule.icmp_types = [itype]
+
+
+def _is_local(text: str) -> bool:
+    """Within the private blocks, or multicast or the limited broadcast address (which do
+    not leave the local network)."""
+    block: Any = ipaddress.ip_network(text)
+    if block.is_multicast or text == "255.255.255.255/32":
+        return True
+    return any(block.subnet_of(n) for n in map(ipaddress.ip_network, LOCAL_NETWORKS)
+               if n.version == block.version)
 
 
 def _kind(value: Any) -> str:

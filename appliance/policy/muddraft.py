@@ -37,16 +37,19 @@ class DeviceSelectors:
 def mud_draft(profile: MudProfile, device: DeviceSelectors,
               fills: dict[str, list[str]] | None = None,
               name: str | None = None,
-              controllers: dict[str, list[str]] | None = None) -> PolicyDraft:
+              controllers: dict[str, list[str]] | None = None,
+              devices: dict[str, list[str]] | None = None) -> PolicyDraft:
     """The MUD profile as a policy draft. `fills` gives members to groups (by group name,
     DNS name or URI); unknown names are an error. `controllers` is the configuration's
-    MUD URL -> controller addresses (`my-controller`)."""
+    MUD URL -> controller addresses (`my-controller`) and controller class URI -> addresses
+    (`controller`); `devices` its [mud.devices]: another maker's MUD URL authority
+    (`manufacturer`) or another model's MUD URL (`model`) -> OUIs, MACs or addresses."""
     fills = dict(fills or {})
     for peer in profile.peers.values():
         for key in (peer.name, peer.value):
             if key and key in fills and (peer.placeholder or peer.kind in _FILLABLE):
                 peer.members += fills.pop(key)
-                peer.placeholder = False
+                _resolved(profile, peer)
             elif key and key in fills and peer.kind == "local-networks":
                 peer.members = fills.pop(key)
     if fills:
@@ -57,6 +60,7 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
     maker = str(profile.info.get("mfg-name") or "").strip()[:MAX_MAKER]
     for peer in profile.peers.values():
         _resolve(profile, peer, controllers or {}, ouis, maker)
+        _from_config(profile, peer, controllers or {}, devices or {})
     dev_name = profile.device_name
     dev = GroupSpec(dev_name, mac=list(device.mac), oui=list(device.oui), ip=list(device.ip),
                     vlan=list(device.vlan), placeholder=device.empty)
@@ -73,12 +77,16 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
             peer.name = unique(peer.name, taken)
         taken.add(peer.name)
         same_maker = peer.kind == "same-manufacturer" and not peer.placeholder
-        g = GroupSpec(peer.name, ip=list(peer.members), placeholder=peer.placeholder,
+        macs = [m for m in peer.members if _MAC.fullmatch(m)]
+        peer_ouis = [m for m in peer.members if _OUI.fullmatch(m)]
+        addrs = [m for m in peer.members if m not in macs and m not in peer_ouis]
+        g = GroupSpec(peer.name, ip=addrs, mac=macs, placeholder=peer.placeholder,
                       description=peer.note,
                       names=[peer.value] if peer.kind == "dns" else [],
                       role=[peer.role] if peer.role else [],
-                      oui=ouis if same_maker else [],
-                      maker=[maker] if same_maker and maker else [])
+                      oui=ouis if same_maker else peer_ouis,
+                      maker=[maker] if same_maker and maker else [],
+                      mud_controller=[peer.value] if peer.configured else [])
         g.comments.append(f"MUD {peer.kind}" + (f" {peer.value}" if peer.value else "")
                           + (": FILL IN the addresses, then uncomment this group and its "
                              "rules" if peer.placeholder else ""))
@@ -87,6 +95,10 @@ def mud_draft(profile: MudProfile, device: DeviceSelectors,
                               f"{peer.role}, at each policy load or reload; a server behind "
                               "a router is not one of the ward's devices: add its address "
                               "with ip (or --fill)")
+        if peer.configured:
+            g.comments.append(f"mud_controller: the addresses the appliance configuration's "
+                              f"[mud.controllers] gives for it at each policy load or reload "
+                              f"(now {', '.join(peer.configured)})")
         if same_maker:
             g.comments.append("oui: the MUD device's own OUIs; maker: devices whose make or "
                               "MAC vendor the inventory knows by this name")
@@ -140,7 +152,7 @@ def _resolve(profile: MudProfile, peer: Peer, controllers: dict[str, list[str]],
     if peer.kind == "my-controller" and not peer.members:
         configured = controllers.get(profile.url)
         if configured:
-            peer.members = list(configured)
+            peer.configured = list(configured)
             peer.note += " (configuration: [mud.controllers])"
         else:
             peer.placeholder = True
@@ -154,6 +166,35 @@ def _resolve(profile: MudProfile, peer: Peer, controllers: dict[str, list[str]],
             f"{profile.path}: same-manufacturer: no OUI (--oui/--mac) and no mfg-name to "
             f"know the maker of {profile.url} by; its rules stay commented out (give "
             "--oui, or --fill same-manufacturer=ADDR)")
+
+
+_OUI = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def _resolved(profile: MudProfile, peer: Peer) -> None:
+    peer.placeholder = False
+    if peer.warning in profile.warnings:
+        profile.warnings.remove(peer.warning)
+
+
+def _from_config(profile: MudProfile, peer: Peer, controllers: dict[str, list[str]],
+                 devices: dict[str, list[str]]) -> None:
+    """A controller class from [mud.controllers], another maker's or model's devices from
+    [mud.devices]: what the operator told the appliance, as a live group."""
+    if not peer.placeholder:
+        return
+    table, source = ((controllers, "[mud.controllers]") if peer.kind == "controller"
+                     else (devices, "[mud.devices]") if peer.kind in ("manufacturer", "model")
+                     else ({}, ""))
+    members = table.get(peer.value)
+    if members and peer.kind == "controller":
+        peer.configured = list(members)       # read again at each load: mud_controller
+    elif members:
+        peer.members = list(members)
+    if members:
+        peer.note += f" (configuration: {source})"
+        _resolved(profile, peer)
 
 
 def parse_fills(items: list[str]) -> dict[str, list[str]]:

@@ -60,6 +60,7 @@ class GroupSpec:
     names: list[str] = field(default_factory=list)          # DNS names (docs/policy.md)
     role: list[str] = field(default_factory=list)           # server roles (inventory)
     maker: list[str] = field(default_factory=list)          # makes / MAC vendors (inventory)
+    mud_controller: list[str] = field(default_factory=list)  # [mud.controllers] URIs
     description: str | None = None
     comments: list[str] = field(default_factory=list)      # lines above the table
     notes: dict[str, str] = field(default_factory=dict)    # member -> comment after it
@@ -68,7 +69,7 @@ class GroupSpec:
     @property
     def empty(self) -> bool:
         return not (self.mac or self.oui or self.ip or self.vlan or self.names or self.role
-                    or self.maker)
+                    or self.maker or self.mud_controller)
 
 
 @dataclass
@@ -162,7 +163,7 @@ def render(draft: PolicyDraft) -> str:
         body.append(f"[groups.{_key(g.name)}]")
         if g.description:
             body.append(f"description = {_s(g.description)}")
-        for key in ("mac", "oui", "ip", "vlan", "names", "role", "maker"):
+        for key in ("mac", "oui", "ip", "vlan", "names", "role", "maker", "mud_controller"):
             values = getattr(g, key)
             if values:
                 body.extend(_array(key, values, g.notes))

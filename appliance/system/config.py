@@ -53,8 +53,11 @@ format = "rfc5424"          # or "cef"
 [eve]                       # optional: a Suricata-EVE-like JSON file (appliance.outputs.eve)
 path = "eve.json"
 
-[mud.controllers]           # optional: RFC 8520 my-controller, per MUD URL (policy import-mud)
+[mud.controllers]           # optional: RFC 8520 my-controller, per MUD URL (policy import-mud),
 "https://mud.pumpvendor.example/infusion/lvp-7.json" = ["10.20.0.16"]
+"urn:ietf:params:mud:gateway" = ["10.40.104.1"]    # and controller classes, by their URI
+[mud.devices]               # optional: another maker (its MUD URL authority) or model (MUD URL)
+"otherman.example" = ["00:50:56"]                  # OUIs, MACs or addresses
 ```
 
 conf/wardtap.toml in the source tree is a sample with every key explained.
@@ -110,6 +113,8 @@ class Config:
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # [mud.controllers]: MUD URL -> the addresses of the controllers this ward uses for it
     mud_controllers: dict[str, list[str]] = field(default_factory=dict)
+    # [mud.devices]: a MUD URL authority or MUD URL -> OUIs, MACs or addresses
+    mud_devices: dict[str, list[str]] = field(default_factory=dict)
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -143,7 +148,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "syslog": {"url": str, "format": str, "facility": str, "ca": str, "cert": str, "key": str,
                "types": list, "hostname": str},
     "eve": {"path": str, "flows": bool},
-    "mud": {"controllers": dict},
+    "mud": {"controllers": dict, "devices": dict},
 }
 _BROKER_PATHS = ("ca", "cert", "key", "password_file", "fleet_key", "spool")
 
@@ -261,20 +266,22 @@ def load_config(path: str) -> Config:
         learn_interval=get("learn", "interval", 0),
         panel=get("panel", "enabled", True), integrity=integrity,
         mud_controllers=_mud_controllers(path, lines, get("mud", "controllers", {})),
+        mud_devices=_mud_devices(path, lines, get("mud", "devices", {})),
     )
 
 
 def _mud_controllers(path: str, lines: TomlLines, table: dict[str, Any]
                      ) -> dict[str, list[str]]:
-    """[mud.controllers]: "MUD URL" = ["address or CIDR block", ...]."""
+    """[mud.controllers]: "MUD URL or controller class URI" = ["address or CIDR", ...]."""
     import ipaddress
 
     out: dict[str, list[str]] = {}
     for url, addresses in table.items():
         line = lines.key("[mud.controllers]", url)
         where = f"mud.controllers.{url}"
-        if not url.startswith(("https://", "http://")):
-            raise ConfigError(path, "must be a MUD URL (https://...)", line, where)
+        if not url.startswith(("https://", "http://", "urn:")):
+            raise ConfigError(path, "must be a MUD URL (https://...) or a controller class "
+                              "URI (urn:... or https://...)", line, where)
         if not isinstance(addresses, list) or not addresses:
             raise ConfigError(path, "must be a list of addresses", line, where)
         for a in addresses:
@@ -284,6 +291,33 @@ def _mud_controllers(path: str, lines: TomlLines, table: dict[str, Any]
                 raise ConfigError(path, f"{a!r} is not an address or CIDR block", line,
                                   where) from None
         out[url] = [str(a) for a in addresses]
+    return out
+
+
+def _mud_devices(path: str, lines: TomlLines, table: dict[str, Any]) -> dict[str, list[str]]:
+    """[mud.devices]: "MUD URL authority or MUD URL" = ["OUI, MAC or address", ...]."""
+    import ipaddress
+    import re
+
+    hexes = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}((:[0-9a-f]{2}){3})?")
+    out: dict[str, list[str]] = {}
+    for key, members in table.items():
+        line = lines.key("[mud.devices]", key)
+        where = f"mud.devices.{key}"
+        if not key or any(c.isspace() for c in key):
+            raise ConfigError(path, "must be a MUD URL authority (host) or a MUD URL", line,
+                              where)
+        if not isinstance(members, list) or not members:
+            raise ConfigError(path, "must be a list of OUIs, MACs or addresses", line, where)
+        for m in members:
+            if isinstance(m, str) and hexes.fullmatch(m.lower()):
+                continue
+            try:
+                ipaddress.ip_network(m, strict=False)
+            except (ValueError, TypeError):
+                raise ConfigError(path, f"{m!r} is not an OUI (aa:bb:cc), a MAC or an "
+                                  "address", line, where) from None
+        out[key] = [str(m).lower() for m in members]
     return out
 
 

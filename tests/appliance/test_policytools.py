@@ -352,15 +352,24 @@ BAD_MUDS = {
         "ace[5].matches.udp.destination-port: contradictory: lower-port 47010 above"),
     "port": (_bad(lambda d: _ace(d)["matches"]["tcp"]["destination-port"].update(
         {"port": 70000})), f"{ACE0}.matches.tcp.destination-port.port: must be a whole"),
-    "eth": (_bad(lambda d: _ace(d)["matches"].update({"eth": {"ethertype": 2048}})),
-            f"{ACE0}.matches.eth: not supported"),
+    "eth": (_bad(lambda d: _ace(d)["matches"].update({"eth": {"ethertype": "0x86dd"}})),
+            f"{ACE0}.matches.eth.ethertype: contradictory: ethertype 0x86dd with an ipv4"),
+    "eth-field": (_bad(lambda d: _ace(d)["matches"].update({"eth": {"vlan": 5}})),
+                  f"{ACE0}.matches.eth.vlan: unknown Ethernet match"),
+    "local-public": (_bad(lambda d: _ace(d, 0, 3)["matches"]["ipv4"].update(
+        {"destination-ipv4-network": "8.8.8.0/24"})),
+        "ace[3].matches.ipv4.destination-ipv4-network: contradictory: 8.8.8.0/24 with "
+        "local-networks (8.8.8.0/24 is not a local network)"),
+    "both-acl-keys": (_bad(lambda d: d.update(
+        {"ietf-access-control-list:access-lists": {"acl": []}})),
+        "$.ietf-access-control-list:access-lists: contradictory: both"),
     "unknown-match": (_bad(lambda d: _ace(d)["matches"].update({"sctp": {}})),
                       f"{ACE0}.matches.sctp: unknown match"),
     "two-peers": (_bad(lambda d: _ace(d)["matches"].update(
         {"ietf-mud:mud": {"my-controller": [None]}})),
         f"{ACE0}.matches: contradictory: names more than one peer"),
     "acl-type": (_bad(lambda d: d["ietf-access-control-list:acls"]["acl"][0].update(
-        {"type": "eth-acl-type"})), "acl[0].type: ACL type 'eth-acl-type' is not supported"),
+        {"type": "mpls-acl-type"})), "acl[0].type: ACL type 'mpls-acl-type' is not supported"),
     "family": (_bad(lambda d: d["ietf-access-control-list:acls"]["acl"][0].update(
         {"type": "ipv6-acl-type"})), f"{ACE0}.matches.ipv4: contradictory: ipv4 match in"),
     "action": (_bad(lambda d: _ace(d)["actions"].update({"forwarding": "maybe"})),

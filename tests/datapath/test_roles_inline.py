@@ -108,11 +108,9 @@ def roles_in_store(db: Path, mac: str) -> tuple[str, str] | None:
     return None if row is None else (row[0], row[1])
 
 
-def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
-        site: Ward, tmp_path: Path) -> None:
-    ward = site
-    uplink = ward.mac(ward.uplink)
-    # learn: the ward port captured while the ward resolves names, replayed into the store
+def learn(ward: Ward, tmp_path: Path) -> Path:
+    """The ward port captured while the ward resolves names, replayed into a store: the
+    inventory then knows dnsmasq's host as a DNS server (its class and its role)."""
     capture = tmp_path / "ward.pcap"
     dump = ward.popen(ward.appliance, ["tcpdump", "-i", "ward0", "-U", "-s", "0", "-w",
                                        str(capture)],
@@ -130,7 +128,14 @@ def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
                     str(db), "--mode", "learn", "--dissect"], check=True, capture_output=True,
                    timeout=60,
                    cwd=ROOT)
-    assert roles_in_store(db, uplink) == ("DNS server", '["DNS server"]')
+    assert roles_in_store(db, ward.mac(ward.uplink)) == ("DNS server", '["DNS server"]')
+    return db
+
+
+def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
+        site: Ward, tmp_path: Path) -> None:
+    ward = site
+    db = learn(ward, tmp_path)
     # enforce inline: the role resolves to dnsmasq's MAC when the policy is loaded
     app = InlineAppliance(ward, tmp_path, policy(ward.mac(ward.ward)), mode="enforce",
                           extra_config='[store]\npath = "wardtap.db"\n').start()
@@ -156,5 +161,115 @@ def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
                           if e.get("dst") == UPLINK_IP and e.get("dport") == 53
                           and e.get("reason") == "no_rule"],
                  timeout=10, what="the DNS query denied")
+    finally:
+        app.kill(signal.SIGTERM)
+
+
+def class_policy(ward_mac: str) -> str:
+    return f"""
+[policy]
+name = "classes"
+version = 1
+
+[groups.ward]
+mac = ["{ward_mac}"]
+
+[groups.name-servers]
+class = ["DNS server"]
+
+[groups.archives]
+class = ["image archive"]
+
+[[rules]]
+name = "dns"
+from = "ward"
+to = "name-servers"
+proto = "udp"
+ports = [53]
+
+[[rules]]
+name = "dicom"
+from = "ward"
+to = "archives"
+proto = "udp"
+ports = [104, 123]
+"""
+
+
+def test_a_class_group_allows_the_first_packet_to_its_server_and_not_to_another_class(
+        site: Ward, tmp_path: Path) -> None:
+    """`class` compiles to the devices' MACs and the addresses the inventory saw them use:
+    inline, a client's first packet carries only its own MAC, so the server's address is
+    what lets that packet through."""
+    ward = site
+    db = learn(ward, tmp_path)
+    app = InlineAppliance(ward, tmp_path, class_policy(ward.mac(ward.ward)), mode="enforce",
+                          extra_config='[store]\npath = "wardtap.db"\n').start()
+    try:
+        # one query, one attempt (resolv.conf: attempts:1): its first packet must pass
+        assert resolves(ward)
+        assert not [e for e in app.events("violation") if e.get("dport") == 53]
+        # the same host on a port only the image archives' rule names: it is no archive
+        ward.exec(ward.ward, [sys.executable, "-c", NTP_PROBE, UPLINK_IP], timeout=10)
+        found = wait_for(lambda: [e for e in app.events("violation")
+                                  if e.get("dst") == UPLINK_IP and e.get("dport") == 123],
+                         timeout=10, what="the probe to another class denied")
+        assert found[0]["reason"] in ("no_rule", "port_not_allowed")  # type: ignore[index]
+    finally:
+        app.kill(signal.SIGTERM)
+    assert db.exists()
+
+
+CONTROLLER_URL = "https://mud.pumpvendor.example/infusion/lvp-7.json"
+
+
+def controller_policy(ward_mac: str) -> str:
+    return f"""
+[policy]
+name = "controllers"
+version = 1
+
+[groups.ward]
+mac = ["{ward_mac}"]
+
+[groups.my-controller]
+mud_controller = ["{CONTROLLER_URL}"]
+
+[[rules]]
+name = "to-controller"
+from = "ward"
+to = "my-controller"
+proto = "udp"
+ports = [53]
+"""
+
+
+def test_a_changed_mud_controller_address_applies_on_reload(site: Ward,
+                                                            tmp_path: Path) -> None:
+    """`mud_controller` (what `policy import-mud --config` writes for my-controller) is read
+    from the configuration's [mud.controllers] at each load: a new address applies on
+    reload, without importing the MUD file again."""
+    ward = site
+    config = '[mud.controllers]\n"{}" = ["{}"]\n'
+    app = InlineAppliance(ward, tmp_path, controller_policy(ward.mac(ward.ward)),
+                          mode="enforce",
+                          extra_config=config.format(CONTROLLER_URL, "10.77.0.99")).start()
+    try:
+        assert not resolves(ward)          # dnsmasq is not the configured controller
+        wait_for(lambda: [e for e in app.events("violation")
+                          if e.get("dst") == UPLINK_IP and e.get("dport") == 53],
+                 timeout=10, what="the query to an unconfigured address denied")
+        path = tmp_path / "wardtap.toml"
+        path.write_text(path.read_text().replace('"10.77.0.99"', f'"{UPLINK_IP}"'))
+        assert app.command(cmd="reload")["ok"]
+        wait_for(lambda: app.status()["policy"]["generation"] == 2, timeout=15,
+                 what="the reload")
+        assert resolves(ward)              # the first packet to the new address passes
+        # a configuration that no longer reads: the reload is refused, the policy stays
+        path.write_text(path.read_text().replace(f'"{UPLINK_IP}"', '"not-an-address"'))
+        refused = app.command(cmd="reload")
+        loaded = app.status()["policy"]
+        assert not refused["ok"] and "mud.controllers" in str(refused), refused
+        assert loaded["generation"] == 2 and resolves(ward)
     finally:
         app.kill(signal.SIGTERM)
