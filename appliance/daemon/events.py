@@ -6,7 +6,6 @@ Each drain copies up to EVENT_DRAIN events off the ring into one structured arra
 and violations) get it whole, with no Python object per event. Dicts
 (appliance.common.records.event_dict) are built only for the types a reader names:
 
-- violations, always: the console's recent violations, the panel's violation LED;
 - each output's `event_types` (appliance.outputs.base.Output): the event log every type
   (one JSON line per event is what it promises), MQTT violations, new devices and malformed
   packets (flows are in its stats), syslog and EVE what they are configured to send;
@@ -14,6 +13,8 @@ and violations) get it whole, with no Python object per event. Dicts
   comes from every flow it starts or answers);
 - the baseline in learn mode: new devices, new flows and flow ends (every conversation).
 
+Violations are always queued: the console's count and the panel's LED take them from the
+array, and only the last RECENT_VIOLATIONS of a drain become dicts for `wardtap status`.
 Types no one reads, as a dict or an array, are not queued at all: the classifier counts
 them (`set_events`; stats `events_counted_only`). So a new-flow flood on a ward whose daemon
 has a store and a broker costs no Python per new flow, and one array a drain for the flow
@@ -36,7 +37,7 @@ from appliance.outputs.base import FASTPATH_EVENT_TYPES, Output
 log = logging.getLogger("wardtap")
 
 EVENT_DRAIN = 8192                 # events a drain: one array, one store transaction
-ALWAYS = frozenset({"violation"})  # the console and the panel
+ALWAYS_QUEUED = frozenset({"violation"})   # the console's count and recent ones, the LED
 IDENTIFICATION_TYPES = frozenset({"new_device", "new_flow", "flow_end"})
 BASELINE_TYPES = frozenset({"new_device", "new_flow", "flow_end"})
 RuleName = Callable[[int], "str | None"] | None
@@ -47,7 +48,7 @@ VIOLATION_FIELDS = ("ts", "src", "dst", "proto", "sport", "dport", "icmp_type", 
 
 def dict_types(outputs: Iterable[Output], identifying: bool, learning: bool) -> frozenset[str]:
     """The fast-path event types someone reads as dicts."""
-    wanted = set(ALWAYS)
+    wanted: set[str] = set()
     for output in outputs:
         wanted |= FASTPATH_EVENT_TYPES if output.event_types is None else output.event_types
     if identifying:
@@ -61,8 +62,11 @@ class EventPump:
     """Drains the classifier's ring: arrays to the outputs that take them, dicts for the
     types someone reads (`route` says which; call it again when the readers change)."""
 
-    def __init__(self, classifier: Any, capacity: int = EVENT_DRAIN) -> None:
+    def __init__(self, classifier: Any, violations: RecentViolations,
+                 capacity: int = EVENT_DRAIN) -> None:
         self.classifier = classifier
+        self.violations = violations
+        self.on_violation: Callable[[], None] | None = None     # the panel's LED
         self.buffer = EventBuffer(capacity)
         self.array_outputs: list[Output] = []
         self.dict_codes: np.ndarray | None = None      # None: every type
@@ -73,7 +77,7 @@ class EventPump:
         self.dicts = dict_types(outputs, identifying, learning)
         self.dict_codes = (None if self.dicts == FASTPATH_EVENT_TYPES else
                            np.array(sorted(CODES[t] for t in self.dicts), dtype=np.uint8))
-        queued = set(self.dicts)
+        queued = set(self.dicts) | ALWAYS_QUEUED
         for output in self.array_outputs:
             queued |= output.array_types
         self.classifier.set_events(sorted(queued))
@@ -92,6 +96,11 @@ class EventPump:
                 except WardtapError as exc:
                     log.error("output %s failed, events kept by the others: %s",
                               output.name, exc)
+            violations = events[events["type"] == CODES["violation"]]
+            if len(violations):
+                self.violations.add_array(violations, rule_name)
+                if self.on_violation is not None:
+                    self.on_violation()
             read = (events if self.dict_codes is None
                     else events[np.isin(events["type"], self.dict_codes)])
             if len(read):
@@ -106,13 +115,11 @@ class RecentViolations:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=RECENT_VIOLATIONS)
 
-    def add(self, events: list[dict[str, Any]]) -> int:
-        """Take the violations among `events`; return how many there were."""
-        violations = [e for e in events if e["type"] == "violation"]
+    def add_array(self, violations: np.ndarray, rule_name: RuleName) -> None:
+        """Count a drain's violations; only the last ones become dicts."""
         self.seen += len(violations)
         self.recent.extend({k: e[k] for k in VIOLATION_FIELDS if k in e}
-                           for e in violations[-RECENT_VIOLATIONS:])
-        return len(violations)
+                           for e in as_dicts(violations[-RECENT_VIOLATIONS:], rule_name))
 
     def status(self) -> dict[str, Any]:
         return {"seen": self.seen, "recent": list(reversed(self.recent))}

@@ -101,7 +101,9 @@ class Daemon:
         self.classifier = Classifier(flow_capacity=config.flows,
                                      device_capacity=config.devices,
                                      timeouts=flow_timeouts(config.udp_timeout))
-        self.events = EventPump(self.classifier)   # ring -> outputs (appliance.daemon.events)
+        self.violations = RecentViolations()   # for the console: the last ones and a count
+        # ring -> outputs and the console's violations (appliance.daemon.events)
+        self.events = EventPump(self.classifier, self.violations)
         self.batches = 0
         self.last_batch = time.monotonic()
         self.baseline: Baseline | None = None
@@ -116,7 +118,6 @@ class Daemon:
         self.notify = ServiceNotifier(alive=lambda: all(o.alive() for o in self.outputs))
         self.integrity: IntegrityMonitor | None = None   # [integrity] manifests, checked
         self.rates = RateMeter()           # for the console: packets/s, recent violations
-        self.violations = RecentViolations()   # for the console: the last ones and a count
         self.worker = PolicyWorker()       # loads and compiles policies off the main loop
         self.pending: list[tuple[Request, Pending]] = []
         # the policy file could not be used: {"error", "running" ("last-good" or None),
@@ -177,6 +178,7 @@ class Daemon:
                 self.panel = FrontPanel(self.requests, inline=self.source.inline,
                                         show=self.show_leds)
                 self.on_identify = self.panel.identify
+                self.events.on_violation = self.panel.violation
                 self._refresh_panel()
             if cfg.control_socket:
                 control = ControlServer(cfg.control_socket, self.requests, self.stop)
@@ -660,8 +662,6 @@ class Daemon:
     def _publish(self, events: list[dict[str, Any]]) -> None:
         if self.baseline is not None and self.mode == "learn":
             self.baseline.observe(events)
-        if self.violations.add(events) and self.panel is not None:
-            self.panel.violation()
         for output in self.outputs:
             try:
                 output.publish(events)
