@@ -680,11 +680,17 @@ def m_daemon(out: Path, before: str | None, repeat: int) -> dict[str, Any]:
                                                          True)
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {v: {small: [], large: []}
                                                          for v in variants}
-    for _ in range(repeat):
-        for name, (tree, event_log) in variants.items():
-            for n, cap in caps.items():
-                log(f"daemon: {name}, {n:,} flows")
-                runs[name][n].append(_daemon_scan(out / "daemon-run", cap, tree, event_log))
+    try:
+        for _ in range(repeat):
+            for name, (tree, event_log) in variants.items():
+                for n, cap in caps.items():
+                    log(f"daemon: {name}, {n:,} flows")
+                    runs[name][n].append(_daemon_scan(out / "daemon-run", cap, tree,
+                                                      event_log))
+    finally:
+        if before:          # the worktree goes; git keeps no record of it
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(out / f"before-{before}")], check=False, capture_output=True)
     res: dict[str, Any] = {"flows": [small, large]}
     for name in variants:
         lo = min(runs[name][small], key=lambda r: r["cpu_s"])
