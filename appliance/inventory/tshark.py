@@ -17,6 +17,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -372,7 +374,22 @@ def dissect_file(path: str, tshark: str, decode_as: dict[str, str]) -> dict[str,
     finally:
         with contextlib.suppress(Exception):
             capture.close()
+        _drop_child_watcher()
     return {"packets": packets, "records": records, "unparsed": unparsed, "skipped": skipped}
+
+
+def _drop_child_watcher() -> None:
+    """In the main thread pyshark attaches a SafeChildWatcher (a SIGCHLD handler with a
+    wakeup pipe) to its event loop and leaves it there: with no one running that loop, every
+    later child's exit writes into a pipe no one reads, until writes fail. Closing it after
+    each capture puts the process's signals back (the next capture attaches its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    import asyncio
+
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore", DeprecationWarning)     # child watchers: 3.12+
+        asyncio.get_child_watcher().close()
 
 
 def worker_main(tshark: str, decode_as: dict[str, str], stdin: IO[str] = sys.stdin,
