@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -191,8 +192,9 @@ class Stream:
             self.udp.sendto(b"seq %d" % self.seq, (UPLINK_IP, UDP_OK))
             self.seq += 1
 
-    def finish(self) -> tuple[float, int, int]:
-        """(largest gap in ms between TCP arrivals, TCP bytes missing, UDP datagrams lost)."""
+    def finish(self) -> tuple[float, int, int, int]:
+        """(largest gap in ms between TCP arrivals, TCP bytes missing, UDP datagrams lost,
+        TCP segments the sender retransmitted)."""
         self.stop.set()
         self.thread.join(5)
         log = self.uplink.arrivals[self.peer]
@@ -202,9 +204,12 @@ class Stream:
         gap = max(b - a for a, b in zip(times, times[1:], strict=False)) * 1000
         time.sleep(0.05)
         lost = self.seq - len(self.uplink.udp_seen.get(UDP_OK, set()))
+        # struct tcp_info: 8 bytes of u8 fields, then u32s; tcpi_total_retrans is the 24th
+        info = self.tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        retransmits = struct.unpack_from("=I", info, 8 + 23 * 4)[0]
         self.tcp.close()
         self.udp.close()
-        return gap, self.sent - sum(n for _, n in log), lost
+        return gap, self.sent - sum(n for _, n in log), lost, retransmits
 
 
 # -- the appliance -------------------------------------------------------------------------
@@ -428,13 +433,14 @@ def test_kill_9_fails_open_and_enforcement_resumes_after_restart(
     wait_for(lambda: not os.path.exists(f"/proc/{watchdog}"), timeout=10,
              what="the watchdog to follow its parent")
     time.sleep(max(0.0, killed + 0.6 - time.monotonic()))
-    gap_ms, missing, lost = stream.finish()
+    gap_ms, missing, lost, retransmits = stream.finish()
     record_property("kill9_gap_ms", round(gap_ms, 2))
     record_property("kill9_first_new_flow_ms", round(first_new * 1000, 1))
     print(f"kill -9: largest gap in the allowed stream {gap_ms:.1f} ms, {lost} datagrams "
           f"lost, first new flow after {first_new * 1000:.0f} ms")
-    assert missing == 0 and lost == 0
-    assert gap_ms < 100      # a retransmission would take >= 200 ms (TCP's minimum RTO)
+    # nothing lost, and nothing had to be sent again (the gap is printed: it is a time, and
+    # a loaded machine stretches it without any packet being lost)
+    assert missing == 0 and lost == 0 and retransmits == 0
 
     app.start()
     # ... is decided on its next packet once the classifier is back, and dropped.
@@ -471,7 +477,7 @@ def test_stopped_classifier_fails_open_through_the_watchdog(
         first_new = time_until(new_flow_passes, 3.0)
         assert app.rules()["state"] == "failopen"
         assert tcp_exchange(ward.ward, UPLINK_IP, TCP_OK, 1.5)
-        gap_ms, missing, lost = stream.finish()
+        gap_ms, missing, lost, retransmits = stream.finish()
         for s in socks:
             s.close()
     finally:
@@ -479,7 +485,7 @@ def test_stopped_classifier_fails_open_through_the_watchdog(
     record_property("sigstop_first_new_flow_ms", round(first_new * 1000, 1))
     print(f"SIGSTOP: new flows pass after {first_new * 1000:.0f} ms; allowed stream gap "
           f"{gap_ms:.1f} ms, {lost} datagrams lost")
-    assert first_new < 1.0 and missing == 0 and lost == 0 and gap_ms < 100
+    assert first_new < 1.0 and missing == 0 and lost == 0 and retransmits == 0
     wait_for(lambda: app.rules()["state"] == "enforce", timeout=3, what="enforcement to resume")
     assert not tcp_exchange(ward.ward, UPLINK_IP, TCP_DENIED)
     assert tcp_exchange(ward.ward, UPLINK_IP, TCP_OK)
