@@ -1,6 +1,6 @@
 """The inline appliance in real network namespaces, shared by the datapath tests, the image's
 bypass test and bench/bench_inline.py: sockets made inside a namespace, the ward -> uplink
-allow-list, and `wardtap run` on the appliance's bridge.
+allow-list, and `wardtap run` on the appliance's bridge or on its tap (`tap_daemon`).
 
     ward (10.77.0.10) --veth-- [ ward0 br0 uplink0 ] --veth-- uplink (10.77.0.20)
                                 appliance: `wardtap run` (inline, NFQUEUE) + netfilter rules
@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,35 @@ class InlineAppliance:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(timeout=10)
+
+
+@contextmanager
+def tap_daemon(ward: Ward, directory: Path, config: str, stop_timeout: float = 15
+               ) -> Iterator[subprocess.Popen[str]]:
+    """`wardtap run` on the tap (the appliance's ward0) with `config` as directory/wardtap.toml,
+    whose `[events] log` must be events.jsonl there; yields it once its log says `started`,
+    then SIGTERM (killed if it has not stopped within `stop_timeout` s)."""
+    (directory / "wardtap.toml").write_text(config)
+    log = directory / "events.jsonl"
+
+    def started() -> bool:
+        return log.exists() and any(json.loads(line).get("type") == "started"
+                                    for line in log.read_text().splitlines() if line.strip())
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    daemon = ward.popen(ward.appliance, [sys.executable, "-m", "appliance.cli", "run",
+                                         "--config", str(directory / "wardtap.toml")],
+                        cwd=directory, env=env, stderr=subprocess.PIPE)
+    try:
+        wait_for(started, timeout=20, what="the daemon to start")
+        yield daemon
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=stop_timeout)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
 
 
 def rules_state(ward: Ward) -> dict[str, Any]:

@@ -29,3 +29,33 @@ to = "server"
 proto = "tcp"
 ports = [443, "8000-8080"]
 """
+
+
+def ward_dns(name: str, ward_ip: str, server_ip: str, ping: bool = False) -> str:
+    """The ward's host may ask the uplink's server for names (udp/53) and, with `ping`,
+    ping it; nothing else."""
+    return f"""\
+[policy]
+name = "{name}"
+version = 1
+
+[groups.ward-hosts]
+ip = ["{ward_ip}"]
+
+[groups.servers]
+ip = ["{server_ip}"]
+
+[[rules]]
+name = "ward-dns"
+from = "ward-hosts"
+to = "servers"
+proto = "udp"
+ports = [53]
+""" + ("""
+[[rules]]
+name = "ward-ping"
+from = "ward-hosts"
+to = "servers"
+proto = "icmp"
+icmp_types = [8]
+""" if ping else "")

@@ -11,35 +11,17 @@ flood is bench/bench_scale.py's (docs/fastpath.md).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, read_events
+from conftest import read_events
+from inlinekit import tap_daemon
 from netns import UPLINK_IP, WARD_IP, Ward, wait_for
+from policies import ward_dns
 
 from appliance.common.control import request
 
-POLICY = f"""
-[policy]
-name = "flood-test"
-version = 1
-
-[groups.ward-hosts]
-ip = ["{WARD_IP}"]
-
-[groups.servers]
-ip = ["{UPLINK_IP}"]
-
-[[rules]]
-name = "ward-dns"
-from = "ward-hosts"
-to = "servers"
-proto = "udp"
-ports = [53]
-"""
+POLICY = ward_dns("flood-test", WARD_IP, UPLINK_IP)
 
 CONVERSATIONS = 20
 FLOOD = 20_000
@@ -66,48 +48,33 @@ SEND = (
 
 def test_allowed_conversations_survive_a_flood_of_new_flows(tmp_path: Path) -> None:
     (tmp_path / "policy.toml").write_text(POLICY)
-    (tmp_path / "wardtap.toml").write_text(
-        '[appliance]\nmode = "monitor"\n[datapath]\ntype = "tap"\ninterface = "ward0"\n'
-        '[policy]\nfile = "policy.toml"\n[events]\nlog = "events.jsonl"\n'
-        '[control]\nsocket = "control.sock"\n[tables]\nflows = 1024\n')
+    config = ('[appliance]\nmode = "monitor"\n[datapath]\ntype = "tap"\ninterface = "ward0"\n'
+              '[policy]\nfile = "policy.toml"\n[events]\nlog = "events.jsonl"\n'
+              '[control]\nsocket = "control.sock"\n[tables]\nflows = 1024\n')
     log, sock = tmp_path / "events.jsonl", str(tmp_path / "control.sock")
-    with Ward() as ward:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        daemon = ward.popen(ward.appliance, [sys.executable, "-m", "appliance.cli", "run",
-                                             "--config", str(tmp_path / "wardtap.toml")],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-        try:
-            wait_for(lambda: any(e["type"] == "started" for e in read_events(log)),
-                     timeout=20, what="the daemon to start")
-            ward.exec(ward.ward, [sys.executable, "-c", SEND, UPLINK_IP, str(CONVERSATIONS),
-                                  str(FLOOD)], timeout=60)
-            expected = CONVERSATIONS * 4 + FLOOD
+    with Ward() as ward, tap_daemon(ward, tmp_path, config):
+        ward.exec(ward.ward, [sys.executable, "-c", SEND, UPLINK_IP, str(CONVERSATIONS),
+                              str(FLOOD)], timeout=60)
+        expected = CONVERSATIONS * 4 + FLOOD
 
-            last = [-1]
+        last = [-1]
 
-            def seen() -> dict:
-                """The counters once every datagram is counted and nothing more arrives."""
-                status = request(sock, {"cmd": "status"})
-                counters = status["counters"]
-                captured = counters["packets"] + status["source"].get("kernel_drops", 0)
-                settled = captured == last[0]
-                last[0] = captured
-                return counters if captured >= expected and settled else {}
+        def seen() -> dict:
+            """The counters once every datagram is counted and nothing more arrives."""
+            status = request(sock, {"cmd": "status"})
+            counters = status["counters"]
+            captured = counters["packets"] + status["source"].get("kernel_drops", 0)
+            settled = captured == last[0]
+            last[0] = captured
+            return counters if captured >= expected and settled else {}
 
-            counters = wait_for(seen, timeout=30, interval=0.5,
-                                what="the daemon to see the flood")
-            assert isinstance(counters, dict)
-            flows = {e["flow"]: e for e in read_events(log) if e["type"] == "new_flow"}
-            allowed = [f for f in flows.values() if f.get("dport") == 53]
-            evicted = [e for e in read_events(log)
-                       if e["type"] == "flow_end" and e["end"] == "evicted"]
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=15)
-            finally:
-                if daemon.poll() is None:
-                    daemon.kill()
+        counters = wait_for(seen, timeout=30, interval=0.5,
+                            what="the daemon to see the flood")
+        assert isinstance(counters, dict)
+        flows = {e["flow"]: e for e in read_events(log) if e["type"] == "new_flow"}
+        allowed = [f for f in flows.values() if f.get("dport") == 53]
+        evicted = [e for e in read_events(log)
+                   if e["type"] == "flow_end" and e["end"] == "evicted"]
     # The flood overflowed the table (nothing else ends a flow here: every flow beyond the
     # 1,024 slots pushed one out), and what it pushed out was the flood.
     assert counters["flows_created"] > 4 * 1024
