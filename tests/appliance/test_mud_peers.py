@@ -154,18 +154,7 @@ def test_role_maker_and_controller_groups_decide_flows_in_the_fast_path(
     assert set(policy.groups["dns-servers"].macs) == {bytes.fromhex(DNS.replace(":", ""))}
     assert set(policy.groups["ntp-servers"].macs) == {bytes.fromhex(NTP.replace(":", ""))}
     assert bytes.fromhex(PEER.replace(":", "")) in policy.groups["same-manufacturer"].macs
-    clf = fastpath.Classifier(1024, 64, 1024, seed=3)
-    clf.set_policy(compile_policy(policy))
-    clf.set_mode("enforce")
-    frames = [frame(f) for f in FLOWS]
-    n = len(frames)
-    lengths = np.array([len(f) for f in frames], np.uint32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    verdicts, reasons = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
-    clf.classify(b"".join(frames), offsets, lengths,
-                 (np.arange(n, dtype=np.uint64) + 1) * 1_000_000_000, np.ones(n, np.uint16),
-                 verdicts, reasons, np.zeros(n, np.uint16))
-    got = [fastpath.VERDICT_NAMES[int(v)] == "allow" for v in verdicts]
+    got = decide(policy, FLOWS)
     assert got == [f[6] for f in FLOWS]
     # the reference evaluator (diff, drift, test) agrees flow by flow
     ev = Evaluator(policy)

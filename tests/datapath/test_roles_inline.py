@@ -132,6 +132,18 @@ def learn(ward: Ward, tmp_path: Path) -> Path:
     return db
 
 
+def dns_passes_and_ntp_is_denied(ward: Ward, app: InlineAppliance) -> str:
+    """A name resolved through dnsmasq with no DNS violation, then an NTP probe to the same
+    host denied: the probe's deny reason."""
+    assert resolves(ward)
+    assert not [e for e in app.events("violation") if e.get("dport") == 53]
+    ward.exec(ward.ward, [sys.executable, "-c", NTP_PROBE, UPLINK_IP], timeout=10)
+    found = wait_for(lambda: [e for e in app.events("violation")
+                              if e.get("dst") == UPLINK_IP and e.get("dport") == 123],
+                     timeout=10, what="the NTP probe denied")
+    return str(found[0]["reason"])                              # type: ignore[index]
+
+
 def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
         site: Ward, tmp_path: Path) -> None:
     ward = site
@@ -140,15 +152,9 @@ def test_a_role_learned_from_dnsmasq_allows_dns_to_it_and_nothing_else(
     app = InlineAppliance(ward, tmp_path, policy(ward.mac(ward.ward)), mode="enforce",
                           extra_config='[store]\npath = "wardtap.db"\n').start()
     try:
-        assert resolves(ward)
-        assert not [e for e in app.events("violation") if e.get("dport") == 53]
         # NTP to the same host: it is no NTP server, so the ntp rule does not cover it (the
         # nearest rule is dns, to the same group, on another port)
-        ward.exec(ward.ward, [sys.executable, "-c", NTP_PROBE, UPLINK_IP], timeout=10)
-        found = wait_for(lambda: [e for e in app.events("violation")
-                                  if e.get("dst") == UPLINK_IP and e.get("dport") == 123],
-                         timeout=10, what="the NTP probe denied")
-        assert found[0]["reason"] == "port_not_allowed"         # type: ignore[index]
+        assert dns_passes_and_ntp_is_denied(ward, app) == "port_not_allowed"
     finally:
         app.kill(signal.SIGTERM)
     # the same policy with a store that knows no DNS server: DNS is denied
@@ -206,15 +212,9 @@ def test_a_class_group_allows_the_first_packet_to_its_server_and_not_to_another_
     app = InlineAppliance(ward, tmp_path, class_policy(ward.mac(ward.ward)), mode="enforce",
                           extra_config='[store]\npath = "wardtap.db"\n').start()
     try:
-        # one query, one attempt (resolv.conf: attempts:1): its first packet must pass
-        assert resolves(ward)
-        assert not [e for e in app.events("violation") if e.get("dport") == 53]
-        # the same host on a port only the image archives' rule names: it is no archive
-        ward.exec(ward.ward, [sys.executable, "-c", NTP_PROBE, UPLINK_IP], timeout=10)
-        found = wait_for(lambda: [e for e in app.events("violation")
-                                  if e.get("dst") == UPLINK_IP and e.get("dport") == 123],
-                         timeout=10, what="the probe to another class denied")
-        assert found[0]["reason"] in ("no_rule", "port_not_allowed")  # type: ignore[index]
+        # one query, one attempt (resolv.conf: attempts:1): its first packet must pass; the
+        # same host on a port only the image archives' rule names: it is no archive
+        assert dns_passes_and_ntp_is_denied(ward, app) in ("no_rule", "port_not_allowed")
     finally:
         app.kill(signal.SIGTERM)
     assert db.exists()
