@@ -84,19 +84,35 @@ def _names(codes: np.ndarray, rule_name: RuleName) -> list[str]:
     return np.array(named, dtype=object)[inverse].tolist()
 
 
-def _addresses(raw: np.ndarray, l3: np.ndarray) -> list[str | None]:
-    """A column of 16-byte addresses as text (records.address). IPv4 rows (a ward's nearly
-    all) are converted once per distinct address; the others one by one."""
+def _same(text: Any) -> Any:
+    return text
+
+
+def distinct_texts(values: np.ndarray, form: Callable[[Any], Any]) -> np.ndarray:
+    """`form` of every value of a column, called once per distinct value (an object array)."""
+    unique, inverse = np.unique(values, return_inverse=True)
+    return np.array([form(v) for v in unique.tolist()], dtype=object)[inverse]
+
+
+def address_texts(raw: np.ndarray, l3: np.ndarray,
+                  form: Callable[[str | None], Any] = _same) -> np.ndarray:
+    """A column of 16-byte addresses as text (records.address), `form` applied to each, as
+    an object array. IPv4 rows (a ward's nearly all) are converted once per distinct
+    address; the others one by one."""
     texts = np.empty(len(raw), dtype=object)
     v4 = (l3 == L3_IPV4) | (l3 == L3_ARP)
     if v4.any():
         ints = raw[v4].view(np.uint8).reshape(-1, 16)[:, 12:16].copy().view(">u4").ravel()
-        unique, inverse = np.unique(ints, return_inverse=True)
-        named = [socket.inet_ntop(socket.AF_INET, a.to_bytes(4, "big")) for a in unique.tolist()]
-        texts[v4] = np.array(named, dtype=object)[inverse]
+        texts[v4] = distinct_texts(ints, lambda a: form(
+            socket.inet_ntop(socket.AF_INET, a.to_bytes(4, "big"))))
     if not v4.all():
-        texts[~v4] = list(map(address, raw[~v4].tolist(), l3[~v4].tolist()))
-    return texts.tolist()
+        texts[~v4] = [form(address(r, k)) for r, k in zip(raw[~v4].tolist(),
+                                                           l3[~v4].tolist(), strict=True)]
+    return texts
+
+
+def _addresses(raw: np.ndarray, l3: np.ndarray) -> list[str | None]:
+    return address_texts(raw, l3).tolist()  # type: ignore[no-any-return]
 
 
 def _endpoints(events: np.ndarray) -> tuple[list[Any], ...]:
@@ -112,14 +128,20 @@ def _endpoints(events: np.ndarray) -> tuple[list[Any], ...]:
     return (src, dst, proto.tolist(), sport, dport, itype)
 
 
-def _macs(raw: np.ndarray, present: np.ndarray) -> list[str]:
-    """A column of MACs as text, each distinct one once ('' where `present` is false)."""
+def mac_texts(raw: np.ndarray, present: np.ndarray, form: Callable[[str], Any] = _same,
+              absent: Any = "") -> np.ndarray:
+    """A column of MACs as text, `form` applied to each distinct one once, `absent` where
+    `present` is false (an object array)."""
     wide = np.zeros((len(raw), 8), np.uint8)
     wide[:, 2:] = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 6)
-    unique, inverse = np.unique(wide.view(">u8").ravel(), return_inverse=True)
-    texts = np.array([mac(m.to_bytes(6, "big")) for m in unique.tolist()], dtype=object)[inverse]
-    texts[~present] = ""
-    return texts.tolist()
+    texts = distinct_texts(wide.view(">u8").ravel(), lambda m: form(mac(m.to_bytes(6, "big"))))
+    texts[~present] = absent
+    return texts
+
+
+def _macs(raw: np.ndarray, present: np.ndarray) -> list[str]:
+    """A column of MACs as text, each distinct one once ('' where `present` is false)."""
+    return mac_texts(raw, present).tolist()  # type: ignore[no-any-return]
 
 
 def flow_columns(run: int, ends: np.ndarray, rule_name: RuleName = None) -> list[list[Any]]:
