@@ -26,6 +26,7 @@ from appliance.common.eventarrays import (
 )
 from fastpath import (
     DETAIL_NAMES,
+    EVENT_NAMES,
     FLOW_END_NAMES,
     NO_RULE_INDEX,
     ORIENT_NAMES,
@@ -36,7 +37,6 @@ from fastpath import (
 NEW_DEVICE, NEW_FLOW, VIOLATION, FLOW_END, MALFORMED = (CODES[k] for k in (
     "new_device", "new_flow", "violation", "flow_end", "malformed"))
 KNOWN = np.array(sorted(CODES.values()), dtype=np.uint8)
-_FLOW_TYPES = {NEW_FLOW: "new_flow", VIOLATION: "violation", FLOW_END: "flow_end"}
 _ICMP = (1, 58)
 
 
@@ -63,17 +63,28 @@ def _timestamp(ns: int) -> str:
 
 
 def _join(parts: list[Any], rows: int) -> str:
-    """Lines of `rows` rows from `parts` (a constant string, or a list of one text a row),
+    """Lines of `rows` rows from `parts` (each a constant string, or one text a row),
     interleaved row after row and joined: no string or tuple per row."""
     flat: list[Any] = [None] * (rows * len(parts))
     for i, part in enumerate(parts):
-        flat[i::len(parts)] = [part] * rows if isinstance(part, str) else part
+        flat[i::len(parts)] = [part] * rows if isinstance(part, str) else part.tolist()
     return "".join(flat)
+
+
+# Every line is SLOTS fragments (a new device's and a malformed packet's last ones empty), so
+# a drain's lines are joined in its order in one go:
+#   new_flow, violation  type+ts flow src dst middle sport dport tail packet smac  dmac+}
+#   flow_end             type+ts flow src dst middle sport dport tail first  packets bytes+}
+#   new_device           type+ts mac ip vlan+}
+#   malformed            type+ts reason packet mac+}
+SLOTS = 12
+_PREFIX = np.array([f'{{"type":"{EVENT_NAMES.get(code)}","ts":' for code in range(256)],
+                   dtype=object)
 
 
 def event_lines(events: np.ndarray, rule_name: RuleName = None) -> str:
     """The event log's lines (each ending in a newline) for a drain whose types are all
-    known (`KNOWN`)."""
+    known (`known`)."""
     n = len(events)
     if not n:
         return ""
@@ -82,66 +93,50 @@ def event_lines(events: np.ndarray, rule_name: RuleName = None) -> str:
     # Times: a flow's new_flow, violation and flow_end `first` are mostly the same instant.
     times = distinct_texts(np.concatenate((events["ts_ns"], events["first_ns"][ends])),
                            _timestamp)
-    ts, first = times[:n], times[n:]
     packet = distinct_texts(events["packet"], ',"packet":{}'.format)
-    texts: dict[int, str] = {}
+    columns: list[Any] = [_PREFIX[kinds], times[:n]]
     flows = (kinds == NEW_FLOW) | (kinds == VIOLATION) | ends
-    if flows.any():
-        texts.update(_flow_lines(events[flows], ts[flows], first, packet[flows], rule_name))
-    for code, build in ((NEW_DEVICE, _new_device_lines), (MALFORMED, _malformed_lines)):
-        mask = kinds == code
-        if mask.any():
-            texts[code] = build(events[mask], ts[mask], packet[mask])
-    if len(texts) == 1:
-        return next(iter(texts.values()))
-    ordered = np.empty(n, dtype=object)
-    for code, text in texts.items():
-        ordered[kinds == code] = text.split("\n")[:-1]
-    return "\n".join(ordered.tolist()) + "\n"
+    if flows.all():                       # a drain of flows only (a port scan's)
+        return _join(columns + _flow_columns(events, ends, times[n:], packet, rule_name), n)
+    columns += [np.full(n, "", dtype=object) for _ in range(SLOTS - 2)]
+    for mask, build in ((flows, None), (kinds == NEW_DEVICE, _device_columns),
+                        (kinds == MALFORMED, _malformed_columns)):
+        if not mask.any():
+            continue
+        built = (_flow_columns(events[mask], ends[mask], times[n:], packet[mask], rule_name)
+                 if build is None else build(events[mask], packet[mask]))
+        for column, values in zip(columns[2:], built, strict=False):
+            column[mask] = values
+    return _join(columns, n)
 
 
-def _flow_lines(ev: np.ndarray, ts: np.ndarray, first: np.ndarray, packet: np.ndarray,
-                rule_name: RuleName) -> dict[int, str]:
-    """Lines of new flows, violations and flow ends (one text per type, in order)."""
-    kinds, l3, proto = ev["type"], ev["l3"], ev["proto"]
+def _flow_columns(ev: np.ndarray, ends: np.ndarray, first: np.ndarray, packet: np.ndarray,
+                  rule_name: RuleName) -> list[np.ndarray]:
+    """Slots 2.. of new flows, violations and flow ends (`first`: the flow ends' times)."""
+    kinds, l3, proto, has = ev["type"], ev["l3"], ev["proto"], ev["has_mac"]
     icmp = (proto == _ICMP[0]) | (proto == _ICMP[1])
-    flow = distinct_texts(ev["flow_id"], ',"flow":{}'.format)
-    src = address_texts(ev["src"], l3, lambda a: ',"src":' + _quoted(a))
-    dst = address_texts(ev["dst"], l3, lambda a: ',"dst":' + _quoted(a))
     key = (proto.astype(np.uint64) | ev["vlan"].astype(np.uint64) << 8
            | ev["verdict"].astype(np.uint64) << 24 | ev["orient"].astype(np.uint64) << 32
            | np.where(icmp, ev["icmp_type"], 0).astype(np.uint64) << 40
            | icmp.astype(np.uint64) << 48)
-    middle = distinct_texts(key, _middle)                  # proto .. "sport": / "icmp_id":
-    sport = distinct_texts(ev["sport"], str)
     dport = distinct_texts(ev["dport"], ',"dport":{}'.format)
     if icmp.any():
         dport[icmp] = ""
-    common = [ts, flow, src, dst, middle, sport, dport]
-    out = {}
-    for code in _FLOW_TYPES:
-        mask = kinds == code
-        if not mask.any():
-            continue
-        sub = ev[mask]
-        parts: list[Any] = [f'{{"type":"{_FLOW_TYPES[code]}","ts":']
-        parts += [column[mask].tolist() for column in common]
-        rules = sub["rule"].astype(np.uint64) | sub["reason"].astype(np.uint64) << 16
-        if code == FLOW_END:
-            parts += [distinct_texts(rules, partial(_end_tail, rule_name=rule_name)).tolist(),
-                      first.tolist(),
-                      distinct_texts(sub["pkts"], ',"packets":{}'.format).tolist(),
-                      distinct_texts(sub["bytes"], ',"bytes":{}}}\n'.format).tolist()]
-        else:
-            rules |= sub["detail"].astype(np.uint64) << 24
-            tail = _violation_tail if code == VIOLATION else _new_flow_tail
-            has = sub["has_mac"]
-            parts += [distinct_texts(rules, partial(tail, rule_name=rule_name)).tolist(),
-                      packet[mask].tolist(),
-                      mac_texts(sub["smac"], has != 0, _smac, "").tolist(),
-                      mac_texts(sub["dmac"], has == 2, _dmac, "}\n").tolist()]
-        out[code] = _join(parts, len(sub))
-    return out
+    rules = (ev["rule"].astype(np.uint64) | ev["reason"].astype(np.uint64) << 16
+             | ev["detail"].astype(np.uint64) << 24 | kinds.astype(np.uint64) << 32)
+    lines = ~ends
+    last3 = [packet.copy(), mac_texts(ev["smac"], (has != 0) & lines, _smac, ""),
+             mac_texts(ev["dmac"], (has == 2) & lines, _dmac, "}\n")]
+    if ends.any():
+        last3[0][ends] = first
+        last3[1][ends] = distinct_texts(ev["pkts"][ends], ',"packets":{}'.format)
+        last3[2][ends] = distinct_texts(ev["bytes"][ends], ',"bytes":{}}}\n'.format)
+    return [distinct_texts(ev["flow_id"], ',"flow":{}'.format),
+            address_texts(ev["src"], l3, lambda a: ',"src":' + _quoted(a)),
+            address_texts(ev["dst"], l3, lambda a: ',"dst":' + _quoted(a)),
+            distinct_texts(key, _middle),                # proto .. "sport": / "icmp_id":
+            distinct_texts(ev["sport"], str), dport,
+            distinct_texts(rules, partial(_tail, rule_name=rule_name)), *last3]
 
 
 def _smac(text: str) -> str:
@@ -166,39 +161,29 @@ def _detail(key: int) -> str:
     return f',"field":{_quoted(DETAIL_NAMES.get(detail, "unknown"))}' if detail else ""
 
 
-def _new_flow_tail(key: int, rule_name: RuleName) -> str:
-    return (f',"rule":{_rule(key & 0xFFFF, rule_name)},"reason":{_reason(key >> 16 & 0xFF)}'
-            + _detail(key))
+def _tail(key: int, rule_name: RuleName) -> str:
+    """rule (or nearest_rule), then reason and field, or end; up to the next value's key."""
+    kind, reason, detail = key >> 32, key >> 16 & 0xFF, key >> 24 & 0xFF
+    rule = _rule(key & 0xFFFF, rule_name)
+    if kind == FLOW_END:
+        return f',"rule":{rule},"end":{_quoted(FLOW_END_NAMES.get(reason, "unknown"))},"first":'
+    field = f',"field":{_quoted(DETAIL_NAMES.get(detail, "unknown"))}' if detail else ""
+    # A violation: no rule matched; the one that came closest (as records.event_dict).
+    rules = f',"rule":null,"nearest_rule":{rule}' if kind == VIOLATION else f',"rule":{rule}'
+    return f'{rules},"reason":{_reason(reason)}{field}'
 
 
-def _violation_tail(key: int, rule_name: RuleName) -> str:
-    # No rule matched; the one that came closest (as records.event_dict).
-    return (f',"rule":null,"nearest_rule":{_rule(key & 0xFFFF, rule_name)},'
-            f'"reason":{_reason(key >> 16 & 0xFF)}' + _detail(key))
-
-
-def _end_tail(key: int, rule_name: RuleName) -> str:
-    end = _quoted(FLOW_END_NAMES.get(key >> 16 & 0xFF, "unknown"))
-    return f',"rule":{_rule(key & 0xFFFF, rule_name)},"end":{end},"first":'
-
-
-def _new_device_lines(ev: np.ndarray, ts: np.ndarray, packet: np.ndarray) -> str:
+def _device_columns(ev: np.ndarray, packet: np.ndarray) -> list[Any]:
     l3 = ev["l3"]
     ip = address_texts(ev["src"], l3, lambda a: ',"ip":' + _quoted(a))
     if not l3.all():
         ip[l3 == 0] = ',"ip":null'                   # event_dict: no address without an l3
-    return _join(['{"type":"new_device","ts":', ts.tolist(),
-                  mac_texts(ev["smac"], ev["has_mac"] != 0, lambda m: ',"mac":' + _quoted(m),
-                            ',"mac":null').tolist(),
-                  ip.tolist(), distinct_texts(ev["vlan"], ',"vlan":{}}}\n'.format).tolist()],
-                 len(ev))
+    return [mac_texts(ev["smac"], ev["has_mac"] != 0, lambda m: ',"mac":' + _quoted(m),
+                      ',"mac":null'),
+            ip, distinct_texts(ev["vlan"], ',"vlan":{}}}\n'.format)]
 
 
-def _malformed_lines(ev: np.ndarray, ts: np.ndarray, packet: np.ndarray) -> str:
-    return _join(['{"type":"malformed","ts":', ts.tolist(),
-                  distinct_texts(ev["reason"], lambda r: ',"reason":' + _reason(r)).tolist(),
-                  packet.tolist(),
-                  mac_texts(ev["smac"], ev["has_mac"] != 0,
-                            lambda m: ',"mac":' + _quoted(m) + "}\n", ',"mac":null}\n').tolist()],
-                 len(ev))
-
+def _malformed_columns(ev: np.ndarray, packet: np.ndarray) -> list[Any]:
+    return [distinct_texts(ev["reason"], lambda r: ',"reason":' + _reason(r)), packet,
+            mac_texts(ev["smac"], ev["has_mac"] != 0, lambda m: ',"mac":' + _quoted(m) + "}\n",
+                      ',"mac":null}\n')]
