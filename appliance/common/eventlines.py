@@ -23,6 +23,7 @@ from appliance.common.eventarrays import (
     address_texts,
     distinct_texts,
     mac_texts,
+    rows,
 )
 from fastpath import (
     DETAIL_NAMES,
@@ -58,8 +59,11 @@ def _rule(index: int, rule_name: RuleName) -> str:
                    else rule_name(index))
 
 
-def _timestamp(ns: int) -> str:
-    return repr(ns / 1e9)          # what json.dumps writes for event_dict's ts / 1e9
+def _times(ns: np.ndarray) -> np.ndarray:
+    """Times in ns as json.dumps writes event_dict's `ns / 1e9` (numpy divides the same
+    way: the integer rounded to a double, then divided), each distinct one once."""
+    unique, inverse = np.unique(ns, return_inverse=True)
+    return np.array(list(map(repr, (unique / 1e9).tolist())), dtype=object)[inverse]
 
 
 def _join(parts: list[Any], rows: int) -> str:
@@ -91,8 +95,7 @@ def event_lines(events: np.ndarray, rule_name: RuleName = None) -> str:
     kinds = events["type"]
     ends = kinds == FLOW_END
     # Times: a flow's new_flow, violation and flow_end `first` are mostly the same instant.
-    times = distinct_texts(np.concatenate((events["ts_ns"], events["first_ns"][ends])),
-                           _timestamp)
+    times = _times(np.concatenate((events["ts_ns"], events["first_ns"][ends])))
     packet = distinct_texts(events["packet"], ',"packet":{}'.format)
     columns: list[Any] = [_PREFIX[kinds], times[:n]]
     flows = (kinds == NEW_FLOW) | (kinds == VIOLATION) | ends
@@ -103,8 +106,9 @@ def event_lines(events: np.ndarray, rule_name: RuleName = None) -> str:
                         (kinds == MALFORMED, _malformed_columns)):
         if not mask.any():
             continue
-        built = (_flow_columns(events[mask], ends[mask], times[n:], packet[mask], rule_name)
-                 if build is None else build(events[mask], packet[mask]))
+        some = rows(events, mask)
+        built = (_flow_columns(some, ends[mask], times[n:], packet[mask], rule_name)
+                 if build is None else build(some, packet[mask]))
         for column, values in zip(columns[2:], built, strict=False):
             column[mask] = values
     return _join(columns, n)

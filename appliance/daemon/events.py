@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.common.eventarrays import CODES, EventBuffer, as_dicts
+from appliance.common.eventarrays import CODES, EventBuffer, as_dicts, of_type, rows
 from appliance.errors import WardtapError
 from appliance.outputs.base import FASTPATH_EVENT_TYPES, Output
 
@@ -96,13 +96,13 @@ class EventPump:
                 except WardtapError as exc:
                     log.error("output %s failed, events kept by the others: %s",
                               output.name, exc)
-            violations = events[events["type"] == CODES["violation"]]
+            violations = of_type(events, "violation")
             if len(violations):
                 self.violations.add_array(violations, rule_name)
                 if self.on_violation is not None:
                     self.on_violation()
             read = (events if self.dict_codes is None
-                    else events[np.isin(events["type"], self.dict_codes)])
+                    else rows(events, np.isin(events["type"], self.dict_codes)))
             if len(read):
                 yield as_dicts(read, rule_name)
 

@@ -389,10 +389,25 @@ class StoreOutput(Output):
                       rule_name: Callable[[int], str | None] | None = None) -> None:
         from appliance.common.eventarrays import of_types
 
-        kept = of_types(events, self.array_types)       # a copy: the drain's view is reused
-        if len(kept):
-            self.held.append((kept, rule_name))
-        self._write_held()
+        if not self.held:       # the usual case: written from the drain's view, no copy
+            try:
+                self.store.add_event_array(self.run, events, rule_name)
+            except StoreError as exc:
+                self._hold(of_types(events, self.array_types), rule_name)
+                self._failed(exc)
+            return
+        self._hold(of_types(events, self.array_types), rule_name)   # a copy: the drain's
+        self._write_held()                                          # view is reused
+
+    def _hold(self, events: Any, rule_name: Callable[[int], str | None] | None) -> None:
+        if len(events):
+            self.held.append((events, rule_name))
+
+    def _failed(self, exc: StoreError) -> None:
+        self._bound()
+        self.failures.error("write", f"store: {self.held_events:,} events wait in memory "
+                            f"for the next write ({exc})" + (
+                                f"; {self.lost:,} lost so far" if self.lost else ""))
 
     def _write_held(self) -> None:
         waited = self.held_events if len(self.held) > 1 else 0
@@ -401,10 +416,7 @@ class StoreOutput(Output):
             try:
                 self.store.add_event_array(self.run, events, rule_name)
             except StoreError as exc:
-                self._bound()
-                self.failures.error("write", f"store: {self.held_events:,} events wait in "
-                                    f"memory for the next write ({exc})" + (
-                                        f"; {self.lost:,} lost so far" if self.lost else ""))
+                self._failed(exc)
                 return
             self.held.pop(0)
         if waited:

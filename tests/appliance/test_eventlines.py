@@ -6,9 +6,9 @@ Practical Packet Analysis's: IPv4 and IPv6, ARP, ICMP, tunnels, VLANs, many link
 tests/data/realward.pcap (real daemons and libraries: HL7, DICOM, DNS, DHCP, NTP, LLDP) and
 the same ward cut to a short snaplen by Wireshark's editcap (truncated headers: malformed
 packets). Two classifiers with the same seed see the same packets under a policy with
-clinical rules (violations name the field that broke them). One hands its events over as tuples, turned into the dicts and `json.dumps` lines the
-event log wrote before; the other as structured arrays, in drains of several sizes, written
-by `EventLogOutput.publish_array`.
+clinical rules (violations name the field that broke them). One hands its events over as
+tuples, turned into the dicts and `json.dumps` lines the event log wrote before; the other
+as structured arrays, in drains of several sizes, written by `EventLogOutput.publish_array`.
 """
 
 from __future__ import annotations
