@@ -62,7 +62,6 @@ cdef inline bint compact_hit(Classifier c, const uint8_t* p, uint32_t caplen, ui
     cdef uint64_t w2, a1, b1, w5, h
     cdef const uint64_t* kw
     cdef flow_t* f
-    cdef device_t* d
     if caplen < 42 or caplen > 0xFFFF:
         return 0
     et = rd16(p + 12)
@@ -138,18 +137,14 @@ cdef inline bint compact_hit(Classifier c, const uint8_t* p, uint32_t caplen, ui
     if sample != NULL:
         if f.sampled[role] < c.sample_per_flow:
             return 0
-    # Decided: from here on the packet is this path's.
+    # Decided: from here on the packet is this path's. The devices' packet and byte counters
+    # take it when the flow is folded (flowtable.pxi), not here.
+    if f.fold == 0:
+        fold_mark(c, f)
     f.pkts[role] += 1
     f.bytes[role] += caplen
     f.last_ns = ts
-    d = &c.devices[f.dev[role]]
-    d.pkts_tx += 1
-    d.bytes_tx += caplen
-    d.last_ns = ts
-    if f.dev[1 - role] != NO_DEVICE:
-        d = &c.devices[f.dev[1 - role]]
-        d.pkts_rx += 1
-        d.bytes_rx += caplen
+    c.devices[f.dev[role]].last_ns = ts
     verdict[0] = f.verdict
     reason[0] = f.reason
     rule[0] = f.rule

@@ -194,6 +194,7 @@ cdef enum:
     NO_RULE = 0xFFFF
     NO_DEVICE = 0xFFFFFFFF
     BUCKET_SLOTS = 8
+    FOLD_SLOTS = 16384       # flows the fold list holds (512 KiB); full, it is folded at once
     MAX_GROUPS = 256
     GROUP_WORDS = 4
     SEL_MAC = 1
@@ -279,7 +280,18 @@ ctypedef struct flow_t:
     uint8_t watch            # WATCH_*: the classifier still reads this flow's packets
     uint8_t watch_left       # packets left to wait for the initiator's first payload
     uint8_t detail           # DETAIL_*: which first-payload field broke the rule
-    uint8_t pad[5]
+    uint8_t pad1
+    uint16_t fold            # 1 + its entry in the classifier's fold list while compact
+                             # hits have counted packets its devices have not (0: none)
+    uint8_t pad[2]
+
+# A flow whose compact hits the devices' counters have not taken yet (flowtable.pxi, folds):
+# its counters when the first of those hits came. Folded at the batch's end, or before the
+# general path touches or clears the flow.
+ctypedef struct fold_t:
+    uint32_t slot
+    uint32_t pkts[2]
+    uint64_t bytes[2]
 
 # One device, keyed by its source MAC (or its address when the link has none).
 ctypedef struct device_t:
@@ -484,3 +496,5 @@ cdef class Classifier:
     cdef uint64_t batch_first        # number of its first packet: read at flow starts only
     cdef bint compact                # plain IPv4 TCP/UDP hits take compact.pxi's path
     cdef uint32_t event_types        # bit per EV_* type queued on the ring; others only counted
+    cdef fold_t* folds               # flows with device counters still to fold (FOLD_SLOTS)
+    cdef uint32_t n_folds

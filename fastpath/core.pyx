@@ -16,9 +16,17 @@ import os
 
 cdef extern from *:
     """
+    #include <stdint.h>
     #define WARDTAP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+    /* The address is formed as an integer: a prefetch never faults, so an offset outside
+       the buffer (checked when its packet comes up) costs nothing here. */
+    #define WARDTAP_PREFETCH_AT(buf, off) do { \
+        const void* wardtap_a_ = (const void*)((uintptr_t)(buf) + (uintptr_t)(off)); \
+        __builtin_prefetch(wardtap_a_, 0, 3); \
+        __builtin_prefetch((const void*)((uintptr_t)wardtap_a_ + 64), 0, 3); } while (0)
     """
     void WARDTAP_PREFETCH(const void* p) noexcept nogil
+    void WARDTAP_PREFETCH_AT(const uint8_t* buf, int64_t off) noexcept nogil
 
 # Tables at least this big are mapped on their own and offered to the kernel for
 # transparent huge pages: a flow table of a million slots spans 32,768 4-KiB pages, more
@@ -295,10 +303,12 @@ cdef class Classifier:
         self.addr_devs = <uint32_t*>calloc(ADDR_SLOTS, sizeof(uint32_t))
         self.binds = <bind_t*>calloc(BIND_BUCKETS * BIND_SLOTS, sizeof(bind_t))
         self.bind_tags = <uint32_t*>calloc(BIND_BUCKETS * BIND_SLOTS, sizeof(uint32_t))
+        self.folds = <fold_t*>calloc(FOLD_SLOTS, sizeof(fold_t))
         if (self.flows == NULL or self.tags == NULL or self.devices == NULL
                 or self.dev_tags == NULL or self.frag_keys == NULL or self.frag_flows == NULL or self.frag_flow_ids == NULL
                 or self.ring == NULL or self.svc_keys == NULL or self.addr_tags == NULL
-                or self.addr_devs == NULL or self.binds == NULL or self.bind_tags == NULL):
+                or self.addr_devs == NULL or self.binds == NULL or self.bind_tags == NULL
+                or self.folds == NULL):
             raise MemoryError("cannot allocate the classifier's tables")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
@@ -329,6 +339,7 @@ cdef class Classifier:
         free(self.addr_devs)
         free(self.binds)
         free(self.bind_tags)
+        free(self.folds)
 
     # -- configuration, between batches ------------------------------------------------
 
@@ -422,7 +433,8 @@ cdef class Classifier:
                 + (self.frag_mask + 1) * 20 + (self.ring_mask + 1) * sizeof(event_t)
                 + (self.svc_mask + 1) * sizeof(uint64_t)
                 + (self.addr_mask + 1) * (sizeof(uint64_t) + sizeof(uint32_t))
-                + BIND_BUCKETS * BIND_SLOTS * (sizeof(bind_t) + sizeof(uint32_t)))
+                + BIND_BUCKETS * BIND_SLOTS * (sizeof(bind_t) + sizeof(uint32_t))
+                + FOLD_SLOTS * sizeof(fold_t))
 
     def bindings(self, uint64_t now_ns=0):
         """Name -> address bindings alive at `now_ns` (default: the latest packet's time), as
@@ -549,6 +561,7 @@ cdef class Classifier:
         cdef uint32_t i, n = 0
         cdef device_t* dst = <device_t*>&out[0] if out.shape[0] else NULL
         cdef uint64_t room = out.shape[0] // sizeof(device_t)
+        fold_all(self)
         for i in range(self.dev_capacity):
             if self.dev_tags[i] != 0 and n < room:
                 dst[n] = self.devices[i]
@@ -560,6 +573,7 @@ cdef class Classifier:
         cdef uint32_t i
         cdef device_t* d
         out = []
+        fold_all(self)
         for i in range(self.dev_capacity):
             if self.dev_tags[i] != 0:
                 d = &self.devices[i]

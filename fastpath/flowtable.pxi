@@ -350,6 +350,8 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
     for i in range(BUCKET_SLOTS):
         if tags[i] == tag and key_equal(&c.flows[base + i].key, key):
             f = &c.flows[base + i]
+            if f.fold:
+                fold_flow(c, f)           # the general path reads and changes it
             if not flow_expired(c, f, ts):
                 return f
             # Idle past its timeout, the conversation has ended whether or not the sweep has
@@ -379,6 +381,8 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
             oldest = f.last_ns
             victim = i
     f = &c.flows[base + victim]
+    if f.fold:
+        fold_flow(c, f)
     if tags[victim] != 0 and f.state == FLOW_ACTIVE:
         c.st.flows_evicted += 1
         if worth == WORTH_ALLOWED:
@@ -389,6 +393,62 @@ cdef inline flow_t* flow_find_or_add(Classifier c, const flow_key_t* key, uint64
     f.key = key[0]
     created[0] = 1
     return f
+
+
+# Folds: a compact hit counts its packet in the flow slot only (and the sender's last-seen
+# time), not in both devices' counters; the flow goes on the fold list the first time, with
+# its counters then. Folding adds what the flow counted since to its devices. A flow is
+# folded before the general path finds it, evicts it or ends it, so the general path's own
+# device accounting never sees counts pending; the whole list is folded when the devices
+# are read (copy_devices, device_list) and when it is full. A ward's few thousand busy
+# flows are marked once between reads: per hit that is one test of `fold`, not two
+# devices' counters.
+
+cdef inline void fold_mark(Classifier c, flow_t* f) noexcept nogil:
+    """Put `f` on the fold list with its counters as they are before this hit."""
+    cdef fold_t* e
+    if c.n_folds == FOLD_SLOTS:
+        fold_all(c)
+    e = &c.folds[c.n_folds]
+    e.slot = <uint32_t>(f - c.flows)
+    e.pkts[0] = f.pkts[0]
+    e.pkts[1] = f.pkts[1]
+    e.bytes[0] = f.bytes[0]
+    e.bytes[1] = f.bytes[1]
+    c.n_folds += 1
+    f.fold = <uint16_t>c.n_folds
+
+
+cdef void fold_flow(Classifier c, flow_t* f) noexcept nogil:
+    """Add what `f` counted since its fold entry to its devices, both ways."""
+    cdef const fold_t* e = &c.folds[f.fold - 1]
+    cdef uint64_t p0 = f.pkts[0] - e.pkts[0], p1 = f.pkts[1] - e.pkts[1]
+    cdef uint64_t b0 = f.bytes[0] - e.bytes[0], b1 = f.bytes[1] - e.bytes[1]
+    cdef device_t* d
+    f.fold = 0
+    if f.dev[0] != NO_DEVICE:
+        d = &c.devices[f.dev[0]]
+        d.pkts_tx += p0
+        d.bytes_tx += b0
+        d.pkts_rx += p1
+        d.bytes_rx += b1
+    if f.dev[1] != NO_DEVICE:
+        d = &c.devices[f.dev[1]]
+        d.pkts_tx += p1
+        d.bytes_tx += b1
+        d.pkts_rx += p0
+        d.bytes_rx += b0
+
+
+cdef void fold_all(Classifier c) noexcept nogil:
+    """Fold every flow on the list (an entry whose flow was folded since is skipped)."""
+    cdef uint32_t i
+    cdef flow_t* f
+    for i in range(c.n_folds):
+        f = &c.flows[c.folds[i].slot]
+        if f.fold == i + 1:
+            fold_flow(c, f)
+    c.n_folds = 0
 
 
 cdef inline void sweep_idle(Classifier c, uint64_t now) noexcept nogil:
@@ -404,6 +464,8 @@ cdef inline void sweep_idle(Classifier c, uint64_t now) noexcept nogil:
                 continue
             f = &c.flows[slot]
             if flow_expired(c, f, now):
+                if f.fold:
+                    fold_flow(c, f)
                 end_flow(c, f, END_IDLE, f.last_ns)
                 c.tags[slot] = 0
                 f.state = FLOW_EMPTY

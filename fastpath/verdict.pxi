@@ -39,6 +39,8 @@ cdef void decide_flow(Classifier self, flow_t* f, const policy_t* pol) noexcept 
     if f.reason != R_RULE and f.orient >= ORIENT_GUESSED and has_ports(f.key.proto):
         if evaluate(pol, gr, gi, f.key.proto, f.key.pb if not f.init_is_a else f.key.pa,
                     &rule, &nearest) == R_RULE:
+            if f.fold:
+                fold_flow(self, f)     # its pending counts are per direction
             flow_flip(f)
             f.orient = ORIENT_POLICY
             f.reason = R_RULE

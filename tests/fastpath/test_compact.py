@@ -9,6 +9,7 @@ daemons and libraries (tests/data/realward.pcap), the conformance corpus of publ
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import fastpath
 from appliance.errors import CaptureError
 from appliance.policy.model import compile_policy, parse_policy
 from appliance.sources.capture import CaptureFile
+from demoward import frames as P
 from demoward.ward import DEMO_POLICY, write_imix
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -37,6 +39,7 @@ def run(paths: list[Path], compact: bool, mode: str, flow_capacity: int, samplin
     samples = np.zeros(batch, np.uint8) if sampling else None
     per_packet: list[np.ndarray] = []
     events: list[tuple] = []
+    devices: list[list[tuple]] = []
 
     def classify_file(path: Path) -> None:
         with CaptureFile(str(path), batch) as cap:
@@ -50,6 +53,8 @@ def run(paths: list[Path], compact: bool, mode: str, flow_capacity: int, samplin
                     cols.append(samples[:n])
                 per_packet.append(np.stack(cols).copy())
                 events.extend(clf.drain(1 << 16))
+                if len(per_packet) % 8 == 0:      # devices read mid-stream, as the daemon does
+                    devices.append(sorted(clf.device_list()))
 
     for path in paths:
         try:
@@ -59,13 +64,13 @@ def run(paths: list[Path], compact: bool, mode: str, flow_capacity: int, samplin
     stats = clf.stats()
     return {"packets": np.concatenate(per_packet, axis=1), "events": events,
             "compact": stats.pop("compact"), "stats": stats,
-            "devices": sorted(clf.device_list()), "flows": sorted(clf.flow_list())}
+            "devices": devices + [sorted(clf.device_list())], "flows": sorted(clf.flow_list())}
 
 
 def assert_same(paths: list[Path], mode: str, flow_capacity: int = 65536,
-                sampling: bool = False, policy: str = DEMO_POLICY) -> int:
-    fast = run(paths, True, mode, flow_capacity, sampling, policy=policy)
-    general = run(paths, False, mode, flow_capacity, sampling, policy=policy)
+                sampling: bool = False, policy: str = DEMO_POLICY, batch: int = 512) -> int:
+    fast = run(paths, True, mode, flow_capacity, sampling, batch, policy)
+    general = run(paths, False, mode, flow_capacity, sampling, batch, policy)
     assert general["compact"] == 0
     assert np.array_equal(fast["packets"], general["packets"])
     for key in ("stats", "events", "devices", "flows"):
@@ -89,6 +94,41 @@ def test_ward_traffic_same_on_both_paths(imix: Path, mode: str) -> None:
 def test_ward_traffic_with_evictions_and_sampling(imix: Path) -> None:
     # 64 slots for 400 flows: flows are evicted and started again mid-stream all the time.
     assert_same([imix], "enforce", flow_capacity=64, sampling=True)
+
+
+def write_udp_rounds(path: Path, flows: int) -> None:
+    """`flows` UDP conversations between high ports (64 clients, 16 servers, each its own
+    MAC), in five rounds over all of them: client, client, server, server, client. The
+    first packet of each side takes the general path; the others are compact hits."""
+    def mac(i: int) -> str:
+        return f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}"
+
+    frames = []
+    for i in range(flows):
+        c, s, port = i % 64, 64 + i % 16, 1024 + i // 64
+        cip, sip = f"10.40.0.{c + 1}", f"10.20.0.{s + 1}"
+        up = P.ether(mac(s), mac(c), 0x0800, P.ipv4(cip, sip, 17, P.udp(port, 9000, b"u" * 8)))
+        down = P.ether(mac(c), mac(s), 0x0800, P.ipv4(sip, cip, 17, P.udp(9000, port, b"d" * 8)))
+        frames.append((up, down))
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    records = []
+    for n, side in enumerate((0, 0, 1, 1, 0)):
+        for i, pair in enumerate(frames):
+            t = n * flows + i
+            records.append(struct.pack("<IIII", 1_700_000_000 + t // 100_000, t % 100_000 * 10,
+                                       len(pair[side]), len(pair[side])) + pair[side])
+    path.write_bytes(header + b"".join(records))
+
+
+def test_devices_folded_from_flows_in_large_batches(tmp_path: Path) -> None:
+    # Compact hits count in the flow slot; the devices take them when they are read, when
+    # the general path touches the flow and when the fold list is full (flowtable.pxi,
+    # folds). 40,000 flows hit between two reads overflow the 16,384-entry fold list;
+    # 32,768 slots evict flows with counts still to fold.
+    path = tmp_path / "rounds.pcap"
+    write_udp_rounds(path, 40_000)
+    assert assert_same([path], "monitor", batch=4096) > 100_000
+    assert assert_same([path], "monitor", flow_capacity=32768, batch=4096) > 20_000
 
 
 def test_real_daemons_same_on_both_paths() -> None:
