@@ -6,7 +6,7 @@ A line is exactly what the event log writes for the event's dict: `json.dumps` o
 drain's order. No dict per event: every distinct value of a column (a time, a flow number, an
 address, a MAC) is written as JSON once a drain, the small codes that sit side by side in a
 line (protocol, VLAN, verdict, orientation; rule, reason, field) once per distinct
-combination, and a line is its event type's fragments joined.
+combination; every line is twelve fragments, and a drain's lines are one join.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ def _times(ns: np.ndarray) -> np.ndarray:
     return np.array(list(map(repr, (unique / 1e9).tolist())), dtype=object)[inverse]
 
 
-def _join(parts: list[Any], rows: int) -> str:
-    """Lines of `rows` rows from `parts` (each a constant string, or one text a row),
+def _join(parts: list[Any], count: int) -> str:
+    """Lines of `count` rows from `parts` (each a constant string, or one text a row),
     interleaved row after row and joined: no string or tuple per row."""
-    flat: list[Any] = [None] * (rows * len(parts))
+    flat: list[Any] = [None] * (count * len(parts))
     for i, part in enumerate(parts):
-        flat[i::len(parts)] = [part] * rows if isinstance(part, str) else part.tolist()
+        flat[i::len(parts)] = [part] * count if isinstance(part, str) else part.tolist()
     return "".join(flat)
 
 
@@ -128,9 +128,9 @@ def _flow_columns(ev: np.ndarray, ends: np.ndarray, first: np.ndarray, packet: n
         dport[icmp] = ""
     rules = (ev["rule"].astype(np.uint64) | ev["reason"].astype(np.uint64) << 16
              | ev["detail"].astype(np.uint64) << 24 | kinds.astype(np.uint64) << 32)
-    lines = ~ends
-    last3 = [packet.copy(), mac_texts(ev["smac"], (has != 0) & lines, _smac, ""),
-             mac_texts(ev["dmac"], (has == 2) & lines, _dmac, "}\n")]
+    others = ~ends
+    last3 = [packet.copy(), mac_texts(ev["smac"], (has != 0) & others, _smac, ""),
+             mac_texts(ev["dmac"], (has == 2) & others, _dmac, "}\n")]
     if ends.any():
         last3[0][ends] = first
         last3[1][ends] = distinct_texts(ev["pkts"][ends], ',"packets":{}'.format)
@@ -152,17 +152,12 @@ def _dmac(text: str) -> str:
 
 
 def _middle(key: int) -> str:
-    """proto, vlan, verdict, orient and the first port's key, from `_flow_lines`' key."""
+    """proto, vlan, verdict, orient and the first port's key, from `_flow_columns`' key."""
     proto, vlan, verdict = key & 0xFF, key >> 8 & 0xFFFF, key >> 24 & 0xFF
     orient, icmp_type, icmp = key >> 32 & 0xFF, key >> 40 & 0xFF, key >> 48
     ports = f'"icmp_type":{icmp_type},"icmp_id":' if icmp else '"sport":'
     return (f',"proto":{proto},"vlan":{vlan},"verdict":{_quoted(VERDICT_NAMES[verdict])},'
             f'"orient":{_quoted(ORIENT_NAMES.get(orient))},{ports}')
-
-
-def _detail(key: int) -> str:
-    detail = key >> 24 & 0xFF
-    return f',"field":{_quoted(DETAIL_NAMES.get(detail, "unknown"))}' if detail else ""
 
 
 def _tail(key: int, rule_name: RuleName) -> str:

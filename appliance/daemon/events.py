@@ -3,12 +3,13 @@ only where someone reads the event.
 
 Each drain copies up to EVENT_DRAIN events off the ring into one structured array
 (appliance.common.eventarrays.EventBuffer). Outputs that take arrays (the store: flow ends
-and violations) get it whole, with no Python object per event. Dicts
-(appliance.common.records.event_dict) are built only for the types a reader names:
+and violations; the event log: every type, its lines built column by column) get it whole,
+with no Python object per event. Dicts (appliance.common.records.event_dict) are built only
+for the types a reader names:
 
-- each output's `event_types` (appliance.outputs.base.Output): the event log every type
-  (one JSON line per event is what it promises), MQTT violations, new devices and malformed
-  packets (flows are in its stats), syslog and EVE what they are configured to send;
+- each output's `event_types` (appliance.outputs.base.Output): MQTT violations, new devices
+  and malformed packets (flows are in its stats), syslog and EVE what they are configured
+  to send;
 - identification ([dissect]): new devices, new flows and flow ends (a device's evidence
   comes from every flow it starts or answers);
 - the baseline in learn mode: new devices, new flows and flow ends (every conversation).
