@@ -31,7 +31,6 @@ import os
 import sqlite3
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +48,16 @@ CONVERSATIONS = 20
 ROUNDS = 10
 SOURCES = 16           # flood source ports: SOURCES x (flows / SOURCES) destination ports
 
-# argv: destination, conversations, rounds, flood flows, flood rate (datagrams/s).
+# argv: destination, conversations, rounds, flood flows, flood rate (datagrams/s), sources.
 SEND = """
 import socket, sys, time
-dst, conv, rounds, flood, rate = sys.argv[1], *map(int, sys.argv[2:6])
+dst, conv, rounds, flood, rate, nsrc = sys.argv[1], *map(int, sys.argv[2:7])
 def bound(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("", port))
     return s
 convs = [bound(41000 + i) for i in range(conv)]
-sources = [bound(30000 + i) for i in range(%(sources)d)]
+sources = [bound(30000 + i) for i in range(nsrc)]
 start, sent = time.monotonic(), 0
 for r in range(rounds):
     for s in convs:
@@ -66,16 +65,16 @@ for r in range(rounds):
     stop = flood * (r + 1) // (rounds - 1) if r < rounds - 1 else flood
     while sent < stop:
         try:
-            sources[sent %% %(sources)d].sendto(b"flood", (dst, 1024 + sent // %(sources)d))
+            sources[sent % nsrc].sendto(b"flood", (dst, 1024 + sent // nsrc))
         except (BlockingIOError, ConnectionRefusedError):
             pass
         sent += 1
-        if sent %% 500 == 0:
+        if sent % 500 == 0:
             ahead = start + sent / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
 print(sent, time.monotonic() - start)
-""" % {"sources": SOURCES}
+"""
 
 
 def _rss_kib(pid: int) -> dict[str, int]:
@@ -116,7 +115,8 @@ def run(work: Path, flows: int, rate: int, udp_timeout: float) -> dict[str, Any]
             cpu0 = _cpu_s(daemon.pid)
             sent = ward.exec(ward.ward, [sys.executable, "-c", SEND, UPLINK_IP,
                                          str(CONVERSATIONS), str(ROUNDS), str(flows),
-                                         str(rate)], timeout=flows / rate * 3 + 60)
+                                         str(rate), str(SOURCES)],
+                               timeout=flows / rate * 3 + 60)
             count, seconds = sent.stdout.split()
             res["flood_sent"], res["flood_seconds"] = int(count), float(seconds)
             last = [-1]

@@ -148,10 +148,5 @@ cdef inline bint compact_hit(Classifier c, const uint8_t* p, uint32_t caplen, ui
     verdict[0] = f.verdict
     reason[0] = f.reason
     rule[0] = f.rule
-    if f.verdict == VERDICT_ALLOW:
-        c.st.allowed += 1
-    else:
-        c.st.denied += 1
-    c.st.reasons[f.reason] += 1
-    c.st.compact += 1
+    c.st.reasons[f.reason] += 1       # allowed, denied and compact: counted by the loop
     return 1

@@ -15,6 +15,10 @@ cdef void classify_batch(Classifier self, const uint8_t* buf, Py_ssize_t buflen,
     cdef uint8_t no_sample = 0
     cdef uint8_t* sample = &no_sample
     cdef bint compact = self.compact and WARDTAP_COMPACT_OK
+    # Counted in registers and stored once a batch: through the output pointers the compiler
+    # must assume any store may change the classifier's fields (-fno-strict-aliasing).
+    cdef uint64_t packets = self.st.packets, nbytes = 0, now = self.now_ns
+    cdef uint64_t hits = 0, hits_allowed = 0
     if self.start_ns == 0:
         self.start_ns = ts[0]     # when the classifier started watching (capture time)
     self.batch_hints = hints      # read at flow starts only (_start_flow)
@@ -26,19 +30,23 @@ cdef void classify_batch(Classifier self, const uint8_t* buf, Py_ssize_t buflen,
         if samples != NULL:
             sample = &samples[i]
             sample[0] = 0
-        self.st.packets += 1
-        self.st.bytes += length
+        packets += 1
+        nbytes += length
         if not packet_in_buffer(offsets[i], length, buflen):
             r = R_BAD_OFFSET
         else:
-            if ts[i] > self.now_ns:
-                self.now_ns = ts[i]
+            if ts[i] > now:
+                now = ts[i]
             if (compact and linktypes[i] == LINKTYPE_ETHERNET
                     and compact_hit(self, buf + offsets[i], length, ts[i],
                                     sample if samples != NULL else NULL,
                                     &verdicts[i], &reasons[i], &rules[i])):
+                hits += 1
+                hits_allowed += verdicts[i] == VERDICT_ALLOW
                 continue
             r = decode_packet(buf + offsets[i], length, linktypes[i], &k)
+        self.st.packets = packets     # the general path reads both: events' packet numbers,
+        self.now_ns = now             # lookups' idle checks
         if r != R_RULE:
             packet_malformed(self, &k, r, ts[i], i)
             verdicts[i] = VERDICT_MALFORMED
@@ -57,6 +65,12 @@ cdef void classify_batch(Classifier self, const uint8_t* buf, Py_ssize_t buflen,
         else:
             self.st.denied += 1
         self.st.reasons[reasons[i]] += 1
+    self.st.packets = packets
+    self.st.bytes += nbytes
+    self.now_ns = now
+    self.st.compact += hits
+    self.st.allowed += hits_allowed
+    self.st.denied += hits - hits_allowed
     self.batch_hints = NULL
     sweep_idle(self, self.now_ns)
 
