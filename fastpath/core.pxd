@@ -286,8 +286,8 @@ ctypedef struct flow_t:
     uint8_t pad[2]
 
 # A flow whose compact hits the devices' counters have not taken yet (flowtable.pxi, folds):
-# its counters when the first of those hits came. Folded at the batch's end, or before the
-# general path touches or clears the flow.
+# its counters when the first of those hits came. Folded when the devices are read or the
+# list is full, and before the general path finds, evicts, ends or turns round the flow.
 ctypedef struct fold_t:
     uint32_t slot
     uint32_t pkts[2]
