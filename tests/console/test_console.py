@@ -70,9 +70,12 @@ def _start_daemon(ward: Path) -> subprocess.Popen[str]:
         if not os.path.exists(sock):
             return False
         status = request(sock, {"cmd": "status"})
-        return bool(status["ok"]) and status["counters"]["packets"] == PACKETS
+        # ... and its rate meter has a first sample (taken a second after start): the
+        # consoles show a rate, not "n/a"
+        return (bool(status["ok"]) and status["counters"]["packets"] == PACKETS
+                and status["rate"]["packets_per_s"] is not None)
 
-    wait_for(replayed, timeout=20, what="the daemon to replay the ward")
+    wait_for(replayed, timeout=20, what="the daemon to replay the ward and measure a rate")
     return proc
 
 
