@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from capturekit import classify_captures
 from conftest import ROOT, read_events, small_tmpfs
 from netns import wait_for
 
@@ -27,7 +28,6 @@ from appliance.outputs import store as store_module
 from appliance.outputs.base import FASTPATH_EVENT_TYPES, Output
 from appliance.outputs.store import Store
 from appliance.policy.model import compile_policy, parse_policy
-from appliance.sources.capture import CaptureFile
 from demoward.frames import ether, ipv4, tcp
 from fastpath import Classifier
 
@@ -153,14 +153,10 @@ def _drains(capture: Path) -> list[np.ndarray]:
     clf.set_policy(compile_policy(parse_policy(POLICY)))
     clf.set_mode("monitor")
     buf = EventBuffer(2048)
-    n = 4096
-    v, r, ru = bytearray(n), bytearray(n), memoryview(bytearray(2 * n)).cast("H")
     out = []
-    with CaptureFile(str(capture), n) as f:
-        for b in f.batches():
-            clf.classify(b.buf, b.offsets, b.lengths, b.timestamps, b.linktypes, v, r, ru)
-            while len(events := buf.drain(clf)):
-                out.append(events.copy())
+    for _ in classify_captures(clf, [capture]):
+        while len(events := buf.drain(clf)):
+            out.append(events.copy())
     return out
 
 

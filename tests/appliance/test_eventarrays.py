@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from capturekit import classify_all
 
 import fastpath
 from appliance.common import eventarrays as ea
 from appliance.common.records import event_dict
 from appliance.outputs.store import Store
 from appliance.policy.model import compile_policy, parse_policy
-from appliance.sources.capture import CaptureFile
 from demoward.ward import DEMO_POLICY, write_imix
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -33,19 +33,6 @@ def classifier(types: list[str] | None = None) -> fastpath.Classifier:
     clf.set_mode("monitor")
     clf.set_events(types)
     return clf
-
-
-def classify(clf: fastpath.Classifier, paths: list[Path]) -> None:
-    import numpy as np
-    verdicts = np.zeros(4096, np.uint8)
-    reasons = np.zeros(4096, np.uint8)
-    rules = np.zeros(4096, np.uint16)
-    for path in paths:
-        with CaptureFile(str(path), 4096) as cap:
-            for b in cap.batches():
-                n = b.count
-                clf.classify(b.buf, b.offsets[:n], b.lengths[:n], b.timestamps[:n],
-                             b.linktypes[:n], verdicts, reasons, rules)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +53,8 @@ def test_store_rows_from_an_array_equal_rows_from_dicts(tmp_path: Path,
                                                         captures: list[Path]) -> None:
     rule_name = RULES.rule_name
     per_event, columns = classifier(), classifier()
-    classify(per_event, captures)
-    classify(columns, captures)
+    classify_all(per_event, captures)
+    classify_all(columns, captures)
     buffer = ea.EventBuffer(1 << 17)
     array = buffer.drain(columns)
     tuples = per_event.drain(1 << 17)
@@ -88,8 +75,8 @@ def test_store_rows_from_an_array_equal_rows_from_dicts(tmp_path: Path,
 
 def test_events_nothing_consumes_are_counted_not_queued(captures: list[Path]) -> None:
     everything, violations_only = classifier(), classifier(["violation"])
-    classify(everything, captures)
-    classify(violations_only, captures)
+    classify_all(everything, captures)
+    classify_all(violations_only, captures)
     all_events = [event_dict(t) for t in everything.drain(1 << 17)]
     queued = [event_dict(t) for t in violations_only.drain(1 << 17)]
     assert queued == [e for e in all_events if e["type"] == "violation"]

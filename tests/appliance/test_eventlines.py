@@ -19,8 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from capturekit import classify_all
 
 import fastpath
 from appliance.common import eventarrays as ea
@@ -28,7 +28,6 @@ from appliance.common.records import event_dict
 from appliance.outputs import EventLogOutput
 from appliance.outputs.eventlog import outside
 from appliance.policy.model import compile_policy, parse_policy
-from appliance.sources.capture import CaptureFile
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 UNREADABLE = {"PracticalPacketAnalysis__ppa-capture-files__http-fault-post.pcap",  # damaged
@@ -86,14 +85,7 @@ def classified(paths: list[Path], rules: Any) -> fastpath.Classifier:
                               seed=11)
     clf.set_policy(compile_policy(rules))
     clf.set_mode("monitor")
-    verdicts, reasons = np.zeros(4096, np.uint8), np.zeros(4096, np.uint8)
-    rule_column = np.zeros(4096, np.uint16)
-    for path in paths:
-        with CaptureFile(str(path), 4096) as cap:
-            for b in cap.batches():
-                n = b.count
-                clf.classify(b.buf, b.offsets[:n], b.lengths[:n], b.timestamps[:n],
-                             b.linktypes[:n], verdicts, reasons, rule_column)
+    classify_all(clf, paths)
     return clf
 
 

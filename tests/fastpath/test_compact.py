@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capturekit import classify_captures
 
 import fastpath
 from appliance.errors import CaptureError
 from appliance.policy.model import compile_policy, parse_policy
-from appliance.sources.capture import CaptureFile
 from demoward import frames as P
 from demoward.ward import DEMO_POLICY, write_imix
 
@@ -33,32 +33,20 @@ def run(paths: list[Path], compact: bool, mode: str, flow_capacity: int, samplin
     if mode != "learn":
         clf.set_policy(compile_policy(parse_policy(policy)))
     clf.set_mode(mode)
-    verdicts = np.zeros(batch, np.uint8)
-    reasons = np.zeros(batch, np.uint8)
-    rules = np.zeros(batch, np.uint16)
-    samples = np.zeros(batch, np.uint8) if sampling else None
     per_packet: list[np.ndarray] = []
     events: list[tuple] = []
     devices: list[list[tuple]] = []
-
-    def classify_file(path: Path) -> None:
-        with CaptureFile(str(path), batch) as cap:
-            for b in cap.batches():
-                n = b.count
-                clf.classify(b.buf, b.offsets[:n], b.lengths[:n], b.timestamps[:n],
-                             b.linktypes[:n], verdicts, reasons, rules, samples)
-                cols = [verdicts[:n], reasons[:n], rules[:n].astype(np.uint8),
-                        (rules[:n] >> 8).astype(np.uint8)]
-                if samples is not None:
-                    cols.append(samples[:n])
+    for path in paths:
+        try:
+            for c in classify_captures(clf, [path], batch, sampling):
+                cols = [c.verdicts, c.reasons, c.rules.astype(np.uint8),
+                        (c.rules >> 8).astype(np.uint8)]
+                if c.samples is not None:
+                    cols.append(c.samples)
                 per_packet.append(np.stack(cols).copy())
                 events.extend(clf.drain(1 << 16))
                 if len(per_packet) % 8 == 0:      # devices read mid-stream, as the daemon does
                     devices.append(sorted(clf.device_list()))
-
-    for path in paths:
-        try:
-            classify_file(path)
         except CaptureError:
             pass                      # damaged or refused: the packets before it count
     stats = clf.stats()
