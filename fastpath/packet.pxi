@@ -12,8 +12,7 @@ cdef void classify_batch(Classifier self, const uint8_t* buf, Py_ssize_t buflen,
     cdef pkt_t k
     cdef int r
     cdef uint32_t length
-    cdef uint8_t no_sample = 0
-    cdef uint8_t* sample = &no_sample
+    cdef uint8_t* sample = NULL      # this packet's dissection mark, when marks are asked for
     cdef bint compact = self.compact and WARDTAP_COMPACT_OK
     # Counted in registers and stored once a batch: through the output pointers the compiler
     # must assume any store may change the classifier's fields (-fno-strict-aliasing).
@@ -39,7 +38,7 @@ cdef void classify_batch(Classifier self, const uint8_t* buf, Py_ssize_t buflen,
                 now = ts[i]
             if (compact and linktypes[i] == LINKTYPE_ETHERNET
                     and compact_hit(self, buf + offsets[i], length, ts[i],
-                                    sample if samples != NULL else NULL,
+                                    sample,
                                     &verdicts[i], &reasons[i], &rules[i])):
                 hits += 1
                 hits_allowed += verdicts[i] == VERDICT_ALLOW
@@ -55,10 +54,10 @@ cdef void classify_batch(Classifier self, const uint8_t* buf, Py_ssize_t buflen,
             continue
         if k.l3 == L3_IPV4 or k.l3 == L3_IPV6:
             ip_packet(self, &k, buf + offsets[i], length, ts[i], pol, &verdicts[i], &reasons[i],
-                      &rules[i], sample if samples != NULL else NULL)
+                      &rules[i], sample)
         else:
             l2_packet(self, &k, length, ts[i], pol, &verdicts[i], &reasons[i],
-                      sample if samples != NULL else NULL)
+                      sample)
             rules[i] = NO_RULE
         if verdicts[i] == VERDICT_ALLOW:
             self.st.allowed += 1
