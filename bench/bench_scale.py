@@ -57,8 +57,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+sys.path.append(str(ROOT / "tests"))          # the tests' shared allow-lists
 
 import bench_replay as BR  # noqa: E402
+from policies import clients_tls  # noqa: E402
 
 import fastpath  # noqa: E402
 from appliance.common import eventarrays as ea  # noqa: E402
@@ -73,24 +75,7 @@ WARDTAP = str(Path(PY).parent / "wardtap")
 SECTIONS = ("scale", "flood", "hugepages", "events", "store", "classifier", "callgrind", "marginal",
             "startup", "daemon")
 CLIENTS = 64
-POLICY = """\
-[policy]
-name = "scale"
-version = 1
-
-[groups.clients]
-ip = ["10.40.0.0/24"]
-
-[groups.server]
-ip = ["10.20.0.15"]
-
-[[rules]]
-name = "clients-tls"
-from = "clients"
-to = "server"
-proto = "tcp"
-ports = [443]
-"""
+POLICY = clients_tls("scale")
 
 # A pcap record of a 54-byte TCP frame (Ethernet, IPv4, TCP; no payload), 70 bytes in all.
 RECORD = np.dtype({

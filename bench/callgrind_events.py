@@ -13,27 +13,19 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))   # shared allow-lists
 
 import numpy as np  # noqa: E402
+from policies import clients_tls  # noqa: E402
 
 import fastpath  # noqa: E402
 from appliance.policy.model import compile_policy, parse_policy  # noqa: E402
 from appliance.sources.capture import CaptureFile  # noqa: E402
 
-POLICY = """
-[groups.clients]
-ip = ["10.40.0.0/24"]
-[groups.server]
-ip = ["10.20.0.15"]
-[[rules]]
-name = "clients-tls"
-from = "clients"
-to = "server"
-proto = "tcp"
-ports = [443]
-"""
+POLICY = clients_tls("events")
 
 
 def main() -> int:

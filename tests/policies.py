@@ -59,3 +59,26 @@ to = "servers"
 proto = "icmp"
 icmp_types = [8]
 """ if ping else "")
+
+
+def clients_tls(name: str) -> str:
+    """Clients in 10.40.0.0/24 may open TLS to the server 10.20.0.15; nothing else (the
+    policy of the port-scan and scaling captures: their scans hit closed ports)."""
+    return f"""\
+[policy]
+name = "{name}"
+version = 1
+
+[groups.clients]
+ip = ["10.40.0.0/24"]
+
+[groups.server]
+ip = ["10.20.0.15"]
+
+[[rules]]
+name = "clients-tls"
+from = "clients"
+to = "server"
+proto = "tcp"
+ports = [443]
+"""

@@ -18,6 +18,7 @@ import pytest
 from capturekit import classify_captures
 from conftest import ROOT, read_events, small_tmpfs
 from netns import wait_for
+from policies import clients_tls
 
 from appliance.common.capwriter import PcapWriter
 from appliance.common.control import request
@@ -32,24 +33,7 @@ from demoward.frames import ether, ipv4, tcp
 from fastpath import Classifier
 
 FLOWS = 6000
-POLICY = """\
-[policy]
-name = "scan"
-version = 1
-
-[groups.clients]
-ip = ["10.40.0.0/24"]
-
-[groups.server]
-ip = ["10.20.0.15"]
-
-[[rules]]
-name = "clients-tls"
-from = "clients"
-to = "server"
-proto = "tcp"
-ports = [443]
-"""
+POLICY = clients_tls("scan")
 SERVER_MAC = "00:00:0c:00:00:fe"
 
 
